@@ -1,0 +1,367 @@
+"""The configuration tree: frozen dataclasses, YAML overrides, dotted CLI overrides, validation.
+
+Defaults live in code; a YAML file holds only what differs from them; ``key.sub=value`` on the
+command line overrides both. Every mistake raises one ``ConfigError`` that names the key and what
+would be accepted. Each layer of the model receives only its own sub-config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message names the key and what would be accepted."""
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    n_experts: int = 8  # routed experts per MoE layer (fine-grained)
+    top_k: int = 2  # routed experts active per token
+    expert_ffn_dim: int = 64  # hidden size of one routed SwiGLU expert
+    n_shared_experts: int = 0  # shared experts run on every token (merged into one SwiGLU of n*expert_ffn_dim)
+    router: Literal["softmax", "sigmoid"] = "softmax"  # softmax top-k (Mixtral) or DeepSeek-V3 sigmoid + bias
+    renormalize: bool = True  # renormalise the kept top-k weights to sum to 1
+    route_scale: float = 1.0  # multiplies the routing weights (DeepSeek-V3 routed_scaling_factor)
+    dispatch: Literal["dense", "dropless"] = "dropless"  # dense computes every expert (the oracle)
+    grouped_impl: Literal["auto", "blocked", "ragged_dot"] = "auto"  # grouped matmul of dropless dispatch
+    block_size: int = 0  # rows per block of the blocked grouped matmul; 0 picks from tokens per expert
+    balance_coef: float = 0.01  # Switch load-balancing loss coefficient
+    seq_balance_coef: float = 0.0  # DeepSeek-V3 sequence-wise balance loss coefficient
+    z_loss_coef: float = 0.001  # ST-MoE router z-loss coefficient
+    bias_update_rate: float = 0.001  # gamma of DeepSeek-V3 aux-loss-free bias balancing (sigmoid router)
+
+
+@dataclass(frozen=True)
+class DRNConfig:
+    n_experts: int = 4  # experts of the seed's dense dynamic-routing FFN (all run on every token)
+    expert_ffn_dim: int = 64  # hidden size of one DRN SwiGLU expert
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    kind: Literal["full", "lsh"] = "full"  # attention of every layer not listed in lsh_layers
+    lsh_layers: tuple[int, ...] = ()  # layer indices that use LSH attention
+    rope_theta: float = 10000.0  # rotary base frequency
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 272  # embedding rows; must cover the tokenizer's vocabulary
+    d_model: int = 64  # residual width (D)
+    n_layers: int = 4  # decoder blocks in total (DRN at the bottom, MoE above)
+    drn_layers: int = 1  # how many of the bottom blocks use the DRN FFN
+    n_heads: int = 4  # query heads (H)
+    n_kv_heads: int = 2  # key/value heads (grouped-query attention)
+    head_dim: int = 16  # per-head width (K)
+    max_seq_len: int = 256  # longest sequence the model is trained on
+    norm_eps: float = 1e-6  # RMSNorm epsilon
+    tie_embeddings: bool = False  # share the token embedding with the LM head
+    init_std: float = 0.02  # std of the normal initialiser of every matrix
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # compute dtype (params stay fp32)
+    activation_checkpoint: bool = False  # rematerialise block activations in the backward pass (seed switch)
+    remat_policy: Literal["nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable"] = (
+        "nothing_saveable"
+    )  # what a rematerialised block keeps
+    kernels: Literal["auto", "xla", "triton"] = "auto"  # kernel dispatch (Triton on CUDA when available)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    drn: DRNConfig = field(default_factory=DRNConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    sources: tuple[str, ...] = ()  # text files, folders, JSONL files; empty = embedded stdlib corpus
+    text_key: str = "text"  # JSONL field holding the document
+    tokenizer: Literal["byte", "bpe"] = "byte"  # byte-level, or a BPE trained offline and cached in run.dir
+    bpe_vocab_size: int = 1024  # vocabulary of the trained BPE tokenizer
+    heldout_percent: float = 2.0  # share of files (by hash of the path) kept for evaluation
+    max_corpus_mb: float = 0.0  # read at most this many MB of the corpus (0 = all)
+    shuffle: bool = True  # shuffle documents every epoch
+    packing_bins: int = 8  # first-fit packing bins in flight (more = denser packing)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: Literal["pretrain"] = "pretrain"  # training stage
+    steps: int = 200  # optimizer steps
+    seq_len: int = 128  # tokens per sequence (T)
+    global_batch: int = 16  # sequences per optimizer step
+    micro_batch: int = 0  # sequences per micro-batch (0 = global_batch; accumulation otherwise)
+    lr: float = 6e-4  # peak learning rate
+    min_lr: float = 6e-6  # learning rate at the end of the cosine
+    warmup_steps: int = 20  # linear warmup steps (included in the cosine's total, as in optax)
+    weight_decay: float = 0.1  # AdamW decay (not on norms, biases, embeddings' norms, router bias)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    eps: float = 1e-8  # AdamW epsilon
+    clip_norm: float = 1.0  # global-norm clipping of the accumulated gradient (0 = off)
+    seed: int = 0  # seeds parameters and data order
+    log_every: int = 10  # steps between metric lines
+    eval_every: int = 100  # steps between held-out evaluations (0 = only at the end)
+    eval_batches: int = 4  # held-out batches per evaluation
+    checkpoint_every: int = 0  # steps between checkpoints (0 = only at the end)
+    keep_checkpoints: int = 3  # checkpoints kept on disk
+    loss_scale: float = 32768.0  # initial dynamic loss scale (float16 only)
+    loss_scale_period: int = 200  # finite steps before the loss scale doubles (float16 only)
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    data: int = 1  # data-parallel axis size
+    fsdp: int = 1  # fully-sharded (ZeRO-3) axis size
+    expert: int = 1  # expert-parallel axis size
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dir: str = "runs/default"  # run directory: config, metrics, checkpoints, tensorboard
+    tensorboard: bool = True  # write TensorBoard event files
+    peak_tflops: float = 0.0  # per-device peak for MFU (0 = measure a matmul on this device)
+    device_watts: float = 0.0  # per-device power for the energy estimate (0 = 15 W per CPU core / 400 W GPU)
+    pue: float = 1.2  # data-centre power usage effectiveness
+    grid_kg_per_kwh: float = 0.4  # grid carbon intensity (kg CO2e per kWh)
+    progress: bool = True  # show a progress bar
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ----------------------------------------------------------------------------- building from dicts
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) is tuple:
+        return f"list of {_type_name(get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in canonical form."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{key}: got {value!r}; accepted: {_type_name(tp)}")
+        return value
+    if origin is tuple:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: got {value!r}; accepted: {_type_name(tp)}")
+        return tuple(_coerce(f"{key}[{i}]", v, get_args(tp)[0]) for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        raise NotImplementedError(f"{key}: union types are not used in the config")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: got {value!r}; accepted: true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: got {value!r}; accepted: an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: got {value!r}; accepted: a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: got {value!r}; accepted: a string")
+    raise NotImplementedError(f"{key}: unsupported annotation {tp}")
+
+
+def _build(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}{key}"
+            raise ConfigError(f"unknown key '{where}'; accepted keys here: {', '.join(sorted(names))}")
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        key, value, tp = f"{prefix}{f.name}", data[f.name], hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a mapping of sub-keys, got {value!r}")
+            kwargs[f.name] = _build(tp, value, prefix=f"{key}.")
+        else:
+            kwargs[f.name] = _coerce(key, value, tp)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted}': '{p}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.steps=10", "model.moe.router=sigmoid"]`` -> nested dict (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}': expected key.sub=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- dotted overrides, then validation."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = loaded or {}
+    data = _merge(data, parse_overrides(overrides or []))
+    cfg = _build(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    cfg = _build(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) for YAML/JSON."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def dump_yaml(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """``replace(cfg, **{"train.steps": 5})``: a copy with dotted keys changed, re-validated."""
+    data = to_dict(cfg)
+    for k, v in changes.items():
+        _set_dotted(data, k, v)
+    return from_dict(data)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}: got {value}; accepted: {'>= 0' if allow_zero else '> 0'}")
+
+
+def validate(cfg: Config) -> None:
+    """Impossible combinations raise one ConfigError naming the key."""
+    m, moe, drn, t = cfg.model, cfg.model.moe, cfg.model.drn, cfg.train
+    for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "max_seq_len"):
+        _positive(f"model.{key}", getattr(m, key))
+    if not 0 <= m.drn_layers <= m.n_layers:
+        raise ConfigError(f"model.drn_layers: got {m.drn_layers}; accepted: 0..model.n_layers ({m.n_layers})")
+    if m.n_heads % m.n_kv_heads:
+        raise ConfigError(
+            f"model.n_heads ({m.n_heads}) must be divisible by model.n_kv_heads ({m.n_kv_heads})"
+        )
+    if m.head_dim % 2:
+        raise ConfigError(f"model.head_dim: got {m.head_dim}; accepted: an even number (rotary pairs)")
+    for key in ("n_experts", "top_k", "expert_ffn_dim"):
+        _positive(f"model.moe.{key}", getattr(moe, key))
+    if moe.top_k > moe.n_experts:
+        raise ConfigError(
+            f"model.moe.top_k ({moe.top_k}) must be <= model.moe.n_experts ({moe.n_experts})"
+        )
+    _positive("model.moe.n_shared_experts", moe.n_shared_experts, allow_zero=True)
+    _positive("model.moe.block_size", moe.block_size, allow_zero=True)
+    for key in ("balance_coef", "seq_balance_coef", "z_loss_coef", "bias_update_rate"):
+        _positive(f"model.moe.{key}", getattr(moe, key), allow_zero=True)
+    _positive("model.drn.n_experts", drn.n_experts)
+    _positive("model.drn.expert_ffn_dim", drn.expert_ffn_dim)
+    for i in m.attention.lsh_layers:
+        if not 0 <= i < m.n_layers:
+            raise ConfigError(
+                f"model.attention.lsh_layers: layer {i} does not exist; accepted: 0..{m.n_layers - 1}"
+            )
+    if m.attention.kind == "lsh" or m.attention.lsh_layers:
+        raise ConfigError(
+            "model.attention: LSH attention is not implemented yet (open issue 'LSH sparse attention'); "
+            "accepted: kind 'full' with lsh_layers empty"
+        )
+    if m.kernels == "triton":
+        raise ConfigError(
+            "model.kernels: 'triton' kernels are not implemented yet (open issue 'Triton kernels'); "
+            "accepted: 'auto' or 'xla'"
+        )
+    for key in ("steps", "seq_len", "global_batch", "log_every", "eval_batches", "keep_checkpoints"):
+        _positive(f"train.{key}", getattr(t, key))
+    for key in ("micro_batch", "eval_every", "checkpoint_every", "warmup_steps", "weight_decay",
+                "clip_norm"):
+        _positive(f"train.{key}", getattr(t, key), allow_zero=True)
+    if t.micro_batch and t.global_batch % t.micro_batch:
+        raise ConfigError(
+            f"train.global_batch ({t.global_batch}) must be divisible by train.micro_batch ({t.micro_batch})"
+        )
+    if t.seq_len > m.max_seq_len:
+        raise ConfigError(f"train.seq_len ({t.seq_len}) must be <= model.max_seq_len ({m.max_seq_len})")
+    if not 0 < t.lr or not 0 <= t.min_lr <= t.lr:
+        raise ConfigError(f"train.lr/min_lr: need 0 < lr and 0 <= min_lr <= lr (got {t.lr}, {t.min_lr})")
+    if t.warmup_steps > t.steps:
+        raise ConfigError(f"train.warmup_steps ({t.warmup_steps}) must be <= train.steps ({t.steps})")
+    for key in ("data", "fsdp", "expert"):
+        _positive(f"mesh.{key}", getattr(cfg.mesh, key))
+    if moe.n_experts % cfg.mesh.expert:
+        raise ConfigError(
+            f"model.moe.n_experts ({moe.n_experts}) must be divisible by mesh.expert ({cfg.mesh.expert})"
+        )
+    if not 0 <= cfg.data.heldout_percent < 100:
+        raise ConfigError(f"data.heldout_percent: got {cfg.data.heldout_percent}; accepted: 0 <= x < 100")
+    _positive("data.packing_bins", cfg.data.packing_bins)
+    _positive("data.bpe_vocab_size", cfg.data.bpe_vocab_size)
+    if cfg.data.tokenizer == "bpe" and cfg.data.bpe_vocab_size > m.vocab_size:
+        raise ConfigError(
+            f"data.bpe_vocab_size ({cfg.data.bpe_vocab_size}) must be <= model.vocab_size ({m.vocab_size})"
+        )

@@ -1,0 +1,70 @@
+"""Building blocks: parameters with logical axis names, RMSNorm, rotary embeddings, SwiGLU.
+
+Legend: B batch, T time, D model width, H query heads, G key/value heads, K head width,
+F hidden width of a feed-forward network, V vocabulary.
+
+Parameters carry *logical* axis names in their ``axes`` metadata (``embed``, ``mlp``, ``heads``,
+``experts``, ``vocab``); ``open_r1_jax.parallel`` maps them to mesh axes. No device code here.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class RouterBias(nnx.Variable):
+    """Non-trainable per-expert bias of the DeepSeek-V3 router (updated from loads, not gradients)."""
+
+
+def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], std: float) -> nnx.Param:
+    """A normal(0, std) fp32 parameter annotated with logical axis names."""
+    assert len(shape) == len(axes), (shape, axes)
+    return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32), axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    """y = x / sqrt(mean(x^2) + eps) * scale, computed in fp32 and cast back to x's dtype."""
+
+    def __init__(self, dim: int, eps: float):
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), axes=("embed",))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale.value).astype(x.dtype)
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, "rotate half" convention (Llama / HF). x [B,T,*,K], positions [B,T]."""
+    k = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, k, 2, dtype=jnp.float32) / k))  # [K/2]
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B,T,K/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B,T,1,K]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:
+    """down(silu(x @ gate) * (x @ up)); x [..., D], w_gate/w_up [D,F], w_down [F,D]."""
+    return (jax.nn.silu(x @ w_gate) * (x @ w_up)) @ w_down
+
+
+class SwiGLU(nnx.Module):
+    """A dense SwiGLU feed-forward network (used for the shared experts)."""
+
+    def __init__(self, d_model: int, ffn_dim: int, std: float, dtype, rngs: nnx.Rngs):
+        self.w_gate = param(rngs, (d_model, ffn_dim), ("embed", "mlp"), std)
+        self.w_up = param(rngs, (d_model, ffn_dim), ("embed", "mlp"), std)
+        self.w_down = param(rngs, (ffn_dim, d_model), ("mlp", "embed"), std)
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = lambda p: p.value.astype(self.dtype)
+        return swiglu(x, c(self.w_gate), c(self.w_up), c(self.w_down))

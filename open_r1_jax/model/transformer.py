@@ -1,0 +1,116 @@
+"""The "sandwich" decoder of the seed.
+
+    tokens ──embed──┐   (optional prefix embeddings from multimodal adapters are prepended here)
+                    ▼
+    DRN blocks      model.drn_layers at the bottom: attention + dense softmax mixture of experts
+    MoE blocks      the rest: attention + sparse top-k routed experts (+ shared experts)
+                    ▼
+    final RMSNorm -> LM head -> logits [B,T,V] (fp32)
+
+Legend: B batch, T time, P prefix length, D model width, V vocabulary, L MoE layers, E experts.
+Every block is pre-norm: x += attn(norm(x)); x += ffn(norm(x)). Attention kind is chosen per layer
+(``full`` now; the ``lsh`` slot is validated by the config). With ``activation_checkpoint`` each block
+is rematerialised in the backward pass under the configured policy.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from open_r1_jax.config import ModelConfig
+from open_r1_jax.model.attention import Attention, attention_mask
+from open_r1_jax.model.layers import DTYPES, RMSNorm, param
+from open_r1_jax.model.moe import DRNFeedForward, MoEFeedForward
+
+REMAT_POLICIES = {
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+AUX_KEYS = ("balance_loss", "seq_balance_loss", "z_loss")
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, kind: str, rngs: nnx.Rngs):
+        dtype = DTYPES[cfg.dtype]
+        self.kind = kind  # "drn" or "moe"
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.attention,
+                              cfg.init_std, dtype, rngs)
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        if kind == "drn":
+            self.ffn = DRNFeedForward(cfg.d_model, cfg.drn, cfg.init_std, dtype, rngs)
+        else:
+            self.ffn = MoEFeedForward(cfg.d_model, cfg.moe, cfg.init_std, dtype, rngs)
+
+    def __call__(self, x, positions, mask, token_mask):
+        x = x + self.attn(self.attn_norm(x), positions, mask)
+        y, aux = self.ffn(self.ffn_norm(x), token_mask)
+        return x + y, aux
+
+
+class Transformer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.dtype = DTYPES[cfg.dtype]
+        self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std)
+        self.blocks = nnx.List(
+            [Block(cfg, "drn" if i < cfg.drn_layers else "moe", rngs) for i in range(cfg.n_layers)])
+        self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        if not cfg.tie_embeddings:
+            self.lm_head = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None, prefix_embeds: jax.Array | None = None):
+        """tokens [B,T] int -> (logits [B,T,V] fp32, aux).
+
+        positions/segment_ids [B,T] describe packed rows (segment 0 = padding); by default one
+        document per row. prefix_embeds [B,P,D] (multimodal adapters) are prepended to unpacked rows.
+        aux: ``aux_loss`` (coefficient-weighted sum over MoE layers), per-layer ``balance_loss``,
+        ``seq_balance_loss``, ``z_loss`` [L], ``expert_counts`` [L,E] and ``expert_ids`` [L,B,T,A].
+        """
+        b, t = tokens.shape
+        x = jnp.take(self.embed.value, tokens, axis=0).astype(self.dtype)  # [B,T,D]
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32)
+        n_prefix = 0
+        if prefix_embeds is not None:
+            n_prefix = prefix_embeds.shape[1]
+            x = jnp.concatenate([prefix_embeds.astype(self.dtype), x], axis=1)
+            positions = jnp.concatenate(
+                [jnp.broadcast_to(jnp.arange(n_prefix, dtype=positions.dtype), (b, n_prefix)),
+                 positions + n_prefix], axis=1)
+            segment_ids = jnp.concatenate(
+                [jnp.broadcast_to(segment_ids[:, :1], (b, n_prefix)), segment_ids], axis=1)
+        mask = attention_mask(segment_ids)
+        token_mask = segment_ids > 0
+        layer_aux = []
+        for block in self.blocks:
+            if self.cfg.activation_checkpoint:
+                call = nnx.remat(Block.__call__, policy=REMAT_POLICIES[self.cfg.remat_policy])
+                x, aux = call(block, x, positions, mask, token_mask)
+            else:
+                x, aux = block(x, positions, mask, token_mask)
+            if aux:
+                layer_aux.append(aux)
+        x = self.final_norm(x[:, n_prefix:])
+        head = self.embed.value.T if self.cfg.tie_embeddings else self.lm_head.value
+        logits = jnp.dot(x, head.astype(self.dtype), preferred_element_type=jnp.float32)
+        return logits, self._collect(layer_aux)
+
+    def _collect(self, layer_aux: list[dict]) -> dict:
+        moe = self.cfg.moe
+        if not layer_aux:
+            return {"aux_loss": jnp.zeros((), jnp.float32)}
+        out = {k: jnp.stack([a[k] for a in layer_aux]) for k in layer_aux[0]}
+        out["aux_loss"] = (moe.balance_coef * jnp.sum(out["balance_loss"])
+                           + moe.seq_balance_coef * jnp.sum(out["seq_balance_loss"])
+                           + moe.z_loss_coef * jnp.sum(out["z_loss"]))
+        return out
+
+
+def build_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
+    return Transformer(cfg, nnx.Rngs(params=seed))

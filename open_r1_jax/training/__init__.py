@@ -1,0 +1,1 @@
+"""Optimisation, train/eval steps and the training loop."""
