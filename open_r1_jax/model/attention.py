@@ -52,7 +52,7 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
         """x [B,T,D], positions [B,T], mask [B,1,1,T,T] -> [B,T,D]."""
         b, t, _ = x.shape
-        c = lambda p: p.value.astype(self.dtype)
+        c = lambda p: p[...].astype(self.dtype)
         q = (x @ c(self.wq)).reshape(b, t, self.n_heads, self.head_dim)
         k = (x @ c(self.wk)).reshape(b, t, self.n_kv_heads, self.head_dim)
         v = (x @ c(self.wv)).reshape(b, t, self.n_kv_heads, self.head_dim)

@@ -35,7 +35,7 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (y * self.scale.value).astype(x.dtype)
+        return (y * self.scale[...]).astype(x.dtype)
 
 
 def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -66,5 +66,5 @@ class SwiGLU(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        c = lambda p: p.value.astype(self.dtype)
+        c = lambda p: p[...].astype(self.dtype)
         return swiglu(x, c(self.w_gate), c(self.w_up), c(self.w_down))

@@ -98,7 +98,7 @@ class ExpertWeights(nnx.Module):
         self.w_down = param(rngs, (n_experts, ffn_dim, d_model), ("experts", "mlp", "embed"), std)
 
     def cast(self, dtype):
-        return tuple(p.value.astype(dtype) for p in (self.w_gate, self.w_up, self.w_down))
+        return tuple(p[...].astype(dtype) for p in (self.w_gate, self.w_up, self.w_down))
 
 
 class DRNFeedForward(nnx.Module):
@@ -111,7 +111,7 @@ class DRNFeedForward(nnx.Module):
 
     def __call__(self, x: jax.Array, mask: jax.Array):
         b, t, d = x.shape
-        probs = jax.nn.softmax(x.astype(jnp.float32) @ self.router.value, axis=-1)  # [B,T,E]
+        probs = jax.nn.softmax(x.astype(jnp.float32) @ self.router[...], axis=-1)  # [B,T,E]
         out = dense_experts(x.reshape(b * t, d), probs.reshape(b * t, -1), *self.experts.cast(self.dtype))
         return out.reshape(b, t, d), {}
 
@@ -132,10 +132,10 @@ class MoEFeedForward(nnx.Module):
         """x [B,T,D], mask [B,T] (1 = real token) -> (out [B,T,D], aux dict)."""
         cfg = self.cfg
         b, t, d = x.shape
-        logits = x.astype(jnp.float32) @ self.router.value  # [B,T,E]
+        logits = x.astype(jnp.float32) @ self.router[...]  # [B,T,E]
         if cfg.router == "sigmoid":
             weights, experts, probs = routing.topk_sigmoid_bias(
-                logits, self.router_bias.value, cfg.top_k, cfg.renormalize)
+                logits, self.router_bias[...], cfg.top_k, cfg.renormalize)
         else:
             weights, experts, probs = routing.topk_softmax(logits, cfg.top_k, cfg.renormalize)
         weights = weights * cfg.route_scale

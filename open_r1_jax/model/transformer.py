@@ -71,7 +71,7 @@ class Transformer(nnx.Module):
         ``seq_balance_loss``, ``z_loss`` [L], ``expert_counts`` [L,E] and ``expert_ids`` [L,B,T,A].
         """
         b, t = tokens.shape
-        x = jnp.take(self.embed.value, tokens, axis=0).astype(self.dtype)  # [B,T,D]
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)  # [B,T,D]
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         if segment_ids is None:
@@ -97,7 +97,7 @@ class Transformer(nnx.Module):
             if aux:
                 layer_aux.append(aux)
         x = self.final_norm(x[:, n_prefix:])
-        head = self.embed.value.T if self.cfg.tie_embeddings else self.lm_head.value
+        head = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
         logits = jnp.dot(x, head.astype(self.dtype), preferred_element_type=jnp.float32)
         return logits, self._collect(layer_aux)
 

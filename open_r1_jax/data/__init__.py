@@ -1,0 +1,1 @@
+"""Data: document sources, tokenizers and the grain input pipeline."""

@@ -1,0 +1,85 @@
+"""Tokenizers: byte-level (default, no training) and byte-level BPE trained offline with ``tokenizers``.
+
+Both expose ``encode(text) -> np.ndarray[int32]``, ``decode(ids) -> str``, ``vocab_size``, ``eos_id``
+and ``token_bytes`` (UTF-8 bytes each token stands for, for bits-per-byte).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class ByteTokenizer:
+    """Token i < 256 is byte i; 256 is end-of-document."""
+
+    vocab_size = 257
+    eos_id = 256
+
+    def __init__(self):
+        self.token_bytes = np.ones(self.vocab_size, np.int32)
+        self.token_bytes[self.eos_id] = 0
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids if int(i) < 256).decode("utf-8", errors="replace")
+
+
+class BPETokenizer:
+    """A byte-level BPE (``tokenizers``) with an ``<|endoftext|>`` token."""
+
+    EOS = "<|endoftext|>"
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.vocab_size = tok.get_vocab_size()
+        self.eos_id = tok.token_to_id(self.EOS)
+        self.token_bytes = np.array(
+            [0 if i == self.eos_id else len(tok.decode([i]).encode("utf-8")) for i in range(self.vocab_size)],
+            np.int32)
+
+    @classmethod
+    def train(cls, texts, vocab_size: int) -> "BPETokenizer":
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[cls.EOS],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BPETokenizer":
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(str(path)))
+
+    def save(self, path: str | Path) -> None:
+        self.tok.save(str(path))
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self.tok.encode(text).ids, np.int32)
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.asarray(e.ids, np.int32) for e in self.tok.encode_batch(texts)]
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([int(i) for i in ids])
+
+
+def build_tokenizer(kind: str, texts: list[str], vocab_size: int, cache: Path | None):
+    """Byte tokenizer, or a BPE loaded from ``cache`` if present, else trained on ``texts`` and cached."""
+    if kind == "byte":
+        return ByteTokenizer()
+    if cache is not None and cache.is_file():
+        return BPETokenizer.load(cache)
+    tok = BPETokenizer.train(texts, vocab_size)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tok.save(cache)
+    return tok

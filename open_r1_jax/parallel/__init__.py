@@ -1,0 +1,1 @@
+"""Device meshes and placement. Model code knows no devices; this package maps it onto a mesh."""

@@ -1,0 +1,32 @@
+"""The optimiser of the seed: global-norm clipping, then AdamW with linear warmup + cosine decay.
+
+- ``optax.warmup_cosine_decay_schedule``: lr 0 at step 0, linear to ``lr`` over ``warmup_steps``,
+  cosine to ``min_lr`` at ``steps`` (the cosine's length includes the warmup, as in optax).
+- Weight decay mask (documented choice): decay every parameter with two or more dimensions
+  (projections, experts, routers, embeddings, LM head); never norms' scales. The DeepSeek-V3 router
+  bias is not a parameter at all (non-trainable state), so neither gradients nor decay touch it.
+- Clipping acts on the accumulated gradient of the whole global batch (it runs inside the step).
+"""
+from __future__ import annotations
+
+import jax
+import optax
+
+from open_r1_jax.config import TrainConfig
+
+
+def schedule(cfg: TrainConfig) -> optax.Schedule:
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
+        decay_steps=cfg.steps, end_value=cfg.min_lr)
+
+
+def decay_mask(params):
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
+    parts.append(optax.adamw(schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, mask=decay_mask))
+    return optax.chain(*parts)

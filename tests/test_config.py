@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+
+from open_r1_jax.config import ConfigError, dump_yaml, load_config, parse_overrides, replace
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("**/*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_yaml_loads(path):
+    cfg = load_config(path)
+    assert cfg.model.n_layers >= 1 and cfg.train.steps >= 1
+
+
+def test_seed_hardware_plans():
+    for name, dtype in [("a100x8_base", "float16"), ("a100x16_bf16", "bfloat16"), ("a100x4_offload", "bfloat16")]:
+        cfg = load_config(Path(__file__).parent.parent / "configs" / f"{name}.yaml")
+        t = cfg.train
+        assert (t.global_batch, t.steps, t.lr, t.min_lr, t.beta1, t.beta2, t.clip_norm) == (
+            4096, 500_000, 6e-4, 6e-6, 0.9, 0.95, 1.0)
+        assert t.micro_batch and t.global_batch // t.micro_batch > 1  # reached by accumulation
+        assert cfg.model.dtype == dtype
+    assert load_config(Path(__file__).parent.parent / "configs/a100x4_offload.yaml").model.activation_checkpoint
+
+
+def test_overrides_coerce_types():
+    cfg = load_config(None, ["train.steps=7", "train.warmup_steps=1", "train.lr=1e-3", "model.tie_embeddings=true",
+                             "data.sources=[a.txt, b.jsonl]", "model.moe.router=sigmoid", "train.clip_norm=2"])
+    assert cfg.train.steps == 7 and cfg.train.lr == 1e-3 and cfg.model.tie_embeddings is True
+    assert cfg.data.sources == ("a.txt", "b.jsonl") and cfg.model.moe.router == "sigmoid"
+    assert isinstance(cfg.train.clip_norm, float)
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["train.stepz=3"], "unknown key 'train.stepz'"),
+    (["modle.d_model=3"], "unknown key 'modle'"),
+    (["train.steps=abc"], "train.steps: got 'abc'; accepted: an integer"),
+    (["model.tie_embeddings=3"], "model.tie_embeddings"),
+    (["model.moe.router=relu"], "accepted: 'softmax' | 'sigmoid'"),
+    (["model.moe.top_k=9", "model.moe.n_experts=8"], "model.moe.top_k (9) must be <= model.moe.n_experts (8)"),
+    (["model.n_heads=6", "model.n_kv_heads=4"], "model.n_heads (6) must be divisible by model.n_kv_heads (4)"),
+    (["train.global_batch=10", "train.micro_batch=4"], "train.global_batch (10) must be divisible"),
+    (["train.seq_len=1024"], "must be <= model.max_seq_len"),
+    (["model.drn_layers=9"], "model.drn_layers"),
+    (["mesh.expert=3"], "must be divisible by mesh.expert (3)"),
+    (["model.attention.lsh_layers=[1]"], "LSH attention is not implemented yet"),
+    (["model.kernels=triton"], "'triton' kernels are not implemented yet"),
+    (["train.lr=-1"], "train.lr"),
+    (["model.head_dim=15"], "model.head_dim"),
+    (["steps"], "expected key.sub=value"),
+    (["train=3"], "train: expected a mapping"),
+])
+def test_validation_errors_name_the_key(overrides, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert fragment in str(e.value)
+
+
+def test_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("model:\n  d_modle: 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'model.d_modle'"):
+        load_config(bad)
+
+
+def test_yaml_then_overrides_then_round_trip(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  steps: 11\n  warmup_steps: 2\n  lr: 0.001\n")
+    cfg = load_config(f, ["train.lr=0.002"])
+    assert cfg.train.steps == 11 and cfg.train.lr == 0.002
+    out = tmp_path / "resolved.yaml"
+    dump_yaml(cfg, out)
+    assert load_config(out) == cfg
+    assert replace(cfg, **{"train.steps": 5}).train.steps == 5
+
+
+def test_parse_overrides_nests():
+    assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
