@@ -10,7 +10,7 @@
 Legend: B batch, T time, P prefix length, D model width, V vocabulary, L MoE layers, E experts.
 Every block is pre-norm: x += attn(norm(x)); x += ffn(norm(x)). Attention kind is chosen per layer
 (``full`` now; the ``lsh`` slot is validated by the config). With ``activation_checkpoint`` each block
-is rematerialised in the backward pass under the configured policy.
+is rematerialised in the backward pass under the configured policy (see ``_scan_blocks``).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kernels import resolve as resolve_kernels
 from open_r1_jax.config import ModelConfig
 from open_r1_jax.model.attention import Attention, attention_mask
 from open_r1_jax.model.layers import DTYPES, RMSNorm, param
@@ -34,15 +35,16 @@ AUX_KEYS = ("balance_loss", "seq_balance_loss", "z_loss")
 class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, kind: str, rngs: nnx.Rngs):
         dtype = DTYPES[cfg.dtype]
+        kernels = resolve_kernels(cfg.kernels)  # "triton" or "xla"; logged once
         self.kind = kind  # "drn" or "moe"
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.attention,
-                              cfg.init_std, dtype, rngs)
+                              cfg.init_std, dtype, rngs, kernels=kernels)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if kind == "drn":
             self.ffn = DRNFeedForward(cfg.d_model, cfg.drn, cfg.init_std, dtype, rngs)
         else:
-            self.ffn = MoEFeedForward(cfg.d_model, cfg.moe, cfg.init_std, dtype, rngs)
+            self.ffn = MoEFeedForward(cfg.d_model, cfg.moe, cfg.init_std, dtype, rngs, kernels=kernels)
 
     def __call__(self, x, positions, mask, token_mask):
         x = x + self.attn(self.attn_norm(x), positions, mask)
@@ -87,25 +89,52 @@ class Transformer(nnx.Module):
                 [jnp.broadcast_to(segment_ids[:, :1], (b, n_prefix)), segment_ids], axis=1)
         mask = attention_mask(segment_ids)
         token_mask = segment_ids > 0
-        layer_aux = []
-        for block in self.blocks:
-            if self.cfg.activation_checkpoint:
-                call = nnx.remat(Block.__call__, policy=REMAT_POLICIES[self.cfg.remat_policy])
-                x, aux = call(block, x, positions, mask, token_mask)
-            else:
+        if self.cfg.activation_checkpoint:
+            x, layer_aux = self._scan_blocks(x, positions, mask, token_mask)
+        else:
+            layer_aux = []
+            for block in self.blocks:
                 x, aux = block(x, positions, mask, token_mask)
-            if aux:
-                layer_aux.append(aux)
+                if aux:
+                    layer_aux.append(jax.tree.map(lambda a: a[None], aux))
         x = self.final_norm(x[:, n_prefix:])
         head = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
         logits = jnp.dot(x, head.astype(self.dtype), preferred_element_type=jnp.float32)
         return logits, self._collect(layer_aux)
 
+    def _scan_blocks(self, x, positions, mask, token_mask):
+        """Activation checkpointing: each run of same-kind blocks is one ``lax.scan`` over their
+        parameters (stacked at call time) with a rematerialised body. Inside a scan the recomputation
+        survives XLA's CSE on every backend; a Python loop of ``jax.checkpoint`` calls measured no
+        memory saving on XLA:CPU (benchmarks/train_step.py). Cost: one transient stacked copy of the
+        blocks' parameters per step."""
+        policy = REMAT_POLICIES[self.cfg.remat_policy]
+        layer_aux = []
+        blocks = list(self.blocks)
+        start = 0
+        while start < len(blocks):
+            end = start
+            while end < len(blocks) and blocks[end].kind == blocks[start].kind:
+                end += 1
+            graphdef, first = nnx.split(blocks[start])
+            states = [first] + [nnx.split(b)[1] for b in blocks[start + 1:end]]
+            stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
+
+            def body(h, state, graphdef=graphdef):
+                return nnx.merge(graphdef, state)(h, positions, mask, token_mask)
+
+            x, aux = jax.lax.scan(jax.checkpoint(body, policy=policy, prevent_cse=False), x, stacked)
+            if aux:
+                layer_aux.append(aux)
+            start = end
+        return x, layer_aux
+
     def _collect(self, layer_aux: list[dict]) -> dict:
+        """Per-layer aux dicts (each with a leading layer axis) -> stacked [L,...] + weighted aux_loss."""
         moe = self.cfg.moe
         if not layer_aux:
             return {"aux_loss": jnp.zeros((), jnp.float32)}
-        out = {k: jnp.stack([a[k] for a in layer_aux]) for k in layer_aux[0]}
+        out = {k: jnp.concatenate([a[k] for a in layer_aux]) for k in layer_aux[0]}
         out["aux_loss"] = (moe.balance_coef * jnp.sum(out["balance_loss"])
                            + moe.seq_balance_coef * jnp.sum(out["seq_balance_loss"])
                            + moe.z_loss_coef * jnp.sum(out["z_loss"]))
