@@ -1,19 +1,28 @@
-"""Mesh from the config and placement of batches and state.
+"""Mesh from the config, logical-axis rules, and placement of batches and train state.
 
 Axes: ``data``, ``fsdp``, ``expert``. The batch is split over all three (outside MoE blocks every
-axis is a batch axis). The state is replicated here; FSDP and expert sharding of parameters come
-from logical-axis rules (open issue "Parallelism").
+axis is a batch axis). Parameters carry logical axis names (``embed``, ``mlp``, ``heads``,
+``kv_heads``, ``experts``, ``vocab``); ``mesh.rules`` maps them to mesh axes, by default
+``embed -> fsdp`` (ZeRO-3: every matrix is split along its model-width dimension over ``fsdp``; XLA
+all-gathers it where it is used and reduce-scatters its gradient) and ``experts -> expert``.
+Optimizer moments take the sharding of their parameter, so parameters, gradients and optimizer
+state are all sharded. A dimension that the mesh axes do not divide stays replicated.
 """
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from open_r1_jax.config import ConfigError, MeshConfig
 
 AXES = ("data", "fsdp", "expert")
 BATCH_AXES = AXES
+log = logging.getLogger("open_r1_jax")
 
 
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
@@ -26,6 +35,68 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
             f"but {len(devices)} devices are visible ({devices[0].platform}); accepted: sizes whose "
             f"product is {len(devices)}")
     return Mesh(np.array(devices).reshape(shape), AXES)
+
+
+def parse_rules(rules: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    out = {}
+    for rule in rules:
+        name, _, axes = rule.partition("=")
+        out[name.strip()] = tuple(a for a in axes.split("+") if a)
+    return out
+
+
+def logical_spec(axes: tuple | None, shape: tuple[int, ...], rules: dict, mesh: Mesh) -> P:
+    """Logical axis names of one array -> PartitionSpec under ``rules`` (non-dividing dims replicated)."""
+    if not axes:
+        return P()
+    spec, used = [], set()
+    for name, dim in zip(axes, shape):
+        mesh_axes = tuple(a for a in rules.get(name, ()) if mesh.shape[a] > 1 and a not in used)
+        size = int(np.prod([mesh.shape[a] for a in mesh_axes])) if mesh_axes else 1
+        if mesh_axes and dim % size == 0:
+            spec.append(mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+            used.update(mesh_axes)
+        else:
+            spec.append(None)
+    return P(*spec)
+
+
+def logical_axes(model) -> tuple[dict, dict]:
+    """-> (axes of params, axes of the other state): pure dicts shaped like ``split_model``'s output,
+    with each leaf the tuple of logical axis names of that array."""
+    from open_r1_jax.name_map import unflatten
+
+    def axes_of(state):
+        return unflatten({tuple(str(k) if not isinstance(k, int) else k for k in path): v.get_metadata().get("axes")
+                          for path, v in nnx.to_flat_state(state)})
+
+    return axes_of(nnx.state(model, nnx.Param)), axes_of(nnx.state(model, nnx.Not(nnx.Param)))
+
+
+def tree_shardings(values: dict, axes: dict, mesh: Mesh, rules: dict) -> dict:
+    return jax.tree.map(lambda ax, v: NamedSharding(mesh, logical_spec(ax, np.shape(v), rules, mesh)),
+                        axes, values, is_leaf=lambda x: x is None or isinstance(x, tuple))
+
+
+def state_shardings(state: dict, param_shardings: dict, rest_shardings: dict, mesh: Mesh) -> dict:
+    """Shardings of the whole train state: optimizer moments follow their parameter, scalars replicate."""
+    rep = NamedSharding(mesh, P())
+    params_def = jax.tree.structure(state["params"])
+
+    def follow(sub):
+        # optax keeps moments as trees shaped like the params (mu, nu); everything else is small
+        if isinstance(sub, dict) and jax.tree.structure(sub) == params_def:
+            return param_shardings
+        if isinstance(sub, (tuple, list)) and not hasattr(sub, "_fields"):
+            return type(sub)(follow(s) for s in sub)
+        if hasattr(sub, "_fields"):  # NamedTuple states
+            return type(sub)(*(follow(getattr(sub, f)) for f in sub._fields))
+        return jax.tree.map(lambda _: rep, sub)
+
+    out = {k: jax.tree.map(lambda _: rep, v) for k, v in state.items()}
+    out["params"], out["model_state"] = param_shardings, rest_shardings
+    out["opt_state"] = follow(state["opt_state"])
+    return out
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -42,4 +113,15 @@ def check_batch(global_batch: int, micro_batch: int, mesh: Mesh) -> None:
     if mb % n:
         raise ConfigError(
             f"train.micro_batch ({mb}) must be divisible by the {n} devices of the data-like mesh axes "
-            f"(data x fsdp x expert)")
+            f"(data x fsdp x expert = {dict(mesh.shape)}); accepted: a multiple of {n}")
+
+
+def per_device_bytes(tree: Any) -> int:
+    """Bytes that device 0 holds of a tree of (possibly sharded) arrays."""
+    dev = jax.local_devices()[0]
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        for shard in getattr(leaf, "addressable_shards", []):
+            if shard.device == dev:
+                total += shard.data.nbytes
+    return total

@@ -1,0 +1,38 @@
+"""Creation of the train state directly in its shardings (the model is never whole on one device).
+
+The model is first built abstractly (``nnx.eval_shape``) to read its logical axis names; then one
+jitted function builds the parameters and the optimizer state with ``out_shardings`` from
+``mesh.rules``, so each device materialises only its shards.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from open_r1_jax.config import Config
+from open_r1_jax.model import build_model
+from open_r1_jax.parallel.mesh import logical_axes, parse_rules, state_shardings, tree_shardings
+from open_r1_jax.training.step import init_state, split_model
+
+
+def create_train_state(cfg: Config, tx: optax.GradientTransformation, mesh: Mesh,
+                       build: Callable = build_model):
+    """-> (graphdef, state, shardings of the state)."""
+    abstract_model = nnx.eval_shape(lambda: build(cfg.model, cfg.train.seed))
+    axes_params, axes_rest = logical_axes(abstract_model)
+    graphdef, abs_params, abs_rest = split_model(abstract_model)
+    rules = parse_rules(cfg.mesh.rules)
+    param_sh = tree_shardings(abs_params, axes_params, mesh, rules)
+    rest_sh = tree_shardings(abs_rest, axes_rest, mesh, rules)
+
+    def init():
+        _, params, rest = split_model(build(cfg.model, cfg.train.seed))
+        return init_state(params, rest, tx, cfg)
+
+    shardings = state_shardings(jax.eval_shape(init), param_sh, rest_sh, mesh)
+    state = jax.jit(init, out_shardings=shardings)()
+    return graphdef, state, shardings

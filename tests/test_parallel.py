@@ -1,0 +1,60 @@
+"""Data, FSDP and expert parallelism on 8 fake CPU devices (subprocesses: the main pytest process
+has one device), and the errors of bad meshes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from open_r1_jax.config import ConfigError, MeshConfig, load_config
+from open_r1_jax.parallel.mesh import check_batch, make_mesh
+
+HERE = Path(__file__).parent
+
+
+def run_8(*args, timeout=600):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, str(HERE / "multidevice" / "equivalence.py"), *args], env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def equivalence():
+    return {r["mesh"]: r for r in run_8()}
+
+
+@pytest.mark.parametrize("mesh", ["data8", "fsdp8", "d2f2e2", "expert8"])
+def test_three_steps_match_one_device(equivalence, mesh):
+    r = equivalence[mesh]
+    print(f"\n{mesh}: loss rel {r['loss_rel']:.1e}, param rel {r['param_rel']:.1e}")
+    assert r["loss_rel"] < 1e-5 and r["param_rel"] < 1e-5
+    assert r["dropped"] == 0  # dropless
+
+
+def test_fsdp_really_shards_params_and_moments(equivalence):
+    total = equivalence["fsdp8"]["params_total"]
+    for key in ("params", "mu"):
+        assert equivalence["fsdp8"][key] <= total / 8 * 1.05, (key, equivalence["fsdp8"][key], total)
+    assert equivalence["data8"]["params"] == total  # pure data parallelism replicates
+    assert equivalence["d2f2e2"]["expert_w_gate_spec"] == "P('expert', 'fsdp', None)"
+    assert equivalence["expert8"]["expert_w_gate_spec"] == "P('expert', None, None)"
+
+
+def test_capacity_mode_counts_dropped_rows():
+    (r,) = run_8("capacity")
+    assert r["dropped"] > 0 and all(x == x for x in r["losses"])  # counted, and the loss stays finite
+
+
+def test_bad_meshes_are_clear_errors():
+    with pytest.raises(ConfigError, match=r"mesh.data x mesh.fsdp x mesh.expert = 2 x 1 x 1 = 2, but 1 devices"):
+        make_mesh(MeshConfig(data=2))
+    with pytest.raises(ConfigError, match=r"n_experts \(8\) must be divisible by mesh.expert \(3\)"):
+        load_config(None, ["mesh.expert=3"])
+    with pytest.raises(ConfigError, match="mesh.rules"):
+        load_config(None, ["mesh.rules=[embed=tensor]"])
+    mesh = make_mesh(MeshConfig())
+    check_batch(4, 0, mesh)
