@@ -58,3 +58,15 @@ def test_bad_meshes_are_clear_errors():
         load_config(None, ["mesh.rules=[embed=tensor]"])
     mesh = make_mesh(MeshConfig())
     check_batch(4, 0, mesh)
+
+
+def test_planner_matches_real_sharded_bytes(equivalence):
+    from open_r1_jax.plan import plan
+
+    sys.path.insert(0, str(HERE / "multidevice"))
+    from equivalence import BASE
+
+    for mesh, overrides in [("fsdp8", ["mesh.fsdp=8"]), ("d2f2e2", ["mesh.data=2", "mesh.fsdp=2", "mesh.expert=2"]),
+                            ("expert8", ["mesh.expert=8"])]:
+        predicted = plan(load_config(None, BASE + overrides)).params
+        assert predicted == equivalence[mesh]["params"], (mesh, predicted, equivalence[mesh]["params"])

@@ -1,0 +1,163 @@
+"""``python -m open_r1_jax.plan --config FILE [key=value ...]``: will this run fit?
+
+Prints total and active parameter counts, and per-device memory for parameters, gradients,
+optimizer state and activations (with and without activation checkpointing) under the configured
+mesh, for A100 40/80 GB, H100 80 GB and H200 141 GB, and whether it fits.
+
+Model (documented estimates; ``tests/test_plan.py`` checks the counts against the real model):
+- parameters and gradients fp32, AdamW moments 2 x fp32, each divided by how ``mesh.rules`` shards
+  that array (the same rules the trainer uses);
+- FSDP gathers one block's parameters at a time in the compute dtype (the largest block counts);
+- activations per device for one micro-batch: per token and layer, the tensors the backward pass
+  keeps (block input, norms, q/k/v, attention output, the fp32 attention probabilities of the XLA
+  path over T keys, router logits, routed and shared expert hiddens, dispatch buffers); with
+  ``nothing_saveable`` checkpointing only each block's input is kept, plus one block recomputed;
+  logits and their gradient in fp32;
+- 10% of each device is kept free for XLA workspace and fragmentation.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+
+from open_r1_jax.config import Config, ConfigError, ModelConfig, load_config
+
+HARDWARE = {"A100 40GB": 40e9, "A100 80GB": 80e9, "H100 80GB": 80e9, "H200 141GB": 141e9}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def param_shapes(m: ModelConfig) -> list[tuple[str, tuple[int, ...], tuple]]:
+    """(name, shape, logical axes) of every parameter, as the Flax model builds them."""
+    d, hk, gk = m.d_model, m.n_heads * m.head_dim, m.n_kv_heads * m.head_dim
+    out = [("embed", (m.vocab_size, d), ("vocab", "embed"))]
+    for i in range(m.n_layers):
+        p = f"blocks.{i}."
+        out += [(p + "attn_norm", (d,), ("embed",)), (p + "ffn_norm", (d,), ("embed",)),
+                (p + "wq", (d, hk), ("embed", "heads")), (p + "wk", (d, gk), ("embed", "kv_heads")),
+                (p + "wv", (d, gk), ("embed", "kv_heads")), (p + "wo", (hk, d), ("heads", "embed"))]
+        ffn = m.drn if i < m.drn_layers else m.moe
+        e, f = ffn.n_experts, ffn.expert_ffn_dim
+        out += [(p + "router", (d, e), ("embed", None)),
+                (p + "experts.w_gate", (e, d, f), ("experts", "embed", "mlp")),
+                (p + "experts.w_up", (e, d, f), ("experts", "embed", "mlp")),
+                (p + "experts.w_down", (e, f, d), ("experts", "mlp", "embed"))]
+        if i >= m.drn_layers and m.moe.n_shared_experts:
+            fs = m.moe.n_shared_experts * f
+            out += [(p + "shared.w_gate", (d, fs), ("embed", "mlp")), (p + "shared.w_up", (d, fs), ("embed", "mlp")),
+                    (p + "shared.w_down", (fs, d), ("mlp", "embed"))]
+    out.append(("final_norm", (d,), ("embed",)))
+    if not m.tie_embeddings:
+        out.append(("lm_head", (d, m.vocab_size), ("embed", "vocab")))
+    return out
+
+
+def count_params(m: ModelConfig) -> int:
+    return sum(math.prod(s) for _, s, _ in param_shapes(m))
+
+
+def count_active(m: ModelConfig) -> int:
+    """Parameters one token uses: everything except the routed experts it is not sent to."""
+    idle = (m.moe.n_experts - m.moe.top_k) * 3 * m.d_model * m.moe.expert_ffn_dim
+    return count_params(m) - (m.n_layers - m.drn_layers) * idle
+
+
+def shard_factor(axes: tuple, shape: tuple[int, ...], mesh: dict[str, int], rules: dict) -> int:
+    """How many ways an array is split (the same decision as parallel.mesh.logical_spec)."""
+    factor, used = 1, set()
+    for name, dim in zip(axes, shape):
+        mesh_axes = [a for a in rules.get(name, ()) if mesh[a] > 1 and a not in used]
+        size = math.prod(mesh[a] for a in mesh_axes) if mesh_axes else 1
+        if mesh_axes and dim % size == 0:
+            factor *= size
+            used.update(mesh_axes)
+    return factor
+
+
+@dataclass
+class Plan:
+    total_params: int
+    active_params: int
+    params: float  # bytes per device
+    grads: float
+    optimizer: float
+    gathered_block: float
+    activations: float
+    activations_remat: float
+
+    def total(self, remat: bool) -> float:
+        return (self.params + self.grads + self.optimizer + self.gathered_block
+                + (self.activations_remat if remat else self.activations))
+
+
+def activation_bytes(cfg: Config, n_batch_devices: int) -> tuple[float, float]:
+    m, t = cfg.model, cfg.train
+    rows = max((t.micro_batch or t.global_batch) // n_batch_devices, 1)
+    tokens = rows * t.seq_len
+    b = DTYPE_BYTES[m.dtype]
+    d, hk, gk = m.d_model, m.n_heads * m.head_dim, m.n_kv_heads * m.head_dim
+    attn = b * (3 * d + 2 * hk + 2 * gk) + 4 * m.n_heads * t.seq_len  # + fp32 probabilities over T keys
+    moe = m.moe
+    moe_ffn = b * (2 * d + 3 * moe.top_k * moe.expert_ffn_dim + 3 * moe.n_shared_experts * moe.expert_ffn_dim
+                   + 2 * moe.top_k * d) + 4 * 2 * moe.n_experts
+    drn_ffn = b * (2 * d + 3 * m.drn.n_experts * m.drn.expert_ffn_dim) + 4 * m.drn.n_experts
+    per_layer = [attn + (drn_ffn if i < m.drn_layers else moe_ffn) for i in range(m.n_layers)]
+    logits = 2 * 4 * m.vocab_size
+    full = tokens * (sum(per_layer) + logits)
+    remat = tokens * (m.n_layers * b * d + max(per_layer) + logits)
+    return full, remat
+
+
+def plan(cfg: Config) -> Plan:
+    mesh = {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "expert": cfg.mesh.expert}
+    rules = {}
+    for rule in cfg.mesh.rules:
+        name, _, axes = rule.partition("=")
+        rules[name] = tuple(a for a in axes.split("+") if a)
+    shapes = param_shapes(cfg.model)
+    local = sum(math.prod(s) / shard_factor(ax, s, mesh, rules) for _, s, ax in shapes)
+    b = DTYPE_BYTES[cfg.model.dtype]
+    block = max(sum(math.prod(s) for n, s, _ in shapes if n.startswith(f"blocks.{i}."))
+                for i in range(cfg.model.n_layers))
+    full, remat = activation_bytes(cfg, math.prod(mesh.values()))
+    return Plan(count_params(cfg.model), count_active(cfg.model), 4 * local, 4 * local, 8 * local,
+                b * block if cfg.mesh.fsdp > 1 else 0.0, full, remat)
+
+
+def report(cfg: Config, name: str = "") -> str:
+    p = plan(cfg)
+    gb = lambda x: f"{x / 1e9:8.2f}"
+    n_dev = cfg.mesh.data * cfg.mesh.fsdp * cfg.mesh.expert
+    lines = [f"{name or 'config'}: {p.total_params / 1e9:.3f}B parameters, {p.active_params / 1e9:.3f}B active per "
+             f"token; mesh data={cfg.mesh.data} fsdp={cfg.mesh.fsdp} expert={cfg.mesh.expert} ({n_dev} devices), "
+             f"{cfg.model.dtype}, micro-batch {cfg.train.micro_batch or cfg.train.global_batch} x {cfg.train.seq_len}",
+             "", "| per device (GB) | without checkpointing | with checkpointing |", "|---|---|---|"]
+    for label, v in [("parameters (fp32)", p.params), ("gradients (fp32)", p.grads),
+                     ("optimizer state (2 x fp32)", p.optimizer), ("gathered block (FSDP)", p.gathered_block)]:
+        lines.append(f"| {label} | {gb(v)} | {gb(v)} |")
+    lines.append(f"| activations (one micro-batch) | {gb(p.activations)} | {gb(p.activations_remat)} |")
+    lines.append(f"| **total** | {gb(p.total(False))} | {gb(p.total(True))} |")
+    lines += ["", "| device | fits without checkpointing | fits with checkpointing |", "|---|---|---|"]
+    for hw, cap in HARDWARE.items():
+        ok = lambda remat: "yes" if p.total(remat) <= 0.9 * cap else "no"
+        lines.append(f"| {hw} | {ok(False)} | {ok(True)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m open_r1_jax.plan", description=__doc__.split("\n")[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    print(report(cfg, args.config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The planner's counts against the real model, and its memory model's monotonicity."""
+import jax
+from flax import nnx
+
+from open_r1_jax.config import load_config
+from open_r1_jax.model import build_model
+from open_r1_jax.plan import count_active, count_params, main, plan
+from open_r1_jax.training.metrics import active_matmul_params
+
+from conftest import MICRO
+
+
+def _real_count(cfg):
+    abstract = nnx.eval_shape(lambda: build_model(cfg.model))
+    return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+
+
+def test_counts_match_the_real_model():
+    for extra in ([], ["model.moe.n_shared_experts=2", "model.tie_embeddings=true"], ["model.drn_layers=2"]):
+        cfg = load_config(None, MICRO + extra)
+        assert count_params(cfg.model) == _real_count(cfg)
+    big = load_config("configs/a100x8_base.yaml")
+    assert count_params(big.model) == _real_count(big)
+    # active = all but the idle routed experts; the FLOP count's matmul params are the active ones minus
+    # the embedding table and the norm scales
+    m = big.model
+    norms = (2 * m.n_layers + 1) * m.d_model
+    assert count_active(m) - m.vocab_size * m.d_model - norms == active_matmul_params(m)
+
+
+def test_memory_model_shrinks_with_sharding_and_checkpointing():
+    base = load_config(None, MICRO + ["model.moe.n_experts=8", "train.global_batch=8"])
+    fsdp = load_config(None, MICRO + ["model.moe.n_experts=8", "train.global_batch=8", "mesh.fsdp=8"])
+    p1, p8 = plan(base), plan(fsdp)
+    assert p8.params < p1.params / 4 and p8.optimizer == 2 * p8.params
+    remat = load_config(None, MICRO + ["train.seq_len=64", "model.activation_checkpoint=true"])
+    assert plan(remat).activations_remat < plan(remat).activations
+
+
+def test_cli_prints_tables(capsys):
+    assert main(["--config", "configs/a100x4_offload.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "B parameters" in out and "| H200 141GB |" in out and "| A100 40GB |" in out
+    assert main(["--config", "configs/tiny.yaml", "mesh.expert=3"]) == 2
