@@ -6,6 +6,8 @@ R = H/G query heads per key/value head, K head width.
 Two tokens may attend only when they belong to the same segment (document) of a packed row and the
 key does not come after the query. Segment 0 marks padding; padding attends only to padding, so no
 row of the softmax is empty and no NaN appears (its outputs are masked out of the loss).
+With ``model.kernels`` resolved to ``triton`` the attention itself is ``kernels.ops.attention`` (Triton
+flash attention with segment ids) instead of ``dot_product_attention``.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kernels import ops
 from open_r1_jax.config import AttentionConfig
 from open_r1_jax.model.layers import param, rotary
 
@@ -25,6 +28,13 @@ def attention_mask(segment_ids: jax.Array) -> jax.Array:
     causal = jnp.tril(jnp.ones((t, t), dtype=bool))
     same = segment_ids[:, :, None] == segment_ids[:, None, :]
     return (causal[None] & same)[:, None, None]
+
+
+def segment_ids_from_mask(mask: jax.Array) -> jax.Array:
+    """[B,1,1,T,S] mask -> [B,T] segment ids for the flash kernel: the first key each query sees (the
+    start of its segment). Two tokens get the same id exactly when ``attention_mask`` put them in one
+    segment, so the kernel applies the same mask; under jit the mask fuses into this reduction."""
+    return jnp.argmax(mask[:, 0, 0], axis=-1).astype(jnp.int32)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -41,9 +51,11 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
 
 class Attention(nnx.Module):
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int,
-                 cfg: AttentionConfig, std: float, dtype, rngs: nnx.Rngs):
+                 cfg: AttentionConfig, std: float, dtype, rngs: nnx.Rngs, kernels: str = "xla"):
+        self.kernels = kernels  # resolved model.kernels: "triton" or "xla"
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.theta, self.dtype = cfg.rope_theta, dtype
+        self.rope_scaling, self.rope_factor = cfg.rope_scaling, cfg.rope_factor  # long context (layers.rotary)
         self.wq = param(rngs, (d_model, n_heads * head_dim), ("embed", "heads"), std)
         self.wk = param(rngs, (d_model, n_kv_heads * head_dim), ("embed", "kv_heads"), std)
         self.wv = param(rngs, (d_model, n_kv_heads * head_dim), ("embed", "kv_heads"), std)
@@ -56,6 +68,39 @@ class Attention(nnx.Module):
         q = (x @ c(self.wq)).reshape(b, t, self.n_heads, self.head_dim)
         k = (x @ c(self.wk)).reshape(b, t, self.n_kv_heads, self.head_dim)
         v = (x @ c(self.wv)).reshape(b, t, self.n_kv_heads, self.head_dim)
-        q, k = rotary(q, positions, self.theta), rotary(k, positions, self.theta)
-        out = dot_product_attention(q, k, v, mask)
+        q, k = self._rope(q, positions), self._rope(k, positions)
+        if self.kernels == "triton":
+            out = ops.attention(q, k, v, segment_ids_from_mask(mask), impl="triton")
+        else:
+            out = dot_product_attention(q, k, v, mask)
         return out.reshape(b, t, -1) @ c(self.wo)
+
+    def _rope(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        return rotary(x, positions, self.theta, self.rope_scaling, self.rope_factor)
+
+    def init_cache(self, batch: int, length: int) -> dict:
+        """Preallocated KV cache of ``length`` slots: k/v [B,S,G,K] in the compute dtype."""
+        shape = (batch, length, self.n_kv_heads, self.head_dim)
+        return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
+
+    def decode(self, x: jax.Array, positions: jax.Array, cache: dict, index: jax.Array,
+               valid: jax.Array) -> tuple[jax.Array, dict]:
+        """Cached attention of T new tokens written to slots [index, index+T) of the cache.
+
+        x [B,T,D], positions [B,T], cache {"k","v": [B,S,G,K]}, index int scalar, valid [B,S] (slots that
+        hold real tokens, the new ones included) -> (out [B,T,D], updated cache). A query sees the valid
+        slots up to its own: the same keys as ``__call__`` on the whole sequence, so cached decoding and
+        recomputation agree (up to summation order).
+        """
+        b, t, _ = x.shape
+        c = lambda p: p[...].astype(self.dtype)
+        q = self._rope((x @ c(self.wq)).reshape(b, t, self.n_heads, self.head_dim), positions)
+        k = self._rope((x @ c(self.wk)).reshape(b, t, self.n_kv_heads, self.head_dim), positions)
+        v = (x @ c(self.wv)).reshape(b, t, self.n_kv_heads, self.head_dim)
+        start = (0, index, 0, 0)
+        cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
+                 "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
+        slots = jnp.arange(cache["k"].shape[1])
+        mask = (slots[None, :] <= index + jnp.arange(t)[:, None])[None] & valid[:, None, :]  # [B,T,S]
+        out = dot_product_attention(q, cache["k"], cache["v"], mask[:, None, None])
+        return out.reshape(b, t, -1) @ c(self.wo), cache

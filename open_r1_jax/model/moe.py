@@ -13,16 +13,22 @@ Dispatch of the sparse layer (``moe.dispatch``):
   einsum over blocks does the work with static shapes (as in MegaBlocks). On CPU XLA expands
   ``ragged_dot`` into dense work over all experts; the blocked form measured 3-8x faster there
   (benchmarks/moe_dispatch.py), so ``auto`` picks ``ragged_dot`` on GPU and ``blocked`` elsewhere.
+  With ``model.kernels`` resolved to ``triton`` the whole grouped SwiGLU, routing weight included, is
+  ``kernels.ops.grouped_swiglu`` (fused Triton kernels) instead, whatever ``grouped_impl`` says.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kernels import ops
 from open_r1_jax.config import DRNConfig, MoEConfig
 from open_r1_jax.model.layers import RouterBias, SwiGLU, param
 from open_r1_jax.model import routing
+from open_r1_jax.parallel.experts import expert_axis_size, expert_parallel_ffn
 
 
 def _cdiv(a, b):
@@ -60,8 +66,10 @@ def ragged_grouped_swiglu(x_sorted, group_sizes, w_gate, w_up, w_down):
     return jax.lax.ragged_dot(jax.nn.silu(g) * u, w_down, group_sizes)
 
 
-def dropless_experts(x, experts, weights, w_gate, w_up, w_down, impl: str = "auto", block: int = 0):
-    """x [N,D], experts/weights [N,A] -> [N,D] = sum_a weights[:,a] * expert_{experts[:,a]}(x)."""
+def dropless_experts(x, experts, weights, w_gate, w_up, w_down, impl: str = "auto", block: int = 0,
+                     kernels: str = "xla"):
+    """x [N,D], experts/weights [N,A] -> [N,D] = sum_a weights[:,a] * expert_{experts[:,a]}(x).
+    kernels: the resolved ``model.kernels`` ("triton" runs the fused Triton grouped SwiGLU)."""
     n, a = experts.shape
     n_experts = w_gate.shape[0]
     flat = experts.reshape(-1)  # [R]
@@ -70,6 +78,10 @@ def dropless_experts(x, experts, weights, w_gate, w_up, w_down, impl: str = "aut
     experts_sorted = flat[order]
     group_sizes = jnp.bincount(flat, length=n_experts).astype(jnp.int32)
     x_sorted = x[token]
+    if kernels == "triton":
+        y = ops.grouped_swiglu(x_sorted, group_sizes, w_gate, w_up, w_down, weights.reshape(-1)[order],
+                               impl="triton")
+        return jnp.zeros((n, x.shape[1]), y.dtype).at[token].add(y)
     if impl == "auto":
         impl = "ragged_dot" if jax.default_backend() == "gpu" else "blocked"
     if impl == "ragged_dot":
@@ -119,8 +131,9 @@ class DRNFeedForward(nnx.Module):
 class MoEFeedForward(nnx.Module):
     """Sparse top-k routed experts (+ optional shared experts) with auxiliary losses and load stats."""
 
-    def __init__(self, d_model: int, cfg: MoEConfig, std: float, dtype, rngs: nnx.Rngs):
+    def __init__(self, d_model: int, cfg: MoEConfig, std: float, dtype, rngs: nnx.Rngs, kernels: str = "xla"):
         self.cfg, self.dtype = cfg, dtype
+        self.kernels = kernels  # resolved model.kernels: "triton" or "xla"
         self.router = param(rngs, (d_model, cfg.n_experts), ("embed", None), std)
         if cfg.router == "sigmoid":
             self.router_bias = RouterBias(jnp.zeros((cfg.n_experts,), jnp.float32), axes=(None,))
@@ -141,13 +154,20 @@ class MoEFeedForward(nnx.Module):
         weights = weights * cfg.route_scale
         aux = routing.aux_losses(logits, probs, experts, mask, cfg.top_k)
         aux["expert_ids"] = experts
+        aux["dropped"] = jnp.zeros((), jnp.int32)  # (token, slot) rows dropped by a capacity limit
         xf, w = x.reshape(b * t, d), self.experts.cast(self.dtype)
         if cfg.dispatch == "dense":
             combine = jnp.sum(jax.nn.one_hot(experts, cfg.n_experts) * weights[..., None], axis=-2)
             out = dense_experts(xf, combine.reshape(b * t, -1), *w)
         else:
-            out = dropless_experts(xf, experts.reshape(b * t, -1), weights.reshape(b * t, -1), *w,
-                                   impl=cfg.grouped_impl, block=cfg.block_size)
+            grouped = functools.partial(dropless_experts, impl=cfg.grouped_impl, block=cfg.block_size,
+                                        kernels=self.kernels)
+            args = (xf, experts.reshape(b * t, -1), weights.reshape(b * t, -1), *w)
+            if expert_axis_size() > 1:  # experts sharded over the mesh: token exchange in shard_map
+                out, aux["dropped"] = expert_parallel_ffn(*args, capacity_factor=cfg.capacity_factor,
+                                                          grouped=grouped)
+            else:
+                out = grouped(*args)
         out = out.reshape(b, t, d)
         if cfg.n_shared_experts:
             out = out + self.shared(x)
