@@ -7,9 +7,11 @@ packed first-fit into rows of ``seq_len`` (grain ``FirstFitPackIterDataset``), w
 (0 = padding) and per-document positions. A batch is a dict of int32 arrays [B,T]:
 ``inputs``, ``targets``, ``positions``, ``segment_ids`` (loss mask = segment_ids > 0).
 The iterator's state (``get_state()``) is a small dict that checkpoints save for exact resume.
+``make_mixture_dataset`` mixes several sources (grain ``MapDataset.mix``) before the same packing.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import grain
@@ -59,12 +61,15 @@ def tokenize(docs: list[str], tokenizer, desc: str, progress: bool = True) -> li
 
 
 def _to_batch(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {
+    batch = {
         "inputs": packed["inputs"].astype(np.int32),
         "targets": packed["targets"].astype(np.int32),
         "positions": packed["inputs_positions"].astype(np.int32),
         "segment_ids": packed["inputs_segment_ids"].astype(np.int32),
     }
+    if "source_ids" in packed:  # mixtures: which source each token came from
+        batch["source_ids"] = packed["source_ids"].astype(np.int32)
+    return batch
 
 
 @dataclass(frozen=True)
@@ -74,17 +79,79 @@ class PipelineSpec:
     seed: int
     packing_bins: int
     train: bool  # shuffle + repeat forever; else one ordered pass
+    num_shards: int = 0  # data streams; 0 = one per process (see data.shards)
 
 
-def make_dataset(source: ChunkSource, spec: PipelineSpec) -> grain.IterDataset:
+def local_shards(spec: PipelineSpec) -> tuple[int, range]:
+    """-> (number of shards, the shards this process reads). Each process reads only its share."""
+    n, procs = spec.num_shards or jax.process_count(), jax.process_count()
+    if n % procs:
+        raise ValueError(f"data.shards ({n}) must be a multiple of the number of processes ({procs})")
+    per = n // procs
+    return n, range(jax.process_index() * per, (jax.process_index() + 1) * per)
+
+
+def _concat_rows(parts) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _sharded(build_one, spec: PipelineSpec) -> grain.IterDataset:
+    """One pipeline per local shard (rows = batch / local shards), zipped and concatenated row-wise,
+    so a global batch is the same for any number of processes when ``num_shards`` is fixed."""
+    n, local = local_shards(spec)
+    if len(local) == 1:
+        return build_one(local[0], n, spec)
+    if spec.batch % len(local):
+        raise ValueError(f"rows per process ({spec.batch}) must be divisible by the {len(local)} local data shards")
+    sub = dataclasses.replace(spec, batch=spec.batch // len(local))
+    return gexp.ZipIterDataset([build_one(i, n, sub) for i in local]).map(_concat_rows)
+
+
+def _shard_and_shuffle(source, spec: PipelineSpec, seed: int, shard: int = 0, n_shards: int = 1) -> grain.MapDataset:
     if len(source) == 0:
         raise ValueError("the data source has no chunk with at least one (input, target) pair")
     ds = grain.MapDataset.source(source)
-    if jax.process_count() > 1:
-        ds = ds[jax.process_index()::jax.process_count()]  # each process reads only its share
+    if n_shards > 1:
+        ds = ds[shard::n_shards]
     if spec.train:
-        ds = ds.seed(spec.seed).shuffle().repeat()
+        ds = ds.seed(seed).shuffle().repeat()
+    return ds
+
+
+def _pack_and_batch(ds: grain.MapDataset, spec: PipelineSpec, keys: tuple[str, ...]) -> grain.IterDataset:
     packed = gexp.FirstFitPackIterDataset(
-        ds.to_iter_dataset(), length_struct={"inputs": spec.seq_len, "targets": spec.seq_len},
+        ds.to_iter_dataset(), length_struct={k: spec.seq_len for k in keys},
         num_packing_bins=spec.packing_bins, shuffle_bins=spec.train, seed=spec.seed)
     return packed.batch(spec.batch, drop_remainder=spec.train).map(_to_batch)
+
+
+def make_dataset(source: ChunkSource, spec: PipelineSpec) -> grain.IterDataset:
+    """Items ``{"inputs", "targets"}`` of any random-access source (ChunkSource, RecordChunkSource)."""
+    return _sharded(lambda i, n, sp: _pack_and_batch(_shard_and_shuffle(source, sp, sp.seed, i, n), sp,
+                                                     ("inputs", "targets")), spec)
+
+
+class _TagSource:
+    """Adds ``source_ids`` (the source's index on every token) to an item; picklable for grain."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __call__(self, item: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {**item, "source_ids": np.full(len(item["inputs"]), self.index, np.int32)}
+
+
+def make_mixture_dataset(sources: list, weights: list[float], spec: PipelineSpec) -> grain.IterDataset:
+    """Training mixture: each source shuffled and repeated (own seed), mixed by grain with ``weights``
+    (the share of chunks drawn from each), then packed and batched as ``make_dataset``. Batches carry
+    ``source_ids`` [B,T] beside the usual keys (``mixture.MixtureStats`` counts and removes them)."""
+    if not spec.train:
+        raise ValueError("make_mixture_dataset is for training; evaluate with make_dataset")
+
+    def build_one(shard, n, sp):
+        parts = [_shard_and_shuffle(src, sp, sp.seed + 1000 * i, shard, n).map(_TagSource(i))
+                 for i, src in enumerate(sources)]
+        mixed = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights=list(weights))
+        return _pack_and_batch(mixed, sp, ("inputs", "targets", "source_ids"))
+
+    return _sharded(build_one, spec)

@@ -2,9 +2,17 @@
 
 Both expose ``encode(text) -> np.ndarray[int32]``, ``decode(ids) -> str``, ``vocab_size``, ``eos_id``
 and ``token_bytes`` (UTF-8 bytes each token stands for, for bits-per-byte).
+
+``python -m open_r1_jax.data.tokenizer train --config FILE [--out PATH] [key.sub=value ...]`` trains the
+BPE (``data.bpe_vocab_size``) on the configured sources (``data.mixture_paths`` or ``data.sources``;
+empty = the embedded corpus) and writes ``tokenizer.json`` to ``--out``, else ``data.tokenizer_path``,
+else ``run.dir/tokenizer.json`` (where the trainer looks for a cached one).
 """
 from __future__ import annotations
 
+import argparse
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +91,48 @@ def build_tokenizer(kind: str, texts: list[str], vocab_size: int, cache: Path | 
         cache.parent.mkdir(parents=True, exist_ok=True)
         tok.save(cache)
     return tok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m open_r1_jax.data.tokenizer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a byte-level BPE on the configured sources")
+    train.add_argument("--config", help="YAML file of overrides")
+    train.add_argument("--out", help="tokenizer.json to write (default: data.tokenizer_path or run.dir)")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.bpe_vocab_size=4096")
+    args = parser.parse_args(argv)
+
+    from open_r1_jax.config import ConfigError, load_config
+    from open_r1_jax.data.readers import iter_texts
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        out = Path(args.out or cfg.data.tokenizer_path or Path(cfg.run.dir) / "tokenizer.json")
+        t0 = time.perf_counter()
+        n_docs = n_bytes = 0
+
+        def texts():
+            nonlocal n_docs, n_bytes
+            for t in iter_texts(cfg.data):
+                n_docs, n_bytes = n_docs + 1, n_bytes + len(t)
+                yield t
+
+        tok = BPETokenizer.train(texts(), cfg.data.bpe_vocab_size)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if n_docs == 0:
+        print("error: the configured sources hold no readable document", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(out)
+    print(f"trained a {tok.vocab_size}-token BPE on {n_docs} documents ({n_bytes / 1e6:.1f} M characters) "
+          f"in {time.perf_counter() - t0:.1f}s; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
