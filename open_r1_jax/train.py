@@ -17,15 +17,22 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from open_r1_jax.config import ConfigError, load_config
+    from open_r1_jax.parallel.distributed import DistributedInitError, initialize_from_env
     from open_r1_jax.training.loop import TrainingDiverged, train
 
     try:
         cfg = load_config(args.config, args.overrides)
-        summary = train(cfg)
+        initialize_from_env()
+        if cfg.train.stage == "dpo":
+            from open_r1_jax.training.dpo import train_dpo
+
+            summary = train_dpo(cfg)
+        else:
+            summary = train(cfg)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, TrainingDiverged) as e:
+    except (FileNotFoundError, ValueError, TrainingDiverged, DistributedInitError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MICRO
+from micro import MICRO
 
 ROOT = Path(__file__).parent.parent
 ARGS = MICRO + ["mesh.data=2", "mesh.fsdp=2", "mesh.expert=2", "train.global_batch=8", "train.steps=3",

@@ -7,7 +7,7 @@ from open_r1_jax.model import build_model
 from open_r1_jax.plan import count_active, count_params, main, plan
 from open_r1_jax.training.metrics import active_matmul_params
 
-from conftest import MICRO
+from micro import MICRO
 
 
 def _real_count(cfg):

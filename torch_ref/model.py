@@ -16,6 +16,10 @@ Everything is eager and fp32, and mirrors the JAX model formula for formula:
 - Rotary: "rotate half" convention, angles from per-token positions.
 - Attention: grouped-query; two tokens attend when the key is not after the query and both are in
   the same segment (segment 0 = padding). Masked scores are set to the finite MASK_VALUE.
+- LSH attention (layers in attention.lsh_layers, or all with kind "lsh"): Reformer hashing, sort by
+  (bucket, time), chunks that also see the previous chunk, rounds combined by logsumexp; the same
+  steps as ``open_r1_jax/model/lsh_attention.py`` (see its docstring). The random rotations are an
+  explicit argument of ``forward`` (JAX draws them from its rng), so the two agree exactly.
 - DRN FFN: softmax over all experts, every expert on every token, dense mixture.
 - MoE FFN: top-k softmax router (Mixtral) or DeepSeek-V3 sigmoid router (select by sigmoid + bias,
   weight by the unbiased sigmoid), times route_scale; optional shared experts; auxiliary losses.
@@ -47,7 +51,15 @@ INIT_STD = 0.02  # only for a freshly constructed reference; parity tests copy w
 
 @dataclass(frozen=True)
 class AttentionConfig:
+    kind: str = "full"  # "full" or "lsh" (every layer)
+    lsh_layers: tuple = ()  # layers with LSH attention
     rope_theta: float = 10000.0
+    rope_scaling: str = "none"  # "none", "linear" or "ntk"
+    rope_factor: float = 1.0
+    n_hashes: int = 2
+    n_buckets: int = 32
+    chunk_size: int = 64
+    shared_qk: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,9 +103,9 @@ class TorchModelConfig:
     # Keys of the JAX model section that change how JAX computes, not what: accepted and ignored.
     JAX_ONLY = {
         "": ("dtype", "kernels", "activation_checkpoint", "remat_policy", "max_seq_len", "init_std"),
-        "attention": ("kind", "lsh_layers"),
+        "attention": ("lsh_seed",),
         "drn": (),
-        "moe": ("dispatch", "grouped_impl", "block_size"),
+        "moe": ("dispatch", "grouped_impl", "block_size", "capacity_factor"),
     }
 
     @classmethod
@@ -103,9 +115,8 @@ class TorchModelConfig:
             d = d["model"]
         d = dict(d)
         att = dict(d.pop("attention", None) or {})
-        if att.get("kind", "full") != "full" or att.get("lsh_layers"):
-            raise ValueError("torch_ref implements only full attention "
-                             f"(got attention.kind={att.get('kind')!r}, lsh_layers={att.get('lsh_layers')!r})")
+        if "lsh_layers" in att:
+            att["lsh_layers"] = tuple(att["lsh_layers"])
         subs = {"attention": (AttentionConfig, att),
                 "drn": (DRNConfig, dict(d.pop("drn", None) or {})),
                 "moe": (MoEConfig, dict(d.pop("moe", None) or {}))}
@@ -142,11 +153,18 @@ class RMSNorm(nn.Module):
         return (y * self.weight).to(x.dtype)
 
 
-def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """x [B,T,*,K], positions [B,T] -> x rotated, "rotate half" pairs (i, i + K/2)."""
+def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float, scaling: str = "none",
+           factor: float = 1.0) -> torch.Tensor:
+    """x [B,T,*,K], positions [B,T] -> x rotated, "rotate half" pairs (i, i + K/2).
+    scaling "linear": positions / factor; "ntk": base theta * factor^(K/(K-2))."""
     k = x.shape[-1]
+    if scaling == "ntk":
+        theta = theta * factor ** (k / max(k - 2, 1))
     inv_freq = 1.0 / (theta ** (torch.arange(0, k, 2, dtype=torch.float32, device=x.device) / k))  # [K/2]
-    angles = positions.float()[..., None] * inv_freq  # [B,T,K/2]
+    pos = positions.float()
+    if scaling == "linear":
+        pos = pos / factor
+    angles = pos[..., None] * inv_freq  # [B,T,K/2]
     angles = torch.cat([angles, angles], dim=-1)[:, :, None, :]  # [B,T,1,K]
     x32 = x.float()
     x1, x2 = x32.chunk(2, dim=-1)
@@ -163,9 +181,10 @@ def attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, rope_theta: float):
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, cfg: AttentionConfig):
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim, self.theta = n_heads, n_kv_heads, head_dim, rope_theta
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.rope = (cfg.rope_theta, cfg.rope_scaling, cfg.rope_factor)
         self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=False)
         self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=False)
@@ -175,14 +194,125 @@ class Attention(nn.Module):
         """x [B,T,D], positions [B,T], mask [B,1,1,T,S] -> [B,T,D]."""
         b, t, _ = x.shape
         h, g, kd = self.n_heads, self.n_kv_heads, self.head_dim
-        q = rotary(self.q_proj(x).view(b, t, h, kd), positions, self.theta)  # [B,T,H,K]
-        k = rotary(self.k_proj(x).view(b, t, g, kd), positions, self.theta)  # [B,S,G,K]
+        q = rotary(self.q_proj(x).view(b, t, h, kd), positions, *self.rope)  # [B,T,H,K]
+        k = rotary(self.k_proj(x).view(b, t, g, kd), positions, *self.rope)  # [B,S,G,K]
         v = self.v_proj(x).view(b, t, g, kd)  # [B,S,G,K]
         q = q.view(b, t, g, h // g, kd)  # [B,T,G,R,K]
         scores = torch.einsum("btgrk,bsgk->bgrts", q, k).float()  # [B,G,R,T,S]
         scores = torch.where(mask, scores * kd**-0.5, torch.full_like(scores, MASK_VALUE))
         probs = torch.softmax(scores, dim=-1).to(v.dtype)
         out = torch.einsum("bgrts,bsgk->btgrk", probs, v)  # [B,T,G,R,K]
+        return self.o_proj(out.reshape(b, t, h * kd))
+
+
+# ----------------------------------------------------------------------------- LSH attention
+# Extra letters: N hash rounds, U buckets, C chunk length, M chunks, W = 2C keys a chunk sees,
+# Tp time padded to a multiple of C.
+
+LSH_SELF_VALUE = -1e5  # score of a query's fallback slot on itself (JAX: SELF_VALUE)
+LSH_NORM_EPS = 1e-6
+LSH_BIG_TIME = 2**30
+
+
+def lsh_buckets(x: torch.Tensor, rotations: torch.Tensor, n_buckets: int) -> torch.Tensor:
+    """x [B,H,T,K], rotations [K,N,U/2] -> buckets [B,H,N,T] (argmax over [xR, -xR]; U = 1: all 0)."""
+    if n_buckets == 1:
+        return torch.zeros(*x.shape[:2], rotations.shape[1], x.shape[2], dtype=torch.long, device=x.device)
+    rotated = torch.einsum("bhtk,knu->bhntu", x.float(), rotations.float())
+    return torch.argmax(torch.cat([rotated, -rotated], dim=-1), dim=-1)
+
+
+def _lsh_chunks(x: torch.Tensor, c: int) -> torch.Tensor:
+    """[B,H,N,Tp,...] -> [B,H,N,M,C,...]."""
+    return x.reshape(*x.shape[:3], x.shape[3] // c, c, *x.shape[4:])
+
+
+def _lsh_with_previous(x: torch.Tensor, fill) -> torch.Tensor:
+    """[B,H,N,M,C,...] -> [B,H,N,M,W,...]: the previous chunk, then the chunk (``fill`` before chunk 0)."""
+    prev = torch.cat([torch.full_like(x[:, :, :, :1], fill), x[:, :, :, :-1]], dim=3)
+    return torch.cat([prev, x], dim=4)
+
+
+def _lsh_gather(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """x [B,H,Tp,K], order [B,H,N,Tp] -> [B,H,N,Tp,K]."""
+    n = order.shape[2]
+    src = x[:, :, None].expand(-1, -1, n, -1, -1)
+    return torch.gather(src, 3, order[..., None].expand(-1, -1, -1, -1, x.shape[-1]))
+
+
+def lsh_attention(q, k, v, segment_ids, rotations, n_buckets: int, chunk_size: int, shared_qk: bool):
+    """q [B,T,H,K], k [B,T,G,K] (None with shared_qk), v [B,T,G,K], segment_ids [B,T], rotations [K,N,U/2]
+    -> [B,T,H,K]. Sort queries and keys by (bucket, time); chunk m of queries sees key chunks m-1, m;
+    causal + segment masks by original time (own key masked with shared QK); a fallback slot on the
+    query's own value at LSH_SELF_VALUE; unsort; rounds weighted by softmax of their logsumexp."""
+    b, t, h, kd = q.shape
+    r = h // v.shape[2]
+    c = min(chunk_size, t)
+    tp = -(-t // c) * c
+    pad = lambda x: F.pad(x, (0, 0, 0, tp - t))  # [B,H,T,K] -> [B,H,Tp,K]
+    qh = pad(q.transpose(1, 2))
+    vh = pad(v.repeat_interleave(r, dim=2).transpose(1, 2))
+    if shared_qk:
+        q32 = qh.float()
+        kh = (q32 * torch.rsqrt((q32 * q32).sum(-1, keepdim=True) + LSH_NORM_EPS)).to(qh.dtype)
+    else:
+        kh = pad(k.repeat_interleave(r, dim=2).transpose(1, 2))
+    seg = F.pad(segment_ids, (0, tp - t), value=-1)  # [B,Tp]
+    time = torch.arange(tp, device=q.device)
+
+    q_order = torch.argsort(lsh_buckets(qh, rotations, n_buckets) * tp + time, dim=-1)  # [B,H,N,Tp]
+    k_order = q_order if shared_qk else torch.argsort(lsh_buckets(kh, rotations, n_buckets) * tp + time, dim=-1)
+    n = q_order.shape[2]
+    seg_of = lambda order: torch.gather(seg[:, None, None].expand(-1, h, n, -1), 3, order)
+
+    qc = _lsh_chunks(_lsh_gather(qh, q_order), c)  # [B,H,N,M,C,K]
+    q_time, q_seg = _lsh_chunks(q_order, c), _lsh_chunks(seg_of(q_order), c)  # [B,H,N,M,C]
+    v_self = _lsh_chunks(_lsh_gather(vh, q_order), c)
+    kw = _lsh_with_previous(_lsh_chunks(_lsh_gather(kh, k_order), c), 0)  # [B,H,N,M,W,K]
+    vw = _lsh_with_previous(_lsh_chunks(_lsh_gather(vh, k_order), c), 0)
+    k_time = _lsh_with_previous(_lsh_chunks(k_order, c), LSH_BIG_TIME)  # [B,H,N,M,W]
+    k_seg = _lsh_with_previous(_lsh_chunks(seg_of(k_order), c), -2)
+
+    scores = torch.einsum("bhnmck,bhnmwk->bhnmcw", qc, kw).float() * kd**-0.5  # [B,H,N,M,C,W]
+    mask = (k_time[..., None, :] <= q_time[..., None]) & (k_seg[..., None, :] == q_seg[..., None])
+    if shared_qk:
+        mask = mask & (k_time[..., None, :] != q_time[..., None])
+    scores = torch.where(mask, scores, torch.full_like(scores, MASK_VALUE))
+    scores = torch.cat([scores, torch.full_like(scores[..., :1], LSH_SELF_VALUE)], dim=-1)
+    lse = torch.logsumexp(scores, dim=-1)  # [B,H,N,M,C]
+    probs = torch.exp(scores - lse[..., None])
+    out = torch.einsum("bhnmcw,bhnmwk->bhnmck", probs[..., :-1].to(v.dtype), vw).float()
+    out = out + probs[..., -1:] * v_self.float()  # [B,H,N,M,C,K]
+
+    undo = torch.argsort(q_order, dim=-1)
+    out = torch.gather(out.reshape(b, h, n, tp, kd), 3, undo[..., None].expand(-1, -1, -1, -1, kd))
+    lse = torch.gather(lse.reshape(b, h, n, tp), 3, undo)  # [B,H,N,Tp]
+    weights = torch.softmax(lse, dim=2)
+    out = (out * weights[..., None]).sum(dim=2)  # [B,H,Tp,K]
+    return out[:, :, :t].transpose(1, 2).to(q.dtype)
+
+
+class LSHAttention(nn.Module):
+    """Projections and rotary of ``Attention`` (no k_proj with shared QK) around ``lsh_attention``."""
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, cfg: AttentionConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim, self.cfg = n_heads, n_kv_heads, head_dim, cfg
+        self.rope = (cfg.rope_theta, cfg.rope_scaling, cfg.rope_factor)
+        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=False)
+        if not cfg.shared_qk:
+            self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=False)
+
+    def forward(self, x, positions, segment_ids, rotations):
+        """x [B,T,D], positions/segment_ids [B,T], rotations [K,N,U/2] -> [B,T,D]."""
+        b, t, _ = x.shape
+        h, g, kd, cfg = self.n_heads, self.n_kv_heads, self.head_dim, self.cfg
+        q = rotary(self.q_proj(x).view(b, t, h, kd), positions, *self.rope)
+        k = None if cfg.shared_qk else rotary(self.k_proj(x).view(b, t, g, kd), positions, *self.rope)
+        v = self.v_proj(x).view(b, t, g, kd)
+        out = lsh_attention(q, k, v, segment_ids, rotations, cfg.n_buckets, cfg.chunk_size, cfg.shared_qk)
         return self.o_proj(out.reshape(b, t, h * kd))
 
 
@@ -302,6 +432,7 @@ class MoEFeedForward(nn.Module):
         weights = weights * cfg.route_scale  # [B,T,A]
         aux = aux_losses(logits, probs, experts, mask, cfg.top_k)
         aux["expert_ids"] = experts
+        aux["dropped"] = torch.zeros((), dtype=torch.int32)  # dense dispatch never drops (as JAX's aux)
         combine = torch.zeros_like(probs).scatter(-1, experts, weights)  # [B,T,E], 0 off the top-k
         out = self.experts(x.reshape(b * t, d), combine.reshape(b * t, -1)).view(b, t, d)
         if cfg.n_shared_experts:
@@ -313,19 +444,24 @@ class MoEFeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: TorchModelConfig, kind: str):
+    def __init__(self, cfg: TorchModelConfig, kind: str, lsh: bool = False):
         super().__init__()
         self.kind = kind  # "drn" or "moe"
+        self.lsh = lsh
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.attention.rope_theta)
+        attention = LSHAttention if lsh else Attention
+        self.attn = attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.attention)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if kind == "drn":
             self.ffn = DRNFeedForward(cfg.d_model, cfg.drn)
         else:
             self.ffn = MoEFeedForward(cfg.d_model, cfg.moe)
 
-    def forward(self, x, positions, mask, token_mask):
-        x = x + self.attn(self.attn_norm(x), positions, mask)
+    def forward(self, x, positions, mask, token_mask, segment_ids=None, rotations=None):
+        if self.lsh:
+            x = x + self.attn(self.attn_norm(x), positions, segment_ids, rotations)
+        else:
+            x = x + self.attn(self.attn_norm(x), positions, mask)
         y, aux = self.ffn(self.ffn_norm(x), token_mask)
         return x + y, aux
 
@@ -335,8 +471,9 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        lsh = lambda i: cfg.attention.kind == "lsh" or i in cfg.attention.lsh_layers
         self.blocks = nn.ModuleList(
-            [Block(cfg, "drn" if i < cfg.drn_layers else "moe") for i in range(cfg.n_layers)])
+            [Block(cfg, "drn" if i < cfg.drn_layers else "moe", lsh(i)) for i in range(cfg.n_layers)])
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -350,8 +487,11 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, 0.0, std)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                segment_ids: torch.Tensor | None = None):
+                segment_ids: torch.Tensor | None = None, rotations: dict | None = None):
         """tokens [B,T] long -> (logits [B,T,V] fp32, aux dict).
+
+        rotations: {layer index: [K, n_hashes, n_buckets/2] tensor} for every LSH layer (the JAX model
+        draws them as ``open_r1_jax.model.lsh_attention.lsh_rotations(fold_in(rng, i), ...)``).
 
         aux: ``aux_loss`` (coefficient-weighted sum over MoE layers), per-layer ``balance_loss``,
         ``seq_balance_loss``, ``z_loss`` [L], ``expert_counts`` [L,E], ``expert_ids`` [L,B,T,A].
@@ -362,11 +502,15 @@ class Transformer(nn.Module):
             positions = torch.arange(t, device=tokens.device).expand(b, t)
         if segment_ids is None:
             segment_ids = torch.ones(b, t, dtype=torch.long, device=tokens.device)
-        mask = attention_mask(segment_ids)
+        lsh = [i for i, block in enumerate(self.blocks) if block.lsh]
+        missing = sorted(set(lsh) - set(rotations or {}))
+        if missing:
+            raise ValueError(f"rotations: LSH layer(s) {missing} need a [K, n_hashes, n_buckets/2] tensor each")
+        mask = attention_mask(segment_ids) if len(lsh) < len(self.blocks) else None
         token_mask = segment_ids > 0
         layer_aux = []
-        for block in self.blocks:
-            x, aux = block(x, positions, mask, token_mask)
+        for i, block in enumerate(self.blocks):
+            x, aux = block(x, positions, mask, token_mask, segment_ids, (rotations or {}).get(i))
             if aux:
                 layer_aux.append(aux)
         x = self.final_norm(x)

@@ -43,7 +43,7 @@ def train_step(model, opt: torch.optim.Optimizer, batch: dict, step: int, train:
     opt.zero_grad(set_to_none=True)
     nll_sum, counts = torch.zeros(()), None
     for i in range(n_micro):
-        mb = {k: v.reshape(n_micro, g // n_micro, *v.shape[1:])[i] for k, v in batch.items()}
+        mb = {k: v[i::n_micro] for k, v in batch.items()}  # strided micro-batches, as open_r1_jax
         logits, aux = model(mb["inputs"], mb["positions"], mb["segment_ids"])
         nll, _ = summed_nll(logits, mb["targets"], mb["segment_ids"] > 0)
         (nll / n_total + aux["aux_loss"] / n_micro).backward()

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,17 +20,19 @@ import numpy as np
 from tqdm import tqdm
 
 from open_r1_jax import config as config_lib
-from open_r1_jax.checkpoint import Checkpointer, abstract
+from open_r1_jax.checkpoint import Checkpointer
 from open_r1_jax.config import Config, ConfigError
-from open_r1_jax.data.pipeline import ChunkSource, PipelineSpec, make_dataset, tokenize
+from open_r1_jax.data.mixture import MixtureReport, MixtureStats, open_prepared
+from open_r1_jax.data.pipeline import ChunkSource, PipelineSpec, make_dataset, make_mixture_dataset, tokenize
 from open_r1_jax.data.sources import load_documents
 from open_r1_jax.data.tokenizer import build_tokenizer
 from open_r1_jax.model import build_model
 from open_r1_jax.model.layers import DTYPES
-from open_r1_jax.parallel.mesh import batch_sharding, check_batch, make_mesh, replicated
+from open_r1_jax.parallel.mesh import batch_sharding, check_batch, make_mesh, per_device_bytes, replicated
 from open_r1_jax.training import metrics as M
 from open_r1_jax.training.optim import make_optimizer, schedule
-from open_r1_jax.training.step import init_state, make_eval_step, make_train_step, split_model
+from open_r1_jax.training.state import create_train_state
+from open_r1_jax.training.step import make_eval_step, make_train_step
 
 log = logging.getLogger("open_r1_jax")
 
@@ -42,11 +45,26 @@ class TrainingDiverged(RuntimeError):
 class Data:
     tokenizer: object
     train_iter: object
-    eval_source: ChunkSource
+    eval_source: ChunkSource  # or shards.RecordChunkSource (prepared data): the same items
     spec: PipelineSpec
+    mixture: tuple[str, ...] = ()  # sources mixed in train_iter (prepared data)
 
 
 def build_data(cfg: Config, run_dir: Path) -> Data:
+    if cfg.data.kind == "arrayrecord":  # shards written by `python -m open_r1_jax.data.prepare`
+        prep = open_prepared(cfg.data, cfg.train.seq_len)
+        if prep.tokenizer.vocab_size > cfg.model.vocab_size:
+            raise ConfigError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the vocabulary of the "
+                              f"tokenizer in {cfg.data.prepared_dir} ({prep.tokenizer.vocab_size})")
+        log.info("data: prepared shards in %s: %s; %d held-out tokens", cfg.data.prepared_dir,
+                 ", ".join(f"{n} (weight {w:.3f}, {s.n_target_tokens} tokens)"
+                           for n, w, s in zip(prep.names, prep.weights, prep.train_sources)),
+                 prep.eval_source.n_target_tokens)
+        spec = PipelineSpec(cfg.train.seq_len, cfg.train.global_batch // jax.process_count(), cfg.train.seed,
+                            cfg.data.packing_bins, train=True, num_shards=cfg.data.shards)
+        train_ds = MixtureStats(make_mixture_dataset(prep.train_sources, prep.weights, spec), prep.names,
+                                prep.weights, cfg.train.log_every, MixtureReport(run_dir / "data_mixture.json", log))
+        return Data(prep.tokenizer, iter(train_ds), prep.eval_source, spec, tuple(prep.names))
     train_docs, heldout_docs, report = load_documents(cfg.data)
     log.info("data: %s; %d train / %d held-out documents", report.summary(), len(train_docs), len(heldout_docs))
     for bad in report.bad_records[:5]:
@@ -64,7 +82,7 @@ def build_data(cfg: Config, run_dir: Path) -> Data:
     log.info("data: %d train tokens in %d chunks, %d held-out tokens", train_src.n_target_tokens,
              len(train_src), eval_src.n_target_tokens)
     spec = PipelineSpec(cfg.train.seq_len, cfg.train.global_batch // jax.process_count(), cfg.train.seed,
-                        cfg.data.packing_bins, train=True)
+                        cfg.data.packing_bins, train=True, num_shards=cfg.data.shards)
     return Data(tok, iter(make_dataset(train_src, spec)), eval_src, spec)
 
 
@@ -78,12 +96,15 @@ def _pad_rows(batch: dict, rows: int) -> dict:
 
 
 def evaluate(eval_fn, state, data: Data, n_batches: int, sharding) -> dict:
-    spec = PipelineSpec(data.spec.seq_len, data.spec.batch, data.spec.seed, data.spec.packing_bins, train=False)
+    spec = dataclasses.replace(data.spec, train=False)
     nll = n_tok = n_bytes = 0.0
-    for i, batch in enumerate(make_dataset(data.eval_source, spec)):
-        if i == n_batches:
-            break
-        out = eval_fn(state["params"], state["model_state"], _put(_pad_rows(batch, spec.batch), sharding))
+    it = iter(make_dataset(data.eval_source, spec))
+    empty = {k: np.zeros((spec.batch, spec.seq_len), np.int32)
+             for k in ("inputs", "targets", "positions", "segment_ids")}
+    for _ in range(n_batches):  # every process runs the same number of (global) eval steps
+        batch = next(it, None)
+        batch = empty if batch is None else _pad_rows(batch, spec.batch)  # all-padding: adds nothing
+        out = eval_fn(state["params"], state["model_state"], _put(batch, sharding))
         a, b, c = (float(x) for x in jax.device_get(out))
         nll, n_tok, n_bytes = nll + a, n_tok + b, n_bytes + c
     if n_tok == 0:
@@ -100,24 +121,26 @@ def train(cfg: Config) -> dict:
     config_lib.dump_yaml(cfg, run_dir / "config.yaml")
     mesh = make_mesh(cfg.mesh)
     check_batch(cfg.train.global_batch, cfg.train.micro_batch, mesh)
-    log.info("mesh: %s over %d %s device(s); kernels: xla", dict(mesh.shape), mesh.size,
-             jax.devices()[0].platform)
+    log.info("mesh: %s over %d %s device(s) in %d process(es)", dict(mesh.shape), mesh.size,
+             jax.devices()[0].platform, jax.process_count())
+    with jax.set_mesh(mesh):  # the MoE layers read the expert axis from this mesh while tracing
+        return _train(cfg, mesh, run_dir, t_start)
 
+
+def _train(cfg: Config, mesh, run_dir: Path, t_start: float) -> dict:
     data = build_data(cfg, run_dir)
-    model = build_model(cfg.model, cfg.train.seed)
-    graphdef, params, model_state = split_model(model)
-    del model
-    n_params = sum(x.size for x in jax.tree.leaves(params))
-    n_active = M.active_matmul_params(cfg.model)
-    log.info("model: %.2fM parameters, %.2fM active matmul parameters per token", n_params / 1e6, n_active / 1e6)
-
     tx = make_optimizer(cfg.train)
-    state = jax.device_put(init_state(params, model_state, tx, cfg), replicated(mesh))
+    graphdef, state, shardings = create_train_state(cfg, tx, mesh, build=build_model)
+    n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+    n_active = M.active_matmul_params(cfg.model)
+    log.info("model: %.2fM parameters, %.2fM active matmul parameters per token; %.1f MB of train state "
+             "on each device", n_params / 1e6, n_active / 1e6, per_device_bytes(state) / 1e6)
     ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.keep_checkpoints)
-    start = ckpt.latest_step() or 0
-    if start:
-        state = ckpt.restore(start, abstract(state), data.train_iter)
+    start = ckpt.latest_step()
+    if start is not None:  # step 0: imported weights (export --from-torch), fresh optimizer and data
+        state = ckpt.restore(start, state, data.train_iter)
         log.info("resumed from %s at step %d", ckpt.directory / str(start), start)
+    start = start or 0
 
     if start >= cfg.train.steps:
         log.info("run already complete: step %d of %d (raise train.steps to continue)", start, cfg.train.steps)
@@ -125,8 +148,10 @@ def train(cfg: Config) -> dict:
         summary_path = run_dir / "summary.json"
         return json.loads(summary_path.read_text()) if summary_path.is_file() else {"steps": start}
     bsh = batch_sharding(mesh)
-    step_fn = jax.jit(make_train_step(graphdef, tx, cfg), donate_argnums=0)
-    eval_fn = jax.jit(make_eval_step(graphdef, jnp.asarray(data.tokenizer.token_bytes)))
+    step_fn = jax.jit(make_train_step(graphdef, tx, cfg), donate_argnums=0,
+                      in_shardings=(shardings, bsh), out_shardings=(shardings, replicated(mesh)))
+    eval_fn = jax.jit(make_eval_step(graphdef, jnp.asarray(data.tokenizer.token_bytes)),
+                      in_shardings=(shardings["params"], shardings["model_state"], bsh))
     lr_at = schedule(cfg.train)
     dtype = DTYPES[cfg.model.dtype]
     peak = (cfg.run.peak_tflops * 1e12 if cfg.run.peak_tflops
@@ -171,7 +196,8 @@ def train(cfg: Config) -> dict:
             record = {"step": done, "loss": float(m["loss"]), "aux_loss": float(m["aux_loss"]),
                       "lr": float(lr_at(done - 1)), "grad_norm": float(m["grad_norm"]),
                       "tokens_per_sec": tps, "mfu": tps * fpt / peak, "tokens_seen": tokens_seen,
-                      "skipped_steps": int(jax.device_get(state["skipped"]))}
+                      "skipped_steps": int(jax.device_get(state["skipped"])),
+                      "dropped_rows": int(m["dropped"])}
             if cfg.model.dtype == "float16":
                 record["loss_scale"] = float(jax.device_get(state["loss_scale"]))
             record.update(M.expert_load_stats(np.asarray(m["expert_counts"])))

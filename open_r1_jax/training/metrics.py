@@ -50,13 +50,13 @@ def measure_peak_flops(dtype=jnp.float32, n: int = 2048, repeats: int = 5) -> fl
 
 
 def default_device_watts() -> float:
-    dev = jax.devices()[0]
+    dev = jax.local_devices()[0]
     return 400.0 if dev.platform == "gpu" else 15.0 * (os.cpu_count() or 1)
 
 
 def peak_memory_bytes() -> int:
     """Peak device memory where the backend reports it, else the process's peak RSS."""
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         return int(stats["peak_bytes_in_use"])
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

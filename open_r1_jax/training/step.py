@@ -53,7 +53,9 @@ def init_state(params: dict, model_state: dict, tx: optax.GradientTransformation
 
 
 def _micro(batch: Batch, n_micro: int) -> Batch:
-    return jax.tree.map(lambda x: x.reshape(n_micro, x.shape[0] // n_micro, *x.shape[1:]), batch)
+    """[G,...] -> [M, G/M, ...]; micro-batch i takes rows i, i+M, i+2M, ... (strided), so that the
+    batch axis keeps its device sharding (rows are laid out contiguously over devices)."""
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // n_micro, n_micro, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
 def update_router_biases(model_state: dict, counts: jax.Array, cfg: Config) -> dict:
@@ -73,10 +75,14 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, cfg: Config):
     t = cfg.train
     n_micro = t.global_batch // (t.micro_batch or t.global_batch)
     fp16 = cfg.model.dtype == "float16"
+    has_lsh = cfg.model.attention.kind == "lsh" or bool(cfg.model.attention.lsh_layers)
 
-    def loss_fn(params, model_state, mb, n_total, scale):
+    def loss_fn(params, model_state, mb, n_total, scale, rng):
         model = merge_model(graphdef, params, model_state)
-        logits, aux = model(mb["inputs"], mb["positions"], mb["segment_ids"])
+        if has_lsh:  # fresh LSH rotations per step and micro-batch; reused by the backward pass
+            logits, aux = model(mb["inputs"], mb["positions"], mb["segment_ids"], rng=rng)
+        else:
+            logits, aux = model(mb["inputs"], mb["positions"], mb["segment_ids"])
         nll, n_tok = summed_nll(logits, mb["targets"], mb["segment_ids"] > 0)
         loss = nll / n_total + aux["aux_loss"] / n_micro
         return loss * scale, (nll, n_tok, aux)
@@ -86,18 +92,23 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, cfg: Config):
     def train_step(state: dict, batch: Batch):
         params, model_state, scale = state["params"], state["model_state"], state["loss_scale"]
         n_total = jnp.maximum(jnp.sum((batch["segment_ids"] > 0).astype(jnp.float32)), 1.0)
+        step_rng = jax.random.fold_in(jax.random.key(t.seed), state["step"]) if has_lsh else None
 
-        def body(carry, mb):
-            grads, nll, aux_sum, counts = carry
-            (_, (mb_nll, _, aux)), g = grad_fn(params, model_state, mb, n_total, scale)
+        def body(carry, xs):
+            grads, nll, aux_sum, counts, dropped = carry
+            mb, i = xs
+            rng = jax.random.fold_in(step_rng, i) if has_lsh else None
+            (_, (mb_nll, _, aux)), g = grad_fn(params, model_state, mb, n_total, scale, rng)
             grads = jax.tree.map(jnp.add, grads, g)
-            counts = counts + aux["expert_counts"] if "expert_counts" in aux else counts
-            return (grads, nll + mb_nll, aux_sum + aux["aux_loss"], counts), None
+            if "expert_counts" in aux:
+                counts, dropped = counts + aux["expert_counts"], dropped + jnp.sum(aux["dropped"])
+            return (grads, nll + mb_nll, aux_sum + aux["aux_loss"], counts, dropped), None
 
         n_moe = cfg.model.n_layers - cfg.model.drn_layers
         zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()),
-                 jnp.zeros((n_moe, cfg.model.moe.n_experts)))
-        (grads, nll, aux_sum, counts), _ = jax.lax.scan(body, zeros, _micro(batch, n_micro))
+                 jnp.zeros((n_moe, cfg.model.moe.n_experts)), jnp.zeros((), jnp.int32))
+        xs = (_micro(batch, n_micro), jnp.arange(n_micro))
+        (grads, nll, aux_sum, counts, dropped), _ = jax.lax.scan(body, zeros, xs)
         grads = jax.tree.map(lambda g: g / scale, grads)
         grad_norm = optax.global_norm(grads)
         loss = nll / n_total
@@ -125,7 +136,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, cfg: Config):
             new_state["nonfinite_step"] = jnp.where(
                 (state["nonfinite_step"] < 0) & ~finite, state["step"], state["nonfinite_step"])
         metrics = {"loss": loss, "aux_loss": aux_sum / n_micro, "grad_norm": grad_norm,
-                   "tokens": n_total, "expert_counts": counts, "finite": finite}
+                   "tokens": n_total, "expert_counts": counts, "dropped": dropped, "finite": finite}
         return new_state, metrics
 
     return train_step
