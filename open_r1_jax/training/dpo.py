@@ -216,7 +216,7 @@ def _train_dpo(cfg: Config, pre, mesh, run_dir: Path, t_start: float) -> dict:
             n += valid
         return {f"eval_{k}": v / max(n, 1) for k, v in sums.items()}
 
-    writer = MetricsWriter(run_dir, cfg.run.tensorboard)
+    writer = MetricsWriter(run_dir, cfg.run.tensorboard, resume_step=start)
     t = cfg.train
     record = {"step": start, **evaluate(state)} if start == 0 else {}
     if record:

@@ -157,7 +157,7 @@ def _train(cfg: Config, mesh, run_dir: Path, t_start: float) -> dict:
     peak = (cfg.run.peak_tflops * 1e12 if cfg.run.peak_tflops
             else M.measure_peak_flops(dtype if dtype != jnp.float16 else jnp.float32)) * mesh.size
     fpt = M.flops_per_token(cfg.model, cfg.train.seq_len)
-    writer = M.MetricsWriter(run_dir, cfg.run.tensorboard)
+    writer = M.MetricsWriter(run_dir, cfg.run.tensorboard, resume_step=start)
     t = cfg.train
 
     first = next(data.train_iter)

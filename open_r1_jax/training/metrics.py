@@ -74,8 +74,13 @@ def expert_load_stats(counts: np.ndarray) -> dict[str, float]:
 class MetricsWriter:
     """Appends one JSON object per record to ``metrics.jsonl``; mirrors scalars to TensorBoard."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool):
+    def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int | None = None):
         self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None and self.path.is_file() and jax.process_index() == 0:
+            # a crashed run may have logged steps after its last checkpoint: they are redone now
+            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip()
+                    and json.loads(ln).get("step", 0) <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
         self.file = self.path.open("a")
         self.tb = None
         if tensorboard and jax.process_index() == 0:
