@@ -38,11 +38,23 @@ class RMSNorm(nnx.Module):
         return (y * self.scale[...]).astype(x.dtype)
 
 
-def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary embedding, "rotate half" convention (Llama / HF). x [B,T,*,K], positions [B,T]."""
+def rotary(x: jax.Array, positions: jax.Array, theta: float, scaling: str = "none",
+           factor: float = 1.0) -> jax.Array:
+    """Rotary embedding, "rotate half" convention (Llama / HF). x [B,T,*,K], positions [B,T].
+
+    Long-context scaling (``model.attention.rope_scaling``) by ``factor``: ``linear`` divides the
+    positions (position interpolation, Chen et al. 2023); ``ntk`` raises the base to
+    theta * factor^(K/(K-2)) ("NTK-aware" scaling): high frequencies keep their resolution, the lowest
+    is stretched by ``factor``. ``none`` is the plain rotary of the training length.
+    """
     k = x.shape[-1]
+    if scaling == "ntk":
+        theta = theta * factor ** (k / max(k - 2, 1))
     inv_freq = 1.0 / (theta ** (jnp.arange(0, k, 2, dtype=jnp.float32) / k))  # [K/2]
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B,T,K/2]
+    pos = positions.astype(jnp.float32)
+    if scaling == "linear":
+        pos = pos / factor
+    angles = pos[..., None] * inv_freq  # [B,T,K/2]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B,T,1,K]
     cos, sin = jnp.cos(angles), jnp.sin(angles)
     x32 = x.astype(jnp.float32)

@@ -8,9 +8,13 @@
     final RMSNorm -> LM head -> logits [B,T,V] (fp32)
 
 Legend: B batch, T time, P prefix length, D model width, V vocabulary, L MoE layers, E experts.
-Every block is pre-norm: x += attn(norm(x)); x += ffn(norm(x)). Attention kind is chosen per layer
-(``full`` now; the ``lsh`` slot is validated by the config). With ``activation_checkpoint`` each block
-is rematerialised in the backward pass under the configured policy (see ``_scan_blocks``).
+Every block is pre-norm: x += attn(norm(x)); x += ffn(norm(x)). Attention kind is chosen per layer:
+full causal attention, or Reformer LSH attention (``model/lsh_attention.py``) for the layers in
+``model.attention.lsh_layers`` (every layer with ``kind: lsh``). LSH layer i draws its rotations from
+``fold_in(rng, i)``, where ``rng`` is the key the train step passes in, or ``key(attention.lsh_seed)``
+when none is given (evaluation and generation are deterministic). With ``activation_checkpoint`` each
+block is rematerialised in the backward pass under the configured policy (see ``_scan_blocks``).
+``decode`` runs new tokens against a preallocated cache (``init_cache``) for ``open_r1_jax.generate``.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from kernels import resolve as resolve_kernels
 from open_r1_jax.config import ModelConfig
 from open_r1_jax.model.attention import Attention, attention_mask
 from open_r1_jax.model.layers import DTYPES, RMSNorm, param
+from open_r1_jax.model.lsh_attention import LSHAttention
 from open_r1_jax.model.moe import DRNFeedForward, MoEFeedForward
 
 REMAT_POLICIES = {
@@ -33,23 +38,42 @@ AUX_KEYS = ("balance_loss", "seq_balance_loss", "z_loss")
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, kind: str, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, kind: str, rngs: nnx.Rngs, lsh: bool = False):
         dtype = DTYPES[cfg.dtype]
         kernels = resolve_kernels(cfg.kernels)  # "triton" or "xla"; logged once
         self.kind = kind  # "drn" or "moe"
+        self.lsh = lsh  # LSH attention instead of full attention
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.attention,
-                              cfg.init_std, dtype, rngs, kernels=kernels)
+        if lsh:
+            self.attn = LSHAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.attention,
+                                     cfg.init_std, dtype, rngs)
+        else:
+            self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.attention,
+                                  cfg.init_std, dtype, rngs, kernels=kernels)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if kind == "drn":
             self.ffn = DRNFeedForward(cfg.d_model, cfg.drn, cfg.init_std, dtype, rngs)
         else:
             self.ffn = MoEFeedForward(cfg.d_model, cfg.moe, cfg.init_std, dtype, rngs, kernels=kernels)
 
-    def __call__(self, x, positions, mask, token_mask):
-        x = x + self.attn(self.attn_norm(x), positions, mask)
+    def __call__(self, x, positions, mask, token_mask, segment_ids=None, rng=None):
+        if self.lsh:
+            x = x + self.attn(self.attn_norm(x), positions, segment_ids, rng)
+        else:
+            x = x + self.attn(self.attn_norm(x), positions, mask)
         y, aux = self.ffn(self.ffn_norm(x), token_mask)
         return x + y, aux
+
+    def decode(self, x, positions, cache, index, valid, token_mask, rng=None):
+        """New tokens x [B,T,D] at cache slots [index, index+T) -> (x [B,T,D], updated cache)."""
+        h = self.attn_norm(x)
+        if self.lsh:
+            a, cache = self.attn.decode(h, positions, cache, index, valid, rng)
+        else:
+            a, cache = self.attn.decode(h, positions, cache, index, valid)
+        x = x + a
+        y, _ = self.ffn(self.ffn_norm(x), token_mask)
+        return x + y, cache
 
 
 class Transformer(nnx.Module):
@@ -57,18 +81,22 @@ class Transformer(nnx.Module):
         self.cfg = cfg
         self.dtype = DTYPES[cfg.dtype]
         self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std)
+        lsh = lambda i: cfg.attention.kind == "lsh" or i in cfg.attention.lsh_layers
         self.blocks = nnx.List(
-            [Block(cfg, "drn" if i < cfg.drn_layers else "moe", rngs) for i in range(cfg.n_layers)])
+            [Block(cfg, "drn" if i < cfg.drn_layers else "moe", rngs, lsh(i)) for i in range(cfg.n_layers)])
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if not cfg.tie_embeddings:
             self.lm_head = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None, prefix_embeds: jax.Array | None = None):
+                 segment_ids: jax.Array | None = None, prefix_embeds: jax.Array | None = None,
+                 rng: jax.Array | None = None):
         """tokens [B,T] int -> (logits [B,T,V] fp32, aux).
 
         positions/segment_ids [B,T] describe packed rows (segment 0 = padding); by default one
         document per row. prefix_embeds [B,P,D] (multimodal adapters) are prepended to unpacked rows.
+        rng: a PRNG key for the LSH rotations (training passes a fresh one per step); None = the fixed
+        ``key(attention.lsh_seed)``. Unused without LSH layers.
         aux: ``aux_loss`` (coefficient-weighted sum over MoE layers), per-layer ``balance_loss``,
         ``seq_balance_loss``, ``z_loss`` [L], ``expert_counts`` [L,E] and ``expert_ids`` [L,B,T,A].
         """
@@ -87,43 +115,78 @@ class Transformer(nnx.Module):
                  positions + n_prefix], axis=1)
             segment_ids = jnp.concatenate(
                 [jnp.broadcast_to(segment_ids[:, :1], (b, n_prefix)), segment_ids], axis=1)
-        mask = attention_mask(segment_ids)
+        n_lsh = sum(block.lsh for block in self.blocks)
+        rng = self._lsh_rng(rng) if n_lsh else None
+        mask = attention_mask(segment_ids) if n_lsh < len(self.blocks) else None  # full attention only
         token_mask = segment_ids > 0
         if self.cfg.activation_checkpoint:
-            x, layer_aux = self._scan_blocks(x, positions, mask, token_mask)
+            x, layer_aux = self._scan_blocks(x, positions, mask, token_mask, segment_ids, rng)
         else:
             layer_aux = []
-            for block in self.blocks:
-                x, aux = block(x, positions, mask, token_mask)
+            for i, block in enumerate(self.blocks):
+                key = jax.random.fold_in(rng, i) if block.lsh else None
+                x, aux = block(x, positions, mask, token_mask, segment_ids, key)
                 if aux:
                     layer_aux.append(jax.tree.map(lambda a: a[None], aux))
-        x = self.final_norm(x[:, n_prefix:])
-        head = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
-        logits = jnp.dot(x, head.astype(self.dtype), preferred_element_type=jnp.float32)
-        return logits, self._collect(layer_aux)
+        return self._logits(x[:, n_prefix:]), self._collect(layer_aux)
 
-    def _scan_blocks(self, x, positions, mask, token_mask):
+    def _lsh_rng(self, rng):
+        return jax.random.key(self.cfg.attention.lsh_seed) if rng is None else rng
+
+    def _logits(self, x):
+        """x [B,T,D] -> final norm -> LM head -> logits [B,T,V] fp32."""
+        x = self.final_norm(x)
+        head = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
+        return jnp.dot(x, head.astype(self.dtype), preferred_element_type=jnp.float32)
+
+    def init_cache(self, batch: int, length: int) -> dict:
+        """Decoding cache of ``length`` slots: which slots hold real tokens, and each layer's cache."""
+        return {"valid": jnp.zeros((batch, length), bool),
+                "layers": [block.attn.init_cache(batch, length) for block in self.blocks]}
+
+    def decode(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, cache: dict,
+               index: jax.Array) -> tuple[jax.Array, dict]:
+        """T new tokens [B,T] (positions [B,T], valid [B,T]: False for padding) written to cache slots
+        [index, index+T) -> (logits [B,T,V] fp32, updated cache). LSH layers use the fixed rotations
+        of the evaluation forward."""
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)  # [B,T,D]
+        valid_all = jax.lax.dynamic_update_slice(cache["valid"], valid, (0, index))  # [B,S]
+        rng = self._lsh_rng(None)
+        layers = []
+        for i, block in enumerate(self.blocks):
+            key = jax.random.fold_in(rng, i) if block.lsh else None
+            x, layer_cache = block.decode(x, positions, cache["layers"][i], index, valid_all, valid, key)
+            layers.append(layer_cache)
+        return self._logits(x), {"valid": valid_all, "layers": layers}
+
+    def _scan_blocks(self, x, positions, mask, token_mask, segment_ids=None, rng=None):
         """Activation checkpointing: each run of same-kind blocks is one ``lax.scan`` over their
-        parameters (stacked at call time) with a rematerialised body. Inside a scan the recomputation
-        survives XLA's CSE on every backend; a Python loop of ``jax.checkpoint`` calls measured no
-        memory saving on XLA:CPU (benchmarks/train_step.py). Cost: one transient stacked copy of the
-        blocks' parameters per step."""
+        parameters (stacked at call time) with a rematerialised body; LSH layers also scan their keys
+        ``fold_in(rng, i)`` (as the loop does), so the recomputation draws the same rotations. Inside a
+        scan the recomputation survives XLA's CSE on every backend; a Python loop of ``jax.checkpoint``
+        calls measured no memory saving on XLA:CPU (benchmarks/train_step.py). Cost: one transient
+        stacked copy of the blocks' parameters per step."""
         policy = REMAT_POLICIES[self.cfg.remat_policy]
         layer_aux = []
         blocks = list(self.blocks)
+        group = lambda block: (block.kind, block.lsh)  # blocks of one group share one structure
         start = 0
         while start < len(blocks):
             end = start
-            while end < len(blocks) and blocks[end].kind == blocks[start].kind:
+            while end < len(blocks) and group(blocks[end]) == group(blocks[start]):
                 end += 1
             graphdef, first = nnx.split(blocks[start])
             states = [first] + [nnx.split(b)[1] for b in blocks[start + 1:end]]
             stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
+            keys = None
+            if blocks[start].lsh:
+                keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(start, end))
 
-            def body(h, state, graphdef=graphdef):
-                return nnx.merge(graphdef, state)(h, positions, mask, token_mask)
+            def body(h, xs, graphdef=graphdef):
+                state, key = xs
+                return nnx.merge(graphdef, state)(h, positions, mask, token_mask, segment_ids, key)
 
-            x, aux = jax.lax.scan(jax.checkpoint(body, policy=policy, prevent_cse=False), x, stacked)
+            x, aux = jax.lax.scan(jax.checkpoint(body, policy=policy, prevent_cse=False), x, (stacked, keys))
             if aux:
                 layer_aux.append(aux)
             start = end
