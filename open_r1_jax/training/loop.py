@@ -79,8 +79,11 @@ def build_data(cfg: Config, run_dir: Path) -> Data:
                             cfg.train.seq_len, tok.eos_id)
     eval_src = ChunkSource(tokenize([d.text for d in heldout_docs], tok, "tokenize held-out", progress),
                            cfg.train.seq_len, tok.eos_id)
-    log.info("data: %d train tokens in %d chunks, %d held-out tokens", train_src.n_target_tokens,
-             len(train_src), eval_src.n_target_tokens)
+    counts = np.bincount(train_src.tokens)
+    p = counts[counts > 0] / counts.sum()
+    log.info("data: %d train tokens in %d chunks, %d held-out tokens; unigram entropy of the train tokens "
+             "%.3f nats (a loss far below it means the model uses context)", train_src.n_target_tokens,
+             len(train_src), eval_src.n_target_tokens, float(-(p * np.log(p)).sum()))
     spec = PipelineSpec(cfg.train.seq_len, cfg.train.global_batch // jax.process_count(), cfg.train.seed,
                         cfg.data.packing_bins, train=True, num_shards=cfg.data.shards)
     return Data(tok, iter(make_dataset(train_src, spec)), eval_src, spec)
