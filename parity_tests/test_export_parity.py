@@ -91,7 +91,7 @@ def test_exported_torch_logits_match_jax(run, tmp_path):
     np.testing.assert_array_equal(np.asarray(open_r1_jax.load_pretrained(out)(tokens.astype(np.int32))), ref_logits)
     model = torch_ref.load_pretrained(out)
     with torch.no_grad():
-        logits, _ = model(torch.from_numpy(tokens))
+        logits = model(torch.from_numpy(tokens))
     err = float(np.max(np.abs(logits.numpy() - ref_logits)) / np.max(np.abs(ref_logits)))
     print(f"exported torch_ref vs JAX logits: max relative error {err:.2e}")
     assert err < LOGIT_TOL

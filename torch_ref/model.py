@@ -31,9 +31,7 @@ jax or flax.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -470,6 +468,7 @@ class Transformer(nn.Module):
     def __init__(self, cfg: TorchModelConfig):
         super().__init__()
         self.cfg = cfg
+        self.return_aux = True  # forward returns (logits, aux); load_pretrained sets False (logits)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         lsh = lambda i: cfg.attention.kind == "lsh" or i in cfg.attention.lsh_layers
         self.blocks = nn.ModuleList(
@@ -516,7 +515,8 @@ class Transformer(nn.Module):
         x = self.final_norm(x)
         head = self.embed.weight if self.cfg.tie_embeddings else self.lm_head.weight  # [V,D]
         logits = (x @ head.T).float()
-        return logits, self._collect(layer_aux)
+        aux = self._collect(layer_aux)
+        return (logits, aux) if self.return_aux else logits
 
     def _collect(self, layer_aux: list[dict]) -> dict[str, torch.Tensor]:
         moe = self.cfg.moe
@@ -535,68 +535,3 @@ class Transformer(nn.Module):
         for blk, counts in zip(moe_blocks, expert_counts):
             if hasattr(blk.ffn, "router_bias"):
                 blk.ffn.router_bias.copy_(bias_update(blk.ffn.router_bias, counts, self.cfg.moe.bias_update_rate))
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def _read_safetensors(directory: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:
-    from safetensors.torch import load_file
-
-    single = directory / "model.safetensors"
-    index = directory / "model.safetensors.index.json"
-    if single.is_file():
-        files = [single]
-    elif index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"{index}: expected JSON with a 'weight_map' of key -> shard file ({e})") from e
-        files = [directory / name for name in sorted(set(weight_map.values()))]
-    else:
-        files = sorted(directory.glob("model-*-of-*.safetensors"))
-        if not files:
-            raise FileNotFoundError(
-                f"{directory}: no weights found; expected model.safetensors, or "
-                "model-0000i-of-0000N.safetensors shards with model.safetensors.index.json")
-    state: dict[str, torch.Tensor] = {}
-    for path in files:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: shard named by {index.name} does not exist")
-        shard = load_file(str(path))
-        dup = sorted(set(shard) & set(state))
-        if dup:
-            raise ValueError(f"{path}: key(s) {dup[:8]} already loaded from an earlier shard")
-        state.update(shard)
-    return state, files
-
-
-def load_pretrained(directory: str | Path) -> Transformer:
-    """``dir/config.json`` + safetensors weights (single file or HF shards) -> model in eval mode."""
-    directory = Path(directory)
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: not found")
-    try:
-        raw = json.loads(config_path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{config_path}: not valid JSON: {e}") from e
-    try:
-        cfg = TorchModelConfig.from_dict(raw)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{config_path}: {e}") from e
-    model = Transformer(cfg)
-    state, files = _read_safetensors(directory)
-    where = ", ".join(str(f) for f in files)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{where} does not match {config_path}: missing keys {missing}; "
-                         f"unexpected keys {unexpected}")
-    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-           for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
-    if bad:
-        raise ValueError(f"{where}: shape mismatch for " + "; ".join(bad))
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return model.eval()

@@ -61,12 +61,12 @@ def dpo_loss(pc, pr, rc, rr, cfg: DPOConfig, n_c=None, n_r=None):
     return losses, metrics
 
 
-def sequence_logps(graphdef, params, model_state, batch):
-    """Both sides in one forward: -> (logp_c [P], logp_r [P], n_c, n_r, aux_loss)."""
+def sequence_logps(graphdef, params, model_state, batch, rng=None):
+    """Both sides in one forward: -> (logp_c [P], logp_r [P], n_c, n_r, aux_loss). ``rng``: LSH rotations."""
     cat = lambda k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]])
     inputs, targets, mask, seg = cat("inputs"), cat("targets"), cat("mask"), cat("segment_ids")
     positions = jnp.broadcast_to(jnp.arange(inputs.shape[1], dtype=jnp.int32), inputs.shape)
-    logits, aux = merge_model(graphdef, params, model_state)(inputs, positions, seg)
+    logits, aux = merge_model(graphdef, params, model_state)(inputs, positions, seg, rng=rng)
     logp = jax.nn.log_softmax(logits, axis=-1)
     tok = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     m = mask.astype(jnp.float32)
@@ -78,10 +78,10 @@ def sequence_logps(graphdef, params, model_state, batch):
 def make_dpo_step(graphdef, tx: optax.GradientTransformation, cfg: Config):
     d = cfg.dpo
 
-    def loss_fn(params, model_state, batch, ref_params):
-        pc, pr, n_c, n_r, aux_loss = sequence_logps(graphdef, params, model_state, batch)
+    def loss_fn(params, model_state, batch, ref_params, rng):
+        pc, pr, n_c, n_r, aux_loss = sequence_logps(graphdef, params, model_state, batch, rng)
         if d.reference == "model":
-            rc, rr, _, _, _ = sequence_logps(graphdef, jax.lax.stop_gradient(ref_params), model_state, batch)
+            rc, rr, _, _, _ = sequence_logps(graphdef, jax.lax.stop_gradient(ref_params), model_state, batch, rng)
         else:
             rc, rr = batch["ref_chosen"], batch["ref_rejected"]
         losses, metrics = dpo_loss(pc, pr, rc, rr, d, n_c, n_r)
@@ -89,8 +89,10 @@ def make_dpo_step(graphdef, tx: optax.GradientTransformation, cfg: Config):
         return loss + aux_loss, {**metrics, "loss": loss, "aux_loss": aux_loss}
 
     def step(state, batch, ref_params):
+        # fresh LSH rotations every step (unused by full attention); evaluation uses the fixed ones
+        rng = jax.random.fold_in(jax.random.key(cfg.train.seed), state["step"])
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], state["model_state"], batch, ref_params)
+            state["params"], state["model_state"], batch, ref_params, rng)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
