@@ -67,7 +67,7 @@ def test_dpo_loss_and_grads_match(loss, eps):
     tgrads = {k: p.grad.numpy() for k, p in tm.named_parameters() if p.grad is not None}
     jgrads = to_torch_state(jax.device_get(jg))
     gerr = max(rel(jgrads[k], tgrads[k]) for k in tgrads if np.any(tgrads[k]))
-    print(f"\n[{loss} eps={eps}] loss {float(tl):.5f}; max metric rel err {max(errs.values()):.1e}; "
+    print(f"\n[{loss} eps={eps}] loss {tl.item():.5f}; max metric rel err {max(errs.values()):.1e}; "
           f"max grad rel err {gerr:.1e}")
     assert max(errs.values()) < 1e-5, errs
     assert gerr < 1e-5

@@ -93,7 +93,7 @@ def make_dpo_step(graphdef, tx: optax.GradientTransformation, cfg: Config):
         rng = jax.random.fold_in(jax.random.key(cfg.train.seed), state["step"])
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"], state["model_state"], batch, ref_params, rng)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)

@@ -110,7 +110,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, cfg: Config):
         xs = (_micro(batch, n_micro), jnp.arange(n_micro))
         (grads, nll, aux_sum, counts, dropped), _ = jax.lax.scan(body, zeros, xs)
         grads = jax.tree.map(lambda g: g / scale, grads)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         loss = nll / n_total
         finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
         updates, new_opt = tx.update(grads, state["opt_state"], params)
