@@ -225,6 +225,14 @@ def open_checkpoint(path: str | Path, step: int | None = None) -> tuple[Checkpoi
     return ckpt, ckpt.resolve_step(step)
 
 
+def read_weights(path: str | Path, step: int | None = None) -> tuple[dict, dict, Path, int]:
+    """Params-only read of a run / checkpoints folder / step folder -> (config dict, {"params",
+    "model_state"}, the step's folder, step). Reads no optimizer state."""
+    ckpt, step = open_checkpoint(path, step)
+    with ckpt:
+        return ckpt.config(step), ckpt.restore_params(step), ckpt.directory / str(step), step
+
+
 def _key(k) -> str:
     for attr in ("key", "name", "idx"):
         if hasattr(k, attr):

@@ -177,23 +177,18 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 def export(source: str | Path, out: str | Path, step: int | None = None, dtype: str = "float32",
            max_shard_size: str | int = "5GB", overwrite: bool = False) -> dict:
     """Checkpoint (run dir, checkpoints/ or checkpoints/<step>) -> config.json + safetensors in ``out``."""
-    from open_r1_jax.checkpoint import open_checkpoint
+    from open_r1_jax.checkpoint import read_weights
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype: got {dtype!r}; accepted: {sorted(DTYPES)}")
     limit = parse_size(max_shard_size)
-    ckpt, step = open_checkpoint(source, step)
-    try:
-        config = ckpt.config(step)
-        weights = ckpt.restore_params(step)
-    finally:
-        ckpt.close()
+    config, weights, where, step = read_weights(source, step)
     tensors = torch_tensors(weights, dtype)
     out = Path(out)
     _prepare_out(out, overwrite)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     files = write_safetensors(tensors, out, limit)
-    return {"step": step, "source": str(ckpt.directory / str(step)), "out": str(out), "dtype": dtype,
+    return {"step": step, "source": str(where), "out": str(out), "dtype": dtype,
             "files": ["config.json", *files], "tensors": len(tensors),
             "bytes": int(sum(a.nbytes for a in tensors.values()))}
 

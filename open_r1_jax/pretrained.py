@@ -52,7 +52,7 @@ class PretrainedModel:
 
 def load_pretrained(path: str | Path, step: int | None = None) -> PretrainedModel:
     """Run directory / checkpoint folder / exported directory -> PretrainedModel (weights on one device)."""
-    from open_r1_jax.checkpoint import abstract_model, model_config, open_checkpoint
+    from open_r1_jax.checkpoint import abstract_model, model_config, read_weights
     from open_r1_jax.export import from_torch_tensors, read_config, read_safetensors
 
     path = Path(path)
@@ -64,11 +64,5 @@ def load_pretrained(path: str | Path, step: int | None = None) -> PretrainedMode
         weights = from_torch_tensors(read_safetensors(path), like)
         weights = jax.tree.map(lambda a, s: jax.device_put(a, s.sharding), weights, like)
         return PretrainedModel(model_config(config), weights["params"], weights["model_state"], str(path))
-    ckpt, step = open_checkpoint(path, step)
-    try:
-        config = ckpt.config(step)
-        weights = ckpt.restore_params(step)
-    finally:
-        ckpt.close()
-    return PretrainedModel(model_config(config), weights["params"], weights["model_state"],
-                           str(ckpt.directory / str(step)), step)
+    config, weights, where, step = read_weights(path, step)
+    return PretrainedModel(model_config(config), weights["params"], weights["model_state"], str(where), step)
