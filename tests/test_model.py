@@ -90,3 +90,20 @@ def test_tied_embeddings_and_prefix(micro):
     assert logits.shape == (2, 24, 272)
     plain, _ = model(_tokens())
     assert float(jnp.max(jnp.abs(logits - plain))) > 1e-4  # the prefix is attended to
+
+
+def test_blocked_causal_attention_equals_dense():
+    from open_r1_jax.model.attention import attention_mask, causal_attention, dot_product_attention
+
+    b, t, h, g, k = 2, 384, 4, 2, 8
+    keys = jax.random.split(jax.random.key(0), 3)
+    q, kk, v = (jax.random.normal(keys[0], (b, t, h, k)), jax.random.normal(keys[1], (b, t, g, k)),
+                jax.random.normal(keys[2], (b, t, g, k)))
+    seg = jnp.concatenate([jnp.ones((b, 200), jnp.int32), 2 * jnp.ones((b, 150), jnp.int32),
+                           jnp.zeros((b, 34), jnp.int32)], axis=1)
+    mask = attention_mask(seg)
+    f = lambda fn: jax.value_and_grad(lambda q, kk, v: jnp.sum(jnp.sin(fn(q, kk, v, mask))), argnums=(0, 1, 2))
+    (a, ga), (d, gd) = f(causal_attention)(q, kk, v), f(dot_product_attention)(q, kk, v)
+    np.testing.assert_allclose(a, d, rtol=1e-5)
+    for x, y in zip(ga, gd):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
