@@ -42,26 +42,20 @@ def topk_sigmoid_bias(logits: jax.Array, bias: jax.Array, k: int, renormalize: b
     return weights, experts, probs
 
 
-def expert_counts(experts: jax.Array, mask: jax.Array, n_experts: int) -> jax.Array:
-    """experts [..., A] int, mask [...] -> [E] number of (token, slot) assignments per expert."""
-    onehot = jax.nn.one_hot(experts, n_experts, dtype=jnp.float32)  # [...,A,E]
-    return jnp.einsum("...ae,...->e", onehot, mask.astype(jnp.float32))
-
-
 def aux_losses(logits: jax.Array, probs: jax.Array, experts: jax.Array, mask: jax.Array, k: int):
     """logits/probs [B,T,E], experts [B,T,A], mask [B,T] -> dict of raw aux losses and loads."""
     n_experts = logits.shape[-1]
     m = mask.astype(jnp.float32)
     n_valid = jnp.maximum(jnp.sum(m), 1.0)
-    counts = expert_counts(experts, m, n_experts)  # [E]
-    p_mean = jnp.einsum("bte,bt->e", probs, m) / n_valid
-    balance = n_experts * jnp.sum(counts / (n_valid * k) * p_mean)
-    # sequence-wise (per row of the batch)
     row_valid = jnp.maximum(jnp.sum(m, axis=1), 1.0)  # [B]
+    # per-row loads and probability mass; the batch figures are their sums (one pass over [B,T,A,E])
     row_counts = jnp.einsum("btae,bt->be", jax.nn.one_hot(experts, n_experts, dtype=jnp.float32), m)
+    row_probs = jnp.einsum("bte,bt->be", probs, m)
+    counts = jnp.sum(row_counts, axis=0)  # [E] (token, slot) assignments per expert
+    balance = n_experts * jnp.sum(counts / (n_valid * k) * jnp.sum(row_probs, axis=0) / n_valid)
+    # sequence-wise (per row of the batch)
     f = n_experts / (k * row_valid[:, None]) * row_counts
-    p_row = jnp.einsum("bte,bt->be", probs, m) / row_valid[:, None]
-    seq_balance = jnp.mean(jnp.sum(f * p_row, axis=-1))
+    seq_balance = jnp.mean(jnp.sum(f * row_probs / row_valid[:, None], axis=-1))
     z = jnp.sum(jnp.square(jax.nn.logsumexp(logits, axis=-1)) * m) / n_valid
     return {"balance_loss": balance, "seq_balance_loss": seq_balance, "z_loss": z, "expert_counts": counts}
 
