@@ -186,7 +186,8 @@ def _train(cfg: Config, mesh, run_dir: Path, t_start: float) -> dict:
             if not (logging_now or ckpt_now or eval_now):
                 continue
             m = jax.device_get(metrics)
-            bad = int(jax.device_get(state["nonfinite_step"]))
+            counters = jax.device_get({k: state[k] for k in ("nonfinite_step", "skipped", "loss_scale")})
+            bad = int(counters["nonfinite_step"])
             if bad >= 0:
                 raise TrainingDiverged(
                     f"loss or gradients became non-finite at step {bad + 1}; stopped before writing a "
@@ -199,10 +200,10 @@ def _train(cfg: Config, mesh, run_dir: Path, t_start: float) -> dict:
             record = {"step": done, "loss": float(m["loss"]), "aux_loss": float(m["aux_loss"]),
                       "lr": float(lr_at(done - 1)), "grad_norm": float(m["grad_norm"]),
                       "tokens_per_sec": tps, "mfu": tps * fpt / peak, "tokens_seen": tokens_seen,
-                      "skipped_steps": int(jax.device_get(state["skipped"])),
+                      "skipped_steps": int(counters["skipped"]),
                       "dropped_rows": int(m["dropped"])}
             if cfg.model.dtype == "float16":
-                record["loss_scale"] = float(jax.device_get(state["loss_scale"]))
+                record["loss_scale"] = float(counters["loss_scale"])
             record.update(M.expert_load_stats(np.asarray(m["expert_counts"])))
             if eval_now:
                 eval_record = evaluate(eval_fn, state, data, t.eval_batches, bsh)
