@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from kernels.adapter import interpreting, triton_call
-from kernels.grouped_matmul import Blocks, gmm, gmm_dw, group_offsets, pick_blocks, tile_schedule
+from kernels.grouped_matmul import Blocks, gmm, gmm_dw, group_offsets, pick_blocks, tile_rows, tile_schedule
 from kernels.triton_common import ieee_flag, mma
 
 
@@ -35,14 +35,8 @@ def ffn_gate_up_kernel(x_ptr, wg_ptr, wu_ptr, meta_ptr,
                        n_tiles, n_experts, D, F,
                        h_ptr,
                        BM: tl.constexpr, BF: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr):
-    tile = tl.program_id(0)
     pid_f = tl.program_id(1)
-    e = tl.load(meta_ptr + tile)
-    start = tl.load(meta_ptr + n_tiles + tile)
-    end = tl.load(meta_ptr + 2 * n_tiles + tile)
-    rows = start + tl.arange(0, BM)
-    row_ok = rows < end
-    rows64 = rows.to(tl.int64)
+    e, rows64, row_ok = tile_rows(meta_ptr, n_tiles, BM)
     fs = pid_f * BF + tl.arange(0, BF)
     f_ok = fs < F
     gate = tl.zeros((BM, BF), dtype=tl.float32)
@@ -67,15 +61,9 @@ def ffn_bwd_kernel(x_ptr, wg_ptr, wu_ptr, wd_ptr, dy_ptr, scale_ptr, meta_ptr,
                    n_tiles, n_experts, D, F,
                    da_ptr, db_ptr, h_ptr, dsp_ptr,
                    BM: tl.constexpr, BF: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr):
-    tile = tl.program_id(0)
     pid_f = tl.program_id(1)
     n_fb = tl.num_programs(1)
-    e = tl.load(meta_ptr + tile)
-    start = tl.load(meta_ptr + n_tiles + tile)
-    end = tl.load(meta_ptr + 2 * n_tiles + tile)
-    rows = start + tl.arange(0, BM)
-    row_ok = rows < end
-    rows64 = rows.to(tl.int64)
+    e, rows64, row_ok = tile_rows(meta_ptr, n_tiles, BM)
     fs = pid_f * BF + tl.arange(0, BF)
     f_ok = fs < F
     gate = tl.zeros((BM, BF), dtype=tl.float32)
@@ -95,7 +83,7 @@ def ffn_bwd_kernel(x_ptr, wg_ptr, wu_ptr, wd_ptr, dy_ptr, scale_ptr, meta_ptr,
         up = mma(a, tl.load(wu_ptr + w_idx, mask=w_mask, other=0.0), up, IEEE)
         wd_t = tl.load(wd_ptr + w_off + fs[None, :] * D + ds[:, None], mask=w_mask, other=0.0)  # wd [E,F,D]^T
         g = mma(dy, wd_t, g, IEEE)
-    s = tl.load(scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    s = tl.load(scale_ptr + rows64, mask=row_ok, other=0.0).to(tl.float32)
     sig = tl.sigmoid(gate)
     silu = gate * sig
     h = silu * up

@@ -77,20 +77,26 @@ def group_offsets(group_sizes: jax.Array) -> jax.Array:
 
 
 @triton.jit
+def tile_rows(meta_ptr, n_tiles, BM: tl.constexpr):
+    """The rows of this program's tile (axis 0) in the ``tile_schedule`` layout [expert, start, end]:
+    -> (expert, row indices as int64, row mask)."""
+    tile = tl.program_id(0)
+    e = tl.load(meta_ptr + tile)
+    start = tl.load(meta_ptr + n_tiles + tile)
+    end = tl.load(meta_ptr + 2 * n_tiles + tile)
+    rows = start + tl.arange(0, BM)
+    return e, rows.to(tl.int64), rows < end
+
+
+@triton.jit
 def gmm_kernel(x_ptr, w_ptr, meta_ptr, scale_ptr, x2_ptr, w2_ptr,
                n_tiles, n_experts, K, N, s_we, s_wk, s_wn,
                y_ptr,
                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                HAS_SCALE: tl.constexpr, HAS_SECOND: tl.constexpr, IEEE: tl.constexpr):
     """y[r, n] = s[r] * (sum_k x[r,k] w[e,k,n] (+ sum_k x2[r,k] w2[e,k,n])); w addressed by strides."""
-    tile = tl.program_id(0)
     pid_n = tl.program_id(1)
-    e = tl.load(meta_ptr + tile)
-    start = tl.load(meta_ptr + n_tiles + tile)
-    end = tl.load(meta_ptr + 2 * n_tiles + tile)
-    rows = start + tl.arange(0, BM)
-    row_ok = rows < end
-    rows64 = rows.to(tl.int64)
+    e, rows64, row_ok = tile_rows(meta_ptr, n_tiles, BM)
     cols = pid_n * BN + tl.arange(0, BN)
     col_ok = cols < N
     acc = tl.zeros((BM, BN), dtype=tl.float32)
@@ -110,7 +116,7 @@ def gmm_kernel(x_ptr, w_ptr, meta_ptr, scale_ptr, x2_ptr, w2_ptr,
             b2 = tl.load(w2_ptr + b_off, mask=b_mask, other=0.0)
             acc = mma(a2, b2, acc, IEEE)
     if HAS_SCALE:
-        s = tl.load(scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        s = tl.load(scale_ptr + rows64, mask=row_ok, other=0.0).to(tl.float32)
         acc = acc * s[:, None]
     y_mask = row_ok[:, None] & col_ok[None, :]
     tl.store(y_ptr + rows64[:, None] * N + cols[None, :], acc.to(y_ptr.dtype.element_ty), mask=y_mask)
