@@ -32,7 +32,9 @@ from open_r1_jax.checkpoint import Checkpointer, abstract  # noqa: E402
 from open_r1_jax.config import load_config, to_dict  # noqa: E402
 from open_r1_jax.model import build_model  # noqa: E402
 from open_r1_jax.training.optim import make_optimizer  # noqa: E402
-from open_r1_jax.training.step import init_state, make_train_step, split_model  # noqa: E402
+from open_r1_jax.training.step import init_state, make_train_step  # noqa: E402
+from open_r1_jax.training.stages import Pretrain  # noqa: E402
+from open_r1_jax.model import split_model  # noqa: E402
 
 
 def raw_write(state, path: Path) -> float:
@@ -65,7 +67,7 @@ def main() -> None:
         tx = make_optimizer(cfg.train)
         state = init_state(params, model_state, tx, cfg)
         batch = {k: jnp.asarray(v) for k, v in one_batch(cfg).items()}
-        step = jax.jit(make_train_step(graphdef, tx, cfg), donate_argnums=0).lower(state, batch).compile()
+        step = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), donate_argnums=0).lower(state, batch).compile()
         state, m = step(state, batch)  # warm-up; the optimizer moments are now non-zero
         jax.block_until_ready(m)
         step_times = []

@@ -141,7 +141,9 @@ def bench_throughput(corpus_mb: float, batches: int, steps: int) -> dict:
     from open_r1_jax.data.prepare import prepare
     from open_r1_jax.model import build_model
     from open_r1_jax.training.optim import make_optimizer
-    from open_r1_jax.training.step import init_state, make_train_step, split_model
+    from open_r1_jax.training.step import init_state, make_train_step
+    from open_r1_jax.training.stages import Pretrain
+    from open_r1_jax.model import split_model
 
     out = Path(tempfile.mkdtemp(prefix="bench_prep_")) / "out"
     t0 = time.perf_counter()
@@ -164,7 +166,7 @@ def bench_throughput(corpus_mb: float, batches: int, steps: int) -> dict:
     graphdef, params, model_state = split_model(build_model(cfg.model, 0))
     tx = make_optimizer(t)
     state = init_state(params, model_state, tx, cfg)
-    step = jax.jit(make_train_step(graphdef, tx, cfg), donate_argnums=0)
+    step = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), donate_argnums=0)
     batch = {k: jax.numpy.asarray(v) for k, v in first.items()}
     state, m = step(state, batch)
     jax.block_until_ready(m)

@@ -36,6 +36,7 @@ from open_r1_jax.training.metrics import flops_per_token  # noqa: E402
 from open_r1_jax.training.optim import make_optimizer  # noqa: E402
 from open_r1_jax.training.state import create_train_state  # noqa: E402
 from open_r1_jax.training.step import make_train_step  # noqa: E402
+from open_r1_jax.training.stages import Pretrain  # noqa: E402
 
 MODEL = ["model.d_model=128", "model.n_layers=4", "model.drn_layers=1", "model.n_heads=4", "model.n_kv_heads=2",
          "model.head_dim=32", "model.max_seq_len=256", "model.moe.n_experts=16", "model.moe.top_k=2",
@@ -60,7 +61,7 @@ def measure(ep: int, capacity: float, steps: int, extra: list[str]) -> dict:
         tx = make_optimizer(cfg.train)
         graphdef, state, sh = create_train_state(cfg, tx, mesh)
         bsh = batch_sharding(mesh)
-        step = jax.jit(make_train_step(graphdef, tx, cfg), in_shardings=(sh, bsh), out_shardings=(sh, None),
+        step = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), in_shardings=(sh, bsh), out_shardings=(sh, None),
                        donate_argnums=0)
         jb = {k: jax.device_put(v, bsh) for k, v in batch(cfg).items()}
         state, m = step(state, jb)

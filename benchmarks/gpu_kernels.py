@@ -291,7 +291,9 @@ def train_step(size: dict):
     from open_r1_jax.model import build_model
     from open_r1_jax.training.metrics import flops_per_token, measure_peak_flops
     from open_r1_jax.training.optim import make_optimizer
-    from open_r1_jax.training.step import init_state, make_train_step, split_model
+    from open_r1_jax.training.step import init_state, make_train_step
+    from open_r1_jax.training.stages import Pretrain
+    from open_r1_jax.model import split_model
 
     overrides, steps = BENCH_CONFIG + size["train"], size["steps"]
     peak = measure_peak_flops(jnp.bfloat16, n=8192 if jax.devices()[0].platform == "gpu" else 512)
@@ -312,7 +314,7 @@ def train_step(size: dict):
             graphdef, params, model_state = split_model(build_model(cfg.model, 0))
             tx = make_optimizer(cfg.train)
             state = init_state(params, model_state, tx, cfg)
-            step = jax.jit(make_train_step(graphdef, tx, cfg), donate_argnums=0)
+            step = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), donate_argnums=0)
             t0 = time.perf_counter()
             state, m = step(state, batch)
             jax.block_until_ready(m["loss"])

@@ -31,7 +31,7 @@ from open_r1_jax.config import load_config  # noqa: E402
 from open_r1_jax.generate import Generator, Sampling  # noqa: E402
 from open_r1_jax.model import build_model  # noqa: E402
 from open_r1_jax.training.losses import summed_nll  # noqa: E402
-from open_r1_jax.training.step import merge_model, split_model  # noqa: E402
+from open_r1_jax.model import merge_model, split_model  # noqa: E402
 
 TINY = ["model.vocab_size=272", "model.d_model=64", "model.n_layers=2", "model.drn_layers=1", "model.n_heads=4",
         "model.n_kv_heads=2", "model.head_dim=16", "model.drn.expert_ffn_dim=64", "model.moe.expert_ffn_dim=64",

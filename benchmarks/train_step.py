@@ -32,7 +32,9 @@ from open_r1_jax.data.tokenizer import ByteTokenizer  # noqa: E402
 from open_r1_jax.model import build_model  # noqa: E402
 from open_r1_jax.training.metrics import flops_per_token, measure_peak_flops  # noqa: E402
 from open_r1_jax.training.optim import make_optimizer  # noqa: E402
-from open_r1_jax.training.step import init_state, make_train_step, split_model  # noqa: E402
+from open_r1_jax.training.step import init_state, make_train_step  # noqa: E402
+from open_r1_jax.training.stages import Pretrain  # noqa: E402
+from open_r1_jax.model import split_model  # noqa: E402
 
 
 def one_batch(cfg) -> dict[str, np.ndarray]:
@@ -48,7 +50,7 @@ def jax_step(cfg, batch):
     tx = make_optimizer(cfg.train)
     state = init_state(params, model_state, tx, cfg)
     jb = {k: jnp.asarray(v) for k, v in batch.items()}
-    compiled = jax.jit(make_train_step(graphdef, tx, cfg), donate_argnums=0).lower(state, jb).compile()
+    compiled = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), donate_argnums=0).lower(state, jb).compile()
     return compiled, state, jb
 
 

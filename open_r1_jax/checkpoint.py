@@ -7,6 +7,8 @@ Layout of ``run.dir/checkpoints/<step>/`` (one orbax ``CheckpointManager`` step,
     train/      the other entries of the train state: step, loss_scale, good_steps, skipped, nonfinite_step
     data/       the grain iterator state (a small JSON dict: where the data stream stopped)
     config/     the resolved config (``open_r1_jax.config.to_dict``), so the model can be rebuilt from here
+    counters/   the run's host counters (tokens_seen, train_seconds, wall_seconds): a resumed run goes on
+                counting from them
 
 Randomness: the model has no dropout and the step draws no random numbers, so the train state holds no
 RNG key. Parameters are seeded by ``train.seed`` at initialisation (then read from checkpoints), and the
@@ -72,7 +74,8 @@ class Checkpointer:
                                "optimizer": ocp.StandardCheckpointHandler(),
                                "train": ocp.StandardCheckpointHandler(),
                                "data": grain.checkpoint.CheckpointHandler(),
-                               "config": ocp.JsonCheckpointHandler()})
+                               "config": ocp.JsonCheckpointHandler(),
+                               "counters": ocp.JsonCheckpointHandler()})
         finally:
             absl_log.setLevel(level)
 
@@ -100,7 +103,8 @@ class Checkpointer:
 
     # ------------------------------------------------------------------------------------------ save
 
-    def save(self, step: int, state: dict, data_iter=None, config: dict | None = None) -> None:
+    def save(self, step: int, state: dict, data_iter=None, config: dict | None = None,
+             counters: dict | None = None) -> None:
         """Start an asynchronous save of ``state`` (the train-state dict) at ``step``.
 
         Blocks only for the device-to-host copy, and for the previous save if it is still writing.
@@ -115,6 +119,8 @@ class Checkpointer:
                  "train": ocp.args.StandardSave(rest), "config": ocp.args.JsonSave(config or {})}
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        if counters is not None:
+            items["counters"] = ocp.args.JsonSave(counters)
         self.manager.save(step, args=ocp.args.Composite(**items))
 
     def save_params(self, step: int, params: dict, model_state: dict, config: dict) -> None:
@@ -170,6 +176,12 @@ class Checkpointer:
         self._check(step, target)
         out = self.manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(target)))
         return out["model"]
+
+    def counters(self, step: int) -> dict:
+        """The host counters saved with ``step`` ({} for a checkpoint written without them)."""
+        if "counters" not in self.items(step):
+            return {}
+        return self.manager.restore(step, args=ocp.args.Composite(counters=ocp.args.JsonRestore()))["counters"]
 
     def config(self, step: int | None = None) -> dict:
         """The resolved config saved with ``step`` (default: the latest)."""
@@ -256,15 +268,13 @@ def model_config(d: dict):
     """``ModelConfig`` from a resolved config dict (its "model" section is used) or a model section."""
     from open_r1_jax import config as config_lib
 
-    section = d["model"] if isinstance(d.get("model"), dict) else d
-    # only the model section is read: the other sections get values that pass validation
-    return config_lib.from_dict({"model": section, "train": {"seq_len": 1, "warmup_steps": 0}}).model
+    return config_lib.model_from_dict(d["model"] if isinstance(d.get("model"), dict) else d)
 
 
 def abstract_model(model_cfg: dict, sharding=None) -> dict:
     """``{"params", "model_state"}`` of ShapeDtypeStructs for a config dict, built without allocating."""
     from open_r1_jax.model import build_model
-    from open_r1_jax.training.step import split_model
+    from open_r1_jax.model import split_model
 
     cfg = model_config(model_cfg)
     params, model_state = jax.eval_shape(lambda: split_model(build_model(cfg, 0))[1:])

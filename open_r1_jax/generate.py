@@ -99,7 +99,7 @@ class Generator:
         return cls(cfg, pretrained.params, pretrained.model_state)
 
     def _model(self, params, model_state):
-        from open_r1_jax.training.step import merge_model
+        from open_r1_jax.model import merge_model
 
         return merge_model(self.graphdef, params, model_state)
 

@@ -24,7 +24,7 @@ class PretrainedModel:
 
     def __init__(self, config: ModelConfig, params: dict, model_state: dict, source: str, step: int | None = None):
         from open_r1_jax.model import build_model
-        from open_r1_jax.training.step import merge_model
+        from open_r1_jax.model import merge_model
 
         self.config, self.params, self.model_state, self.source, self.step = config, params, model_state, source, step
         self.graphdef = nnx.split(nnx.eval_shape(lambda: build_model(config, 0)), nnx.Param, ...)[0]
@@ -41,7 +41,7 @@ class PretrainedModel:
 
     def module(self):
         """The nnx ``Transformer`` holding these weights (its call also returns the MoE aux outputs)."""
-        from open_r1_jax.training.step import merge_model
+        from open_r1_jax.model import merge_model
 
         return merge_model(self.graphdef, self.params, self.model_state)
 

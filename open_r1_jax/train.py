@@ -18,17 +18,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from open_r1_jax.config import ConfigError, load_config
     from open_r1_jax.parallel.distributed import DistributedInitError, initialize_from_env
-    from open_r1_jax.training.loop import TrainingDiverged, train
+    from open_r1_jax.training.trainer import TrainingDiverged, train
 
     try:
         cfg = load_config(args.config, args.overrides)
         initialize_from_env()
-        if cfg.train.stage == "dpo":
-            from open_r1_jax.training.dpo import train_dpo
-
-            summary = train_dpo(cfg)
-        else:
-            summary = train(cfg)
+        summary = train(cfg)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -13,8 +13,8 @@ from open_r1_jax.data.preference import Pair, PairReport, encode_pairs
 from open_r1_jax.data.tokenizer import ByteTokenizer
 from open_r1_jax.model import build_model
 from open_r1_jax.name_map import to_torch_state
-from open_r1_jax.training.dpo import dpo_loss, sequence_logps
-from open_r1_jax.training.step import split_model
+from open_r1_jax.training.stages.dpo import dpo_loss, sequence_logps
+from open_r1_jax.model import split_model
 
 import torch_ref
 from torch_ref import dpo as torch_dpo

@@ -20,7 +20,7 @@ from open_r1_jax import export as export_lib
 from open_r1_jax.checkpoint import Checkpointer
 from open_r1_jax.config import load_config, to_dict
 from open_r1_jax.model import build_model
-from open_r1_jax.training.step import split_model
+from open_r1_jax.model import split_model
 
 import torch_ref
 

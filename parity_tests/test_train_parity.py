@@ -20,7 +20,9 @@ from open_r1_jax.data.tokenizer import ByteTokenizer
 from open_r1_jax.model import build_model
 from open_r1_jax.name_map import to_torch_state
 from open_r1_jax.training.optim import make_optimizer
-from open_r1_jax.training.step import init_state, make_train_step, split_model
+from open_r1_jax.training.step import init_state, make_train_step
+from open_r1_jax.training.stages import Pretrain
+from open_r1_jax.model import split_model
 
 import torch_ref
 from torch_ref.train import make_optimizer as torch_optimizer, train_step as torch_step
@@ -56,7 +58,7 @@ def test_thirty_steps_match(router):
     graphdef, params, model_state = split_model(model)
     tx = make_optimizer(cfg.train)
     state = init_state(params, model_state, tx, cfg)
-    step = jax.jit(make_train_step(graphdef, tx, cfg))
+    step = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg))
     opt = torch_optimizer(torch_model, to_dict(cfg.train))
 
     jax_losses, torch_losses, clipped = [], [], 0

@@ -27,7 +27,8 @@ from open_r1_jax.checkpoint import Checkpointer, CheckpointMismatch, NonFiniteSt
 from open_r1_jax.config import to_dict
 from open_r1_jax.model import build_model
 from open_r1_jax.training.optim import make_optimizer
-from open_r1_jax.training.step import init_state, split_model
+from open_r1_jax.training.step import init_state
+from open_r1_jax.model import split_model
 
 from micro import MICRO
 
@@ -163,7 +164,7 @@ def test_kill_during_async_save_restores_previous_checkpoint(straight, env, tmp_
 
 
 def test_resume_with_another_micro_batch(straight, tmp_path, micro):
-    from open_r1_jax.training.loop import train
+    from open_r1_jax.training.trainer import train
 
     run = tmp_path / "run"
     shutil.copytree(straight, run)

@@ -80,3 +80,33 @@ def test_yaml_then_overrides_then_round_trip(tmp_path):
 
 def test_parse_overrides_nests():
     assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
+
+
+def test_removed_and_ignored_keys_are_named():
+    from open_r1_jax.config import ignored_keys
+
+    with pytest.raises(ConfigError, match="unknown key 'data.shuffle'"):
+        load_config(None, ["data.shuffle=false"])
+    assert ignored_keys(load_config(None, [])) == []
+    cfg = load_config(None, ["data.clean.min_tokens=10", "data.mixture_names=[a]", "data.mixture_weights=[1]",
+                             "model.moe.capacity_factor=1.25", "train.loss_scale=1024", "dpo.beta=0.3",
+                             "model.attention.n_hashes=4"])
+    keys = dict(ignored_keys(cfg))
+    assert set(keys) == {"data.clean.min_tokens", "data.mixture_names", "data.mixture_weights",
+                         "model.moe.capacity_factor", "train.loss_scale", "dpo.beta", "model.attention.n_hashes"}
+    assert "data.prepare" in keys["data.clean.min_tokens"] and "mesh.expert is 1" in keys["model.moe.capacity_factor"]
+    prepared = load_config(None, ["data.kind=arrayrecord", "data.prepared_dir=x", "data.sources=[a.txt]"])
+    assert [k for k, _ in ignored_keys(prepared)] == ["data.sources"]
+    dpo = load_config(None, ["train.stage=dpo", "dpo.init_from=x", "model.d_model=32", "model.dtype=float16",
+                             "train.loss_scale=1024", "data.max_corpus_mb=1"])
+    assert {k for k, _ in ignored_keys(dpo)} == {"model.d_model", "data.max_corpus_mb"}  # dtype is a runtime key
+
+
+def test_model_section_validates_alone():
+    from open_r1_jax.config import model_from_dict
+
+    assert model_from_dict({"d_model": 32, "moe": {"n_experts": 4}}).moe.n_experts == 4
+    with pytest.raises(ConfigError, match=r"model.moe.top_k \(5\) must be <= model.moe.n_experts \(4\)"):
+        model_from_dict({"moe": {"n_experts": 4, "top_k": 5}})
+    with pytest.raises(ConfigError, match="unknown key 'model.d_modle'"):
+        model_from_dict({"d_modle": 3})

@@ -21,7 +21,8 @@ from open_r1_jax.checkpoint import Checkpointer
 from open_r1_jax.config import Config, load_config, to_dict
 from open_r1_jax.model import build_model
 from open_r1_jax.training.optim import make_optimizer
-from open_r1_jax.training.step import init_state, split_model
+from open_r1_jax.training.step import init_state
+from open_r1_jax.model import split_model
 
 from micro import MICRO
 

@@ -11,7 +11,7 @@ from open_r1_jax.config import to_dict
 from open_r1_jax.generate import Generator, Sampling, main, sample
 from open_r1_jax.model import build_model
 from open_r1_jax.model.lsh_attention import LSHAttention, hash_buckets
-from open_r1_jax.training.step import split_model
+from open_r1_jax.model import split_model
 
 PROMPTS = [[72, 101, 108, 108, 111, 32, 119], [40, 41, 42]]  # two lengths: the short one is left-padded
 NEW = 12

@@ -12,7 +12,9 @@ from open_r1_jax.model.layers import rotary
 from open_r1_jax.model.lsh_attention import lsh_attention, lsh_rotations
 from open_r1_jax.training.losses import summed_nll
 from open_r1_jax.training.optim import make_optimizer
-from open_r1_jax.training.step import init_state, make_train_step, merge_model, split_model
+from open_r1_jax.training.step import init_state, make_train_step
+from open_r1_jax.training.stages import Pretrain
+from open_r1_jax.model import merge_model, split_model
 
 B, T, H, G, K = 2, 13, 4, 2, 8
 SEGMENTS = jnp.array([[1] * 5 + [2] * 6 + [0] * 2, [1] * 13])  # packed row with padding; plain row
@@ -117,7 +119,7 @@ def test_train_step_passes_an_rng_per_step(micro):
     tok = np.asarray(_tokens(2, 17))
     batch = {"inputs": tok[:, :-1], "targets": tok[:, 1:], "positions": np.tile(np.arange(16), (2, 1)),
              "segment_ids": np.ones((2, 16), np.int32)}
-    _, metrics = jax.jit(make_train_step(graphdef, tx, cfg))(state, batch)
+    _, metrics = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg))(state, batch)
 
     @jax.jit
     def loss(rng):

@@ -7,7 +7,7 @@ from flax import nnx
 
 from open_r1_jax.model import build_model
 from open_r1_jax.model.layers import RouterBias
-from open_r1_jax.training.step import merge_model, split_model
+from open_r1_jax.model import merge_model, split_model
 
 
 def _tokens(b=2, t=24, seed=0):

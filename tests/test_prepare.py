@@ -150,7 +150,7 @@ def test_stdlib_prepare_and_bpe_tokenizer_cli(tmp_path, capsys):
 
 
 def test_training_reads_the_mixture(prepared, micro, tmp_path):
-    from open_r1_jax.training.loop import train
+    from open_r1_jax.training.trainer import train
 
     root, _ = prepared
     cfg = micro("data.kind=arrayrecord", f"data.prepared_dir={root / 'out'}", "train.steps=4", "train.log_every=2",

@@ -8,10 +8,12 @@ import pytest
 import yaml
 
 from open_r1_jax.model import build_model
-from open_r1_jax.training import loop as loop_lib
-from open_r1_jax.training.loop import TrainingDiverged, train
+from open_r1_jax.training import state as state_lib
+from open_r1_jax.training.trainer import TrainingDiverged, train
 from open_r1_jax.training.optim import decay_mask, make_optimizer, schedule
-from open_r1_jax.training.step import init_state, make_train_step, split_model
+from open_r1_jax.training.step import init_state, make_train_step
+from open_r1_jax.training.stages import Pretrain
+from open_r1_jax.model import split_model
 
 
 def _batch(cfg, seed=0):
@@ -32,7 +34,7 @@ def _setup(cfg):
 
 
 def _run(cfg, state, graphdef, tx, batch):
-    step = jax.jit(make_train_step(graphdef, tx, cfg))
+    step = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg))
     return step(state, {k: jnp.asarray(v) for k, v in batch.items()})
 
 
@@ -124,27 +126,67 @@ def test_resume_continues_exactly(micro, tmp_path):
 
     run = tmp_path / "run"
     cfg = micro("train.steps=8", "train.checkpoint_every=4", "train.eval_every=0", "train.lr=3e-3", run_dir=run)
-    train(cfg)
+    first = train(cfg)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     straight = [json.loads(x) for x in lines]
     shutil.rmtree(run / "checkpoints" / "8")  # as if the process died after the step-4 checkpoint
     (run / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n")
-    train(cfg)
+    again = train(cfg)
     resumed = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in resumed] == list(range(1, 9))
     for a, b in zip(straight[4:], resumed[4:]):
         assert (a["loss"], a["grad_norm"], a["aux_loss"]) == (b["loss"], b["grad_norm"], b["aux_loss"])
+    # the counters go on from the checkpoint: the same tokens as the straight run, more seconds than step 4's
+    assert again["tokens_seen"] == first["tokens_seen"] == sum(
+        np.count_nonzero(b["segment_ids"]) for b in _stream(cfg, 8))
+    assert json.loads((run / "summary.json").read_text())["tokens_seen"] == first["tokens_seen"]
+    assert again["wall_seconds"] > first["wall_seconds"] * 0.5 and again["train_seconds"] > 0
+
+
+def _stream(cfg, n):
+    """The first ``n`` training batches of ``cfg`` (what the Trainer's pretraining stage reads)."""
+    import tempfile
+
+    from open_r1_jax.data.text import build_text_data
+
+    with tempfile.TemporaryDirectory() as d:
+        it = build_text_data(cfg, __import__("pathlib").Path(d)).train_iter
+        return [next(it) for _ in range(n)]
+
+
+def test_a_stage_can_freeze_parameters(micro):
+    """A stage's trainable mask: frozen parameters keep their values and get no optimizer moments."""
+    from open_r1_jax.training.stages import Pretrain
+
+    class FrozenEmbeddings(Pretrain):
+        def trainable(self, params):
+            return {k: jax.tree.map(lambda _: k != "embed", v) for k, v in params.items()}
+
+    cfg = micro("train.warmup_steps=0")
+    graphdef, params, model_state = split_model(build_model(cfg.model, 0))
+    stage = FrozenEmbeddings(cfg).bind(graphdef)
+    tx = make_optimizer(cfg.train, stage.trainable)
+    state = init_state(params, model_state, tx, cfg)
+    new, m = jax.jit(make_train_step(stage, tx, cfg))(state, {k: jnp.asarray(v) for k, v in _batch(cfg).items()})
+    np.testing.assert_array_equal(new["params"]["embed"], params["embed"])
+    assert not np.allclose(new["params"]["lm_head"], params["lm_head"])
+    moments = [x for x in jax.tree.leaves(new["opt_state"]) if getattr(x, "shape", ()) == params["embed"].shape]
+    assert not moments, "a frozen parameter must not have optimizer moments"
+    full = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), make_optimizer(cfg.train), cfg))
+    _, m_all = full(init_state(params, model_state, make_optimizer(cfg.train), cfg),
+                    {k: jnp.asarray(v) for k, v in _batch(cfg).items()})
+    assert float(m["grad_norm"]) < float(m_all["grad_norm"])  # the clipping norm leaves frozen grads out
 
 
 def test_nan_stops_the_run_without_a_checkpoint(micro, tmp_path, monkeypatch):
-    real = loop_lib.build_model
+    real = state_lib.build_model
 
-    def poisoned(cfg, seed=0):
-        model = real(cfg, seed)
+    def poisoned(cfg, seed=0, expert_parallel=1):
+        model = real(cfg, seed, expert_parallel)
         model.embed[...] = jnp.full_like(model.embed[...], jnp.nan)
         return model
 
-    monkeypatch.setattr(loop_lib, "build_model", poisoned)
+    monkeypatch.setattr(state_lib, "build_model", poisoned)
     run = tmp_path / "nan"
     with pytest.raises(TrainingDiverged, match="non-finite at step 1"):
         train(micro("train.checkpoint_every=1", run_dir=run))

@@ -1,4 +1,4 @@
-"""DPO losses in PyTorch, mirroring ``open_r1_jax.training.dpo`` (TRL's DPOTrainer formulas).
+"""DPO losses in PyTorch, mirroring ``open_r1_jax.training.stages.dpo`` (TRL's DPOTrainer formulas).
 
 h = (logp_c - ref_c) - (logp_r - ref_r); sigmoid: -(1-eps) logsigmoid(beta h) - eps logsigmoid(-beta h);
 ipo: (h_avg - 1/(2 beta))^2 with per-token averaged log-probs; hinge: relu(1 - beta h).

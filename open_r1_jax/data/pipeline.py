@@ -155,3 +155,32 @@ def make_mixture_dataset(sources: list, weights: list[float], spec: PipelineSpec
         return _pack_and_batch(mixed, sp, ("inputs", "targets", "source_ids"))
 
     return _sharded(build_one, spec)
+
+
+class ArrayRows:
+    """Random access over the rows of equal-length arrays (a grain source; picklable)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return {k: v[i] for k, v in self.arrays.items()}
+
+
+def shuffled_batches(arrays: dict[str, np.ndarray], rows: int, seed: int):
+    """Endless iterator of ``rows``-row batches, reshuffled every epoch; its state is checkpointable."""
+    ds = grain.MapDataset.source(ArrayRows(arrays)).seed(seed).shuffle().repeat().batch(rows)
+    return iter(ds.to_iter_dataset())
+
+
+def fixed_batches(arrays: dict[str, np.ndarray], rows: int):
+    """One ordered pass in ``rows``-row batches; the last one is zero-padded (zero rows must count for
+    nothing in the consumer: their masks are 0)."""
+    n = len(next(iter(arrays.values())))
+    for s in range(0, n, rows):
+        b = {k: v[s:s + rows] for k, v in arrays.items()}
+        short = rows - len(next(iter(b.values())))
+        yield b if not short else {k: np.pad(v, ((0, short),) + ((0, 0),) * (v.ndim - 1)) for k, v in b.items()}

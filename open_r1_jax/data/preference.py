@@ -130,3 +130,20 @@ def encode_pairs(pairs: list[Pair], tokenizer, cfg: DPOConfig, report: PairRepor
             out[f"{side}_segment_ids"][i, :n] = 1
     report.pairs += len(pairs)
     return out
+
+
+def load_pairs(cfg: DPOConfig, seed: int, tokenizer, log) -> tuple[dict, dict | None, PairReport]:
+    """Train and held-out pairs (``dpo.train_path`` / ``eval_path``, or the embedded demo), encoded.
+    -> (train arrays, held-out arrays or None, report); the first bad lines are logged."""
+    report = PairReport()
+    if cfg.train_path:
+        train = read_pairs(cfg.train_path, cfg.max_bad_fraction, report)
+        held = read_pairs(cfg.eval_path, cfg.max_bad_fraction, report) if cfg.eval_path else None
+    else:
+        train = demo_pairs(False, cfg.demo_pairs, seed)
+        held = demo_pairs(True, cfg.demo_eval_pairs, seed)
+    for bad in report.bad[:5]:
+        log.warning("dpo data: skipped %s", bad)
+    train_arr = encode_pairs(train, tokenizer, cfg, report)
+    held_arr = encode_pairs(held, tokenizer, cfg, report) if held else None
+    return train_arr, held_arr, report

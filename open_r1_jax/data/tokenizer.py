@@ -80,6 +80,16 @@ class BPETokenizer:
         return self.tok.decode([int(i) for i in ids])
 
 
+def tokenizer_for(path: Path):
+    """The tokenizer a run (or checkpoint / export inside it) was trained with: the nearest
+    ``tokenizer.json`` in ``path`` or up to three folders above it, else the byte tokenizer."""
+    path = Path(path)
+    for d in (path, *path.parents[:3]):
+        if (d / "tokenizer.json").is_file():
+            return BPETokenizer.load(d / "tokenizer.json")
+    return ByteTokenizer()
+
+
 def build_tokenizer(kind: str, texts: list[str], vocab_size: int, cache: Path | None):
     """Byte tokenizer, or a BPE loaded from ``cache`` if present, else trained on ``texts`` and cached."""
     if kind == "byte":

@@ -28,7 +28,7 @@ from kernels import ops
 from open_r1_jax.config import DRNConfig, MoEConfig
 from open_r1_jax.model.layers import RouterBias, SwiGLU, param
 from open_r1_jax.model import routing
-from open_r1_jax.parallel.experts import expert_axis_size, expert_parallel_ffn
+from open_r1_jax.parallel.experts import expert_parallel_ffn
 
 
 def _cdiv(a, b):
@@ -131,9 +131,11 @@ class DRNFeedForward(nnx.Module):
 class MoEFeedForward(nnx.Module):
     """Sparse top-k routed experts (+ optional shared experts) with auxiliary losses and load stats."""
 
-    def __init__(self, d_model: int, cfg: MoEConfig, std: float, dtype, rngs: nnx.Rngs, kernels: str = "xla"):
+    def __init__(self, d_model: int, cfg: MoEConfig, std: float, dtype, rngs: nnx.Rngs, kernels: str = "xla",
+                 expert_parallel: int = 1):
         self.cfg, self.dtype = cfg, dtype
         self.kernels = kernels  # resolved model.kernels: "triton" or "xla"
+        self.expert_parallel = expert_parallel  # size of the mesh's expert axis (given, never read from a mesh)
         self.router = param(rngs, (d_model, cfg.n_experts), ("embed", None), std)
         if cfg.router == "sigmoid":
             self.router_bias = RouterBias(jnp.zeros((cfg.n_experts,), jnp.float32), axes=(None,))
@@ -163,9 +165,9 @@ class MoEFeedForward(nnx.Module):
             grouped = functools.partial(dropless_experts, impl=cfg.grouped_impl, block=cfg.block_size,
                                         kernels=self.kernels)
             args = (xf, experts.reshape(b * t, -1), weights.reshape(b * t, -1), *w)
-            if expert_axis_size() > 1:  # experts sharded over the mesh: token exchange in shard_map
-                out, aux["dropped"] = expert_parallel_ffn(*args, capacity_factor=cfg.capacity_factor,
-                                                          grouped=grouped)
+            if self.expert_parallel > 1:  # experts sharded over the mesh: token exchange in shard_map
+                out, aux["dropped"] = expert_parallel_ffn(*args, ep=self.expert_parallel,
+                                                          capacity_factor=cfg.capacity_factor, grouped=grouped)
             else:
                 out = grouped(*args)
         out = out.reshape(b, t, d)

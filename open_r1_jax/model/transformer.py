@@ -38,7 +38,7 @@ AUX_KEYS = ("balance_loss", "seq_balance_loss", "z_loss")
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, kind: str, rngs: nnx.Rngs, lsh: bool = False):
+    def __init__(self, cfg: ModelConfig, kind: str, rngs: nnx.Rngs, lsh: bool = False, expert_parallel: int = 1):
         dtype = DTYPES[cfg.dtype]
         kernels = resolve_kernels(cfg.kernels)  # "triton" or "xla"; logged once
         self.kind = kind  # "drn" or "moe"
@@ -54,7 +54,8 @@ class Block(nnx.Module):
         if kind == "drn":
             self.ffn = DRNFeedForward(cfg.d_model, cfg.drn, cfg.init_std, dtype, rngs)
         else:
-            self.ffn = MoEFeedForward(cfg.d_model, cfg.moe, cfg.init_std, dtype, rngs, kernels=kernels)
+            self.ffn = MoEFeedForward(cfg.d_model, cfg.moe, cfg.init_std, dtype, rngs, kernels=kernels,
+                                      expert_parallel=expert_parallel)
 
     def __call__(self, x, positions, mask, token_mask, segment_ids=None, rng=None):
         if self.lsh:
@@ -77,13 +78,14 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, expert_parallel: int = 1):
         self.cfg = cfg
         self.dtype = DTYPES[cfg.dtype]
         self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std)
         lsh = lambda i: cfg.attention.kind == "lsh" or i in cfg.attention.lsh_layers
         self.blocks = nnx.List(
-            [Block(cfg, "drn" if i < cfg.drn_layers else "moe", rngs, lsh(i)) for i in range(cfg.n_layers)])
+            [Block(cfg, "drn" if i < cfg.drn_layers else "moe", rngs, lsh(i), expert_parallel)
+             for i in range(cfg.n_layers)])
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if not cfg.tie_embeddings:
             self.lm_head = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
@@ -204,5 +206,7 @@ class Transformer(nnx.Module):
         return out
 
 
-def build_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
-    return Transformer(cfg, nnx.Rngs(params=seed))
+def build_model(cfg: ModelConfig, seed: int = 0, expert_parallel: int = 1) -> Transformer:
+    """``expert_parallel``: the size of the mesh's ``expert`` axis the model is traced under (the MoE
+    layers exchange tokens in ``parallel/experts.py`` when > 1). Weights do not depend on it."""
+    return Transformer(cfg, nnx.Rngs(params=seed), expert_parallel)

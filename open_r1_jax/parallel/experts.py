@@ -32,14 +32,6 @@ from jax.sharding import PartitionSpec as P
 from open_r1_jax.parallel.mesh import BATCH_AXES
 
 
-def expert_axis_size() -> int:
-    """Size of the ``expert`` axis of the mesh set with ``jax.set_mesh`` (1 when none)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return 1
-    return dict(mesh.shape).get("expert", 1)
-
-
 def _local(x, experts, weights, w_gate, w_up, w_down, *, capacity: int, grouped, gather: bool):
     """Per-device body. x [Nl,D], experts/weights [Nl,A], w_* [El, D/fsdp, F] or [El, F, D/fsdp]."""
     ep = jax.lax.axis_size("expert")
@@ -77,15 +69,21 @@ def _local(x, experts, weights, w_gate, w_up, w_down, *, capacity: int, grouped,
     return out, jax.lax.psum(dropped, BATCH_AXES)
 
 
-def expert_parallel_ffn(x, experts, weights, w_gate, w_up, w_down, *, capacity_factor: float, grouped):
+def expert_parallel_ffn(x, experts, weights, w_gate, w_up, w_down, *, ep: int, capacity_factor: float, grouped):
     """x [N,D], experts/weights [N,A] (batch-sharded), w_* [E,...] -> (out [N,D], dropped rows).
 
+    ``ep``: the expert-parallel size the model was built for; the mesh itself is the one the step is
+    traced under (``jax.set_mesh``: ``shard_map`` needs it, and this is the one module that reads it).
     ``grouped(rows, experts, weights, w_gate, w_up, w_down)`` is the single-device dropless op.
     """
     mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or dict(mesh.shape).get("expert") != ep:
+        have = "no mesh" if mesh.empty else f"mesh {dict(mesh.shape)}"
+        raise ValueError(f"the model was built for expert parallelism over {ep} devices (build_model(..., "
+                         f"expert_parallel={ep})) but is traced under {have}; trace it inside "
+                         f"`with jax.set_mesh(mesh)` of a mesh whose expert axis has size {ep}")
     n_dev = math.prod(dict(mesh.shape)[a] for a in BATCH_AXES)
     n_local, a = x.shape[0] // n_dev, experts.shape[1]
-    ep = dict(mesh.shape)["expert"]
     capacity = n_local * a if capacity_factor <= 0 else max(1, math.ceil(capacity_factor * n_local * a / ep))
     fsdp = dict(mesh.shape)["fsdp"]
     gather = fsdp > 1 and x.shape[1] % fsdp == 0  # the width is fsdp-sharded (mesh.rules embed=fsdp)

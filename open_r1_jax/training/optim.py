@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import optax
 
@@ -25,8 +27,14 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(cfg: TrainConfig, trainable: Callable | None = None) -> optax.GradientTransformation:
+    """``trainable``: params -> tree of bools (a stage's mask); frozen parameters get no update, no
+    decay and no optimizer moments, and are left out of the clipping norm."""
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
     parts.append(optax.adamw(schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
                              weight_decay=cfg.weight_decay, mask=decay_mask))
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    if trainable is None:
+        return tx
+    labels = lambda params: jax.tree.map(lambda t: "train" if t else "frozen", trainable(params))
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

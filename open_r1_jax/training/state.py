@@ -16,13 +16,17 @@ from jax.sharding import Mesh
 from open_r1_jax.config import Config
 from open_r1_jax.model import build_model
 from open_r1_jax.parallel.mesh import logical_axes, parse_rules, state_shardings, tree_shardings
-from open_r1_jax.training.step import init_state, split_model
+from open_r1_jax.training.step import init_state
+from open_r1_jax.model import split_model
 
 
 def create_train_state(cfg: Config, tx: optax.GradientTransformation, mesh: Mesh,
-                       build: Callable = build_model):
-    """-> (graphdef, state, shardings of the state)."""
-    abstract_model = nnx.eval_shape(lambda: build(cfg.model, cfg.train.seed))
+                       build: Callable | None = None):
+    """-> (graphdef, state, shardings of the state). The model is built for the mesh's expert axis
+    (its MoE layers exchange tokens over it); ``build(model_cfg, seed, expert_parallel)``."""
+    build = build or build_model  # looked up at call time (tests replace it)
+    ep = dict(mesh.shape).get("expert", 1)
+    abstract_model = nnx.eval_shape(lambda: build(cfg.model, cfg.train.seed, ep))
     axes_params, axes_rest = logical_axes(abstract_model)
     graphdef, abs_params, abs_rest = split_model(abstract_model)
     rules = parse_rules(cfg.mesh.rules)
@@ -30,7 +34,7 @@ def create_train_state(cfg: Config, tx: optax.GradientTransformation, mesh: Mesh
     rest_sh = tree_shardings(abs_rest, axes_rest, mesh, rules)
 
     def init():
-        _, params, rest = split_model(build(cfg.model, cfg.train.seed))
+        _, params, rest = split_model(build(cfg.model, cfg.train.seed, ep))
         return init_state(params, rest, tx, cfg)
 
     shardings = state_shardings(jax.eval_shape(init), param_sh, rest_sh, mesh)

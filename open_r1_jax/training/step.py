@@ -1,42 +1,33 @@
-"""Pure, jitted train and eval steps over a dict train state.
+"""The one jitted train step of every stage, over a dict train state.
 
 State: ``{"step", "params", "model_state", "opt_state", "loss_scale", "good_steps", "skipped",
 "nonfinite_step"}``; ``params`` and ``model_state`` (router biases) are nested pure dicts that
-``nnx.merge`` turns back into the model inside the step.
+``open_r1_jax.model.merge_model`` turns back into the model inside the stage's loss.
 
-Exact accumulation: the global batch [G,T] is split into M micro-batches scanned in one step. Each
-micro-batch contributes grad(sum of its token NLL / total valid tokens of the global batch), so the
-accumulated gradient equals that of one big batch. MoE auxiliary losses are batch statistics: each
-micro-batch adds aux_loss / M (as Megatron does), which is not identical to one big batch.
+Exact accumulation: the global batch [G,...] is split into M micro-batches scanned in one step. The
+stage's ``count(batch)`` gives the global batch's denominator (valid tokens for language modelling,
+real pairs for DPO); every micro-batch's loss is its share of the global objective (its sum of unit
+losses / the denominator), so the accumulated gradient equals that of one big batch. MoE auxiliary
+losses are batch statistics: each micro-batch adds aux_loss / M (as Megatron does), which is not
+identical to one big batch. Metrics are shares too, so they are summed over micro-batches.
 
 float16: the loss is multiplied by a dynamic scale; a step whose gradients are not finite is skipped
 (parameters, optimiser and router biases unchanged), counted, and halves the scale; the scale doubles
 after ``loss_scale_period`` finite steps. In every dtype a non-finite loss or gradient leaves the
-state unchanged and records the first such step in ``nonfinite_step``; the loop stops the run there.
+state unchanged and records the first such step in ``nonfinite_step``; the Trainer stops the run there.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
 from open_r1_jax.config import Config
 from open_r1_jax.model import routing
-from open_r1_jax.training.losses import summed_nll
 
 Batch = dict[str, jax.Array]
-
-
-def split_model(model) -> tuple[Any, dict, dict]:
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
-
-
-def merge_model(graphdef, params: dict, model_state: dict):
-    return nnx.merge(graphdef, nnx.State(params), nnx.State(model_state))
 
 
 def init_state(params: dict, model_state: dict, tx: optax.GradientTransformation, cfg: Config) -> dict:
@@ -52,7 +43,7 @@ def init_state(params: dict, model_state: dict, tx: optax.GradientTransformation
     }
 
 
-def _micro(batch: Batch, n_micro: int) -> Batch:
+def split_micro(batch: Batch, n_micro: int) -> Batch:
     """[G,...] -> [M, G/M, ...]; micro-batch i takes rows i, i+M, i+2M, ... (strided), so that the
     batch axis keeps its device sharding (rows are laid out contiguously over devices)."""
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // n_micro, n_micro, *x.shape[1:]).swapaxes(0, 1), batch)
@@ -71,51 +62,71 @@ def update_router_biases(model_state: dict, counts: jax.Array, cfg: Config) -> d
     return {**model_state, "blocks": blocks}
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, cfg: Config):
+def mask_frozen(grads: dict, trainable) -> dict:
+    """Zero the gradients of frozen parameters (``trainable``: a tree of bools like ``grads``, or None)."""
+    if trainable is None:
+        return grads
+    return jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
+
+
+def make_grad_fn(stage, cfg: Config) -> Callable:
+    """-> fn(params, model_state, batch, frozen, rng, scale) -> (summed grads, summed metrics).
+
+    The gradient of the global objective (times ``scale``), accumulated over the micro-batches of
+    ``batch``; the metrics are the stage's, summed over micro-batches (so means over the global batch).
+    """
     t = cfg.train
     n_micro = t.global_batch // (t.micro_batch or t.global_batch)
-    fp16 = cfg.model.dtype == "float16"
-    has_lsh = cfg.model.attention.kind == "lsh" or bool(cfg.model.attention.lsh_layers)
 
-    def loss_fn(params, model_state, mb, n_total, scale, rng):
-        model = merge_model(graphdef, params, model_state)
-        if has_lsh:  # fresh LSH rotations per step and micro-batch; reused by the backward pass
-            logits, aux = model(mb["inputs"], mb["positions"], mb["segment_ids"], rng=rng)
-        else:
-            logits, aux = model(mb["inputs"], mb["positions"], mb["segment_ids"])
-        nll, n_tok = summed_nll(logits, mb["targets"], mb["segment_ids"] > 0)
-        loss = nll / n_total + aux["aux_loss"] / n_micro
-        return loss * scale, (nll, n_tok, aux)
+    def scaled_loss(params, model_state, mb, rng, scale):
+        loss, metrics = stage.loss_fn(params, model_state, mb, rng)
+        return loss * scale, metrics
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    grad = jax.value_and_grad(scaled_loss, has_aux=True)
 
-    def train_step(state: dict, batch: Batch):
-        params, model_state, scale = state["params"], state["model_state"], state["loss_scale"]
-        n_total = jnp.maximum(jnp.sum((batch["segment_ids"] > 0).astype(jnp.float32)), 1.0)
-        step_rng = jax.random.fold_in(jax.random.key(t.seed), state["step"]) if has_lsh else None
+    def grad_fn(params, model_state, batch, frozen, rng, scale):
+        extras = {"denominator": jnp.maximum(stage.count(batch), 1.0),
+                  "n_micro": jnp.asarray(n_micro, jnp.float32), "frozen": frozen}
+        micro = split_micro(batch, n_micro)
 
         def body(carry, xs):
-            grads, nll, aux_sum, counts, dropped = carry
             mb, i = xs
-            rng = jax.random.fold_in(step_rng, i) if has_lsh else None
-            (_, (mb_nll, _, aux)), g = grad_fn(params, model_state, mb, n_total, scale, rng)
-            grads = jax.tree.map(jnp.add, grads, g)
-            if "expert_counts" in aux:
-                counts, dropped = counts + aux["expert_counts"], dropped + jnp.sum(aux["dropped"])
-            return (grads, nll + mb_nll, aux_sum + aux["aux_loss"], counts, dropped), None
+            (_, metrics), g = grad(params, model_state, {**mb, **extras}, jax.random.fold_in(rng, i), scale)
+            return jax.tree.map(jnp.add, carry, (g, metrics)), None
 
-        n_moe = cfg.model.n_layers - cfg.model.drn_layers
-        zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros(()), jnp.zeros(()),
-                 jnp.zeros((n_moe, cfg.model.moe.n_experts)), jnp.zeros((), jnp.int32))
-        xs = (_micro(batch, n_micro), jnp.arange(n_micro))
-        (grads, nll, aux_sum, counts, dropped), _ = jax.lax.scan(body, zeros, xs)
-        grads = jax.tree.map(lambda g: g / scale, grads)
+        first = jax.tree.map(lambda x: x[0], micro)
+        shapes = jax.eval_shape(grad, params, model_state, {**first, **extras}, rng, scale)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[1], shapes[0][1]))
+        (grads, metrics), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(n_micro)))
+        return grads, metrics
+
+    return grad_fn
+
+
+def make_train_step(stage, tx: optax.GradientTransformation, cfg: Config) -> Callable:
+    """-> step(state, batch, frozen=None) -> (state, metrics), for the stage's loss (see stages/base.py).
+
+    ``frozen``: the stage's weights that are read but never trained (a DPO reference model), passed as
+    an argument so that they are not baked into the compiled step as constants.
+    """
+    t = cfg.train
+    fp16 = cfg.model.dtype == "float16"
+    grad_fn = make_grad_fn(stage, cfg)
+
+    def train_step(state: dict, batch: Batch, frozen=None):
+        params, model_state, scale = state["params"], state["model_state"], state["loss_scale"]
+        # fresh randomness (LSH rotations) per step, and per micro-batch inside grad_fn
+        rng = jax.random.fold_in(jax.random.key(t.seed), state["step"])
+        grads, metrics = grad_fn(params, model_state, batch, frozen, rng, scale)
+        grads = mask_frozen(jax.tree.map(lambda g: g / scale, grads), stage.trainable(params))
         grad_norm = optax.tree.norm(grads)
-        loss = nll / n_total
+        loss = metrics["loss"]
         finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
         updates, new_opt = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
-        new_model_state = update_router_biases(model_state, counts, cfg)
+        new_model_state = model_state
+        if stage.updates_router_bias and "expert_counts" in metrics:
+            new_model_state = update_router_biases(model_state, metrics["expert_counts"], cfg)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         new_state = {
             "step": state["step"] + 1,
@@ -124,33 +135,17 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, cfg: Config):
             "opt_state": keep(new_opt, state["opt_state"]),
             "skipped": state["skipped"] + (~finite).astype(jnp.int32),
         }
+        # float16: overflowing gradients are expected (the scale halves); only a non-finite loss stops
+        diverged = ~jnp.isfinite(loss) if fp16 else ~finite
         if fp16:
             good = jnp.where(finite, state["good_steps"] + 1, 0)
             grow = good >= t.loss_scale_period
             new_state["loss_scale"] = jnp.where(finite, jnp.where(grow, scale * 2, scale), scale / 2)
             new_state["good_steps"] = jnp.where(grow, 0, good)
-            new_state["nonfinite_step"] = jnp.where(
-                (state["nonfinite_step"] < 0) & ~jnp.isfinite(loss), state["step"], state["nonfinite_step"])
         else:
             new_state["loss_scale"], new_state["good_steps"] = scale, state["good_steps"]
-            new_state["nonfinite_step"] = jnp.where(
-                (state["nonfinite_step"] < 0) & ~finite, state["step"], state["nonfinite_step"])
-        metrics = {"loss": loss, "aux_loss": aux_sum / n_micro, "grad_norm": grad_norm,
-                   "tokens": n_total, "expert_counts": counts, "dropped": dropped, "finite": finite}
-        return new_state, metrics
+        new_state["nonfinite_step"] = jnp.where(
+            (state["nonfinite_step"] < 0) & diverged, state["step"], state["nonfinite_step"])
+        return new_state, {**metrics, "grad_norm": grad_norm, "finite": finite}
 
     return train_step
-
-
-def make_eval_step(graphdef, token_bytes: jax.Array):
-    """-> fn(params, model_state, batch) -> (sum NLL, valid tokens, UTF-8 bytes of the targets)."""
-
-    def eval_step(params, model_state, batch):
-        model = merge_model(graphdef, params, model_state)
-        logits, _ = model(batch["inputs"], batch["positions"], batch["segment_ids"])
-        mask = batch["segment_ids"] > 0
-        nll, n_tok = summed_nll(logits, batch["targets"], mask)
-        n_bytes = jnp.sum(jnp.where(mask, token_bytes[batch["targets"]], 0).astype(jnp.float32))
-        return nll, n_tok, n_bytes
-
-    return eval_step

@@ -10,7 +10,9 @@ pytest.importorskip("torch", reason="torch (the Triton interpreter's tensors) is
 
 from open_r1_jax.model import build_model  # noqa: E402
 from open_r1_jax.training.optim import make_optimizer  # noqa: E402
-from open_r1_jax.training.step import init_state, make_train_step, split_model  # noqa: E402
+from open_r1_jax.training.step import init_state, make_train_step  # noqa: E402
+from open_r1_jax.training.stages import Pretrain  # noqa: E402
+from open_r1_jax.model import split_model  # noqa: E402
 
 
 def _batches(cfg, n):
@@ -33,7 +35,7 @@ def _train(cfg, batches):
     graphdef, params, model_state = split_model(build_model(cfg.model, 0))
     tx = make_optimizer(cfg.train)
     state = init_state(params, model_state, tx, cfg)
-    step = jax.jit(make_train_step(graphdef, tx, cfg))
+    step = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg))
     metrics = []
     for batch in batches:
         state, m = step(state, batch)

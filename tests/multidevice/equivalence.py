@@ -1,8 +1,11 @@
 """Run in a subprocess with 8 fake CPU devices (see tests/test_parallel.py).
 
-For each mesh, 3 training steps from the same initial weights on the same batches; prints one JSON
-line with the losses, the parameters' max relative difference to the single-device run, and the
-per-device bytes of parameters and optimizer moments.
+For each mesh, the first step's accumulated gradient (before clipping: the global norm and every
+parameter's gradient), then 3 training steps from the same initial weights on the same batches;
+prints one JSON line with the losses, the max relative differences of the gradients and of the
+parameters to the single-device run, and the per-device bytes of parameters and optimizer moments.
+Gradients are compared because Adam's update hides a constant gradient scale (a psum-versus-mean bug
+in a backward pass would leave the parameters after AdamW almost unchanged).
 """
 import json
 import sys
@@ -14,7 +17,8 @@ from open_r1_jax.config import load_config
 from open_r1_jax.parallel.mesh import batch_sharding, make_mesh, per_device_bytes
 from open_r1_jax.training.optim import make_optimizer
 from open_r1_jax.training.state import create_train_state
-from open_r1_jax.training.step import make_train_step
+from open_r1_jax.training.step import make_grad_fn, make_train_step
+from open_r1_jax.training.stages import Pretrain
 
 BASE = [
     "model.d_model=32", "model.n_layers=3", "model.drn_layers=1", "model.n_heads=4", "model.n_kv_heads=2",
@@ -46,7 +50,14 @@ def run(mesh_overrides, extra=()):
         tx = make_optimizer(cfg.train)
         graphdef, state, sh = create_train_state(cfg, tx, mesh)
         bsh = batch_sharding(mesh)
-        step = jax.jit(make_train_step(graphdef, tx, cfg), in_shardings=(sh, bsh), out_shardings=(sh, None))
+        stage = Pretrain(cfg).bind(graphdef)
+        first = {k: jax.device_put(v, bsh) for k, v in batches(1, cfg.train.global_batch, cfg.train.seq_len)[0].items()}
+        accumulate = make_grad_fn(stage, cfg)
+        grad_fn = jax.jit(lambda p, s, b: accumulate(p, s, b, None, jax.random.key(0), 1.0)[0],
+                          in_shardings=(sh["params"], sh["model_state"], bsh))
+        grads = grad_fn(state["params"], state["model_state"], first)
+        grads = jax.device_get(grads)
+        step = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), in_shardings=(sh, bsh), out_shardings=(sh, None))
         losses, dropped = [], 0
         for batch in batches(3, cfg.train.global_batch, cfg.train.seq_len):
             state, m = step(state, {k: jax.device_put(v, bsh) for k, v in batch.items()})
@@ -58,22 +69,25 @@ def run(mesh_overrides, extra=()):
                  "params_total": sum(x.nbytes for x in jax.tree.leaves(params))}
         w = state["params"]["blocks"][1]["ffn"]["experts"]["w_gate"]
         sizes["expert_w_gate_spec"] = str(w.sharding.spec)
-    return losses, params, sizes, dropped
+    return losses, params, sizes, dropped, grads
 
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["capacity"]:  # capacity mode: overflow is dropped and counted
-        losses, _, _, dropped = run(["mesh.expert=8"], ["model.moe.capacity_factor=0.5"])
+        losses, _, _, dropped, _ = run(["mesh.expert=8"], ["model.moe.capacity_factor=0.5"])
         print(json.dumps({"mesh": "expert8_capacity0.5", "losses": losses, "dropped": dropped}))
         sys.exit(0)
     meshes = {"data8": ["mesh.data=8"], "fsdp8": ["mesh.fsdp=8"],
               "d2f2e2": ["mesh.data=2", "mesh.fsdp=2", "mesh.expert=2"], "expert8": ["mesh.expert=8"]}
     extra = sys.argv[1:]
-    ref_losses, ref_params, _, _ = run([], extra)
+    ref_losses, ref_params, _, _, ref_grads = run([], extra)
+    rel = lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30))
+    norm = lambda tree: float(np.sqrt(sum(np.sum(np.square(x, dtype=np.float64)) for x in jax.tree.leaves(tree))))
     for name, ov in meshes.items():
-        losses, params, sizes, dropped = run(ov, extra)
-        rel = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30))
-                  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))
+        losses, params, sizes, dropped, grads = run(ov, extra)
+        param_rel = max(rel(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))
+        grad_rel = max(rel(a, b) for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)))
         loss_rel = max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses))
         print(json.dumps({"mesh": name, "losses": losses, "ref_losses": ref_losses, "loss_rel": loss_rel,
-                          "param_rel": rel, "dropped": dropped, **sizes}), flush=True)
+                          "param_rel": param_rel, "grad_rel": grad_rel, "grad_norm": norm(grads),
+                          "ref_grad_norm": norm(ref_grads), "dropped": dropped, **sizes}), flush=True)

@@ -1,0 +1,8 @@
+"""Training stages: each one small file; ``train.stage`` picks one by name (see ``base.Stage``)."""
+from open_r1_jax.training.stages.base import Stage, StageContext
+from open_r1_jax.training.stages.dpo import DPO
+from open_r1_jax.training.stages.pretrain import Pretrain
+
+STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (Pretrain, DPO)}
+
+__all__ = ["DPO", "STAGES", "Pretrain", "Stage", "StageContext"]

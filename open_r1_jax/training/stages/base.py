@@ -1,0 +1,110 @@
+"""What a training stage is: the few things that differ between pretraining, DPO, SFT, ... .
+
+The ``Trainer`` (``training/trainer.py``) owns everything else: the mesh, the sharded train state,
+the jitted step (exact micro-batch accumulation, clipping, the non-finite guard, float16 loss
+scaling, donation), the log / eval / checkpoint cadence, resume, the progress bar, ``metrics.jsonl``,
+TensorBoard and ``summary.json``.
+
+To add a stage, write one small file in ``training/stages/`` with a subclass of ``Stage`` and add it
+to ``STAGES`` in ``training/stages/__init__.py`` (and the name to ``train.stage`` in ``config.py``).
+The Trainer calls, in this order:
+
+1. ``initial_weights()``: weights to start from (e.g. a pretrained run), or None for a fresh seeded
+   model. A stage that starts from weights may replace ``self.cfg.model`` with their architecture.
+2. ``setup(ctx)``: build the data. Set ``self.train_iter`` (an iterator of host batches: dicts of
+   numpy arrays whose first axis has this process's ``global_batch / process_count`` rows; a grain
+   iterator, so that checkpoints save where the stream stopped). ``ctx`` gives the run directory, the
+   graphdef, the initial state and a ``put`` function, for stages that precompute on the devices
+   (DPO's reference log-probs). Set ``self.frozen`` to device arrays the loss reads but never trains.
+3. ``loss_fn(params, model_state, batch, rng) -> (loss, metrics)``, traced once per micro-batch.
+   ``batch`` holds one micro-batch of the stage's arrays plus three entries from the Trainer:
+   ``denominator`` (``count`` of the whole global batch), ``n_micro`` (micro-batches per step) and
+   ``frozen``. Return this micro-batch's *share* of the global objective: the sum of its unit losses
+   / ``denominator`` (+ MoE aux losses / ``n_micro``). ``metrics`` are scalar shares in the same
+   sense (the Trainer sums them over micro-batches) and must include ``loss``; ``aux_loss``,
+   ``expert_counts`` [L,E] and ``dropped`` are logged as expert statistics when present. ``rng`` is
+   fresh per step and micro-batch (LSH rotations).
+4. ``count(batch)``: the units the loss averages over in a (global) batch, as a traced scalar.
+   ``tokens(batch)``: the tokens of a host batch, for tokens/s and ``tokens_seen``.
+5. Evaluation: ``eval_batches()`` yields host batches (the same number on every process; the Trainer
+   pads short ones with zero rows, which must count for nothing); ``eval_fn(params, model_state,
+   batch)`` returns a dict of scalar *sums* over the batch (``batch["frozen"]`` is set); the Trainer
+   adds them over the batches and ``eval_metrics(sums)`` turns them into the logged figures (the
+   Trainer prefixes ``eval_``).
+6. ``trainable(params)``: a tree of Python bools shaped like ``params`` (False = frozen: no gradient,
+   no update, no decay), or None to train everything (the default). LoRA returns a mask.
+
+Class attributes: ``name``; ``updates_router_bias`` (apply the DeepSeek-V3 bias update after each
+step; DPO keeps the policy's biases); ``eval_at_start`` (evaluate the initial weights at step 0).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator
+
+import jax
+import numpy as np
+
+from open_r1_jax.config import Config
+
+
+@dataclass
+class StageContext:
+    """What ``Stage.setup`` may use: nothing here is the stage's to keep but the graphdef."""
+
+    run_dir: Path
+    graphdef: Any  # the model structure (``open_r1_jax.model.merge_model`` needs it)
+    state: dict  # the initial train state, on the devices
+    put: Callable[[dict], dict]  # host batch (this process's rows) -> global device arrays
+    rows: int  # rows of a host batch: global_batch / process_count
+
+
+class Stage:
+    name: ClassVar[str] = ""
+    updates_router_bias: ClassVar[bool] = True
+    eval_at_start: ClassVar[bool] = False
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.graphdef = None  # set by bind() / setup()
+        self.train_iter: Iterator[dict[str, np.ndarray]] | None = None
+        self.frozen: Any = None
+
+    def initial_weights(self):
+        """An ``open_r1_jax.pretrained.PretrainedModel`` to start from, or None (seeded init)."""
+        return None
+
+    def bind(self, graphdef) -> "Stage":
+        """Attach the model structure (what ``setup`` does first); -> self. For steps built without
+        the Trainer (tests, benchmarks): ``make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg)``."""
+        self.graphdef = graphdef
+        return self
+
+    def setup(self, ctx: StageContext) -> None:
+        self.bind(ctx.graphdef)
+
+    def trainable(self, params: dict):
+        return None
+
+    def count(self, batch: dict) -> jax.Array:
+        raise NotImplementedError
+
+    def tokens(self, batch: dict[str, np.ndarray]) -> int:
+        raise NotImplementedError
+
+    def loss_fn(self, params: dict, model_state: dict, batch: dict, rng: jax.Array):
+        raise NotImplementedError
+
+    def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter(())
+
+    def eval_fn(self, params: dict, model_state: dict, batch: dict) -> dict:
+        raise NotImplementedError
+
+    def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for the log: what this stage trains on."""
+        return self.name

@@ -1,0 +1,75 @@
+"""Pretraining: next-token prediction on packed text (the seed's first stage).
+
+Batch: ``inputs``, ``targets``, ``positions``, ``segment_ids`` [B,T] int32 (segment 0 = padding).
+The loss is the mean NLL over the global batch's real tokens (+ MoE aux losses); evaluation reports
+held-out loss, perplexity and bits per byte (tokenizer-independent).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from open_r1_jax.data.pipeline import make_dataset
+from open_r1_jax.data.text import build_text_data
+from open_r1_jax.model import merge_model
+from open_r1_jax.training.losses import summed_nll
+from open_r1_jax.training.stages.base import Stage, StageContext
+
+KEYS = ("inputs", "targets", "positions", "segment_ids")
+
+
+class Pretrain(Stage):
+    name = "pretrain"
+
+    def setup(self, ctx: StageContext) -> None:
+        super().setup(ctx)
+        self.data = build_text_data(self.cfg, ctx.run_dir)
+        self.train_iter = self.data.train_iter
+        self.token_bytes = jnp.asarray(self.data.tokenizer.token_bytes)
+
+    def count(self, batch):
+        return jnp.sum((batch["segment_ids"] > 0).astype(jnp.float32))
+
+    def tokens(self, batch) -> int:
+        return int(np.count_nonzero(batch["segment_ids"]))
+
+    def _forward(self, params, model_state, batch, rng=None):
+        model = merge_model(self.graphdef, params, model_state)
+        return model(batch["inputs"], batch["positions"], batch["segment_ids"], rng=rng)
+
+    def loss_fn(self, params, model_state, batch, rng):
+        logits, aux = self._forward(params, model_state, batch, rng)
+        nll, _ = summed_nll(logits, batch["targets"], batch["segment_ids"] > 0)
+        loss = nll / batch["denominator"]
+        aux_loss = aux["aux_loss"] / batch["n_micro"]
+        metrics = {"loss": loss, "aux_loss": aux_loss}
+        if "expert_counts" in aux:
+            metrics["expert_counts"], metrics["dropped"] = aux["expert_counts"], jnp.sum(aux["dropped"])
+        return loss + aux_loss, metrics
+
+    def eval_batches(self):
+        """``train.eval_batches`` batches of held-out chunks, in order; all-padding ones once they run out
+        (every process runs the same number of global eval steps)."""
+        if len(self.data.eval_source) == 0:  # data.heldout_percent 0 and no data.eval_sources
+            return
+        spec = dataclasses.replace(self.data.spec, train=False)
+        it = iter(make_dataset(self.data.eval_source, spec))
+        for _ in range(self.cfg.train.eval_batches):
+            yield next(it, None) or {k: np.zeros((spec.batch, spec.seq_len), np.int32) for k in KEYS}
+
+    def eval_fn(self, params, model_state, batch):
+        logits, _ = self._forward(params, model_state, batch)
+        mask = batch["segment_ids"] > 0
+        nll, n_tok = summed_nll(logits, batch["targets"], mask)
+        n_bytes = jnp.sum(jnp.where(mask, self.token_bytes[batch["targets"]], 0).astype(jnp.float32))
+        return {"nll": nll, "tokens": n_tok, "bytes": n_bytes}
+
+    def eval_metrics(self, sums):
+        if sums["tokens"] == 0:
+            return {}
+        loss = sums["nll"] / sums["tokens"]
+        return {"loss": loss, "ppl": math.exp(min(loss, 80.0)),
+                "bits_per_byte": sums["nll"] / math.log(2) / max(sums["bytes"], 1.0), "tokens": int(sums["tokens"])}

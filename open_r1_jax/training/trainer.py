@@ -1,0 +1,229 @@
+"""The one Trainer of every stage: mesh, sharded state, jitted step, cadence, resume, logs, summary.
+
+``train(cfg)`` is importable and returns the run summary; ``python -m open_r1_jax.train`` is a thin
+CLI over it. ``train.stage`` picks the stage (``training/stages/``): what differs between stages
+(data, loss, evaluation, trainable parameters) lives there, everything else here. Running the same
+config again with the same ``run.dir`` resumes from the latest checkpoint: train state, the data
+iterator where it stopped, and the counters (tokens seen, train and wall seconds).
+
+Outputs in ``run.dir``: ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per log step),
+``tensorboard/``, ``checkpoints/<step>/`` and ``summary.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from open_r1_jax import config as config_lib
+from open_r1_jax.checkpoint import Checkpointer
+from open_r1_jax.config import Config
+from open_r1_jax.model import build_model, split_model
+from open_r1_jax.model.layers import DTYPES
+from open_r1_jax.parallel.mesh import batch_sharding, check_batch, make_mesh, per_device_bytes, replicated
+from open_r1_jax.training import metrics as M
+from open_r1_jax.training.optim import make_optimizer, schedule
+from open_r1_jax.training.stages import STAGES, Stage, StageContext
+from open_r1_jax.training.state import create_train_state
+from open_r1_jax.training.step import make_train_step
+
+log = logging.getLogger("open_r1_jax")
+EXPERT_KEYS = ("expert_counts", "dropped", "finite")  # step metrics that are not plain scalars to log
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients became non-finite; the run stopped before writing a checkpoint."""
+
+
+def train(cfg: Config, stage: Stage | None = None) -> dict:
+    """Run the stage ``train.stage`` (or ``stage``) of ``cfg``; -> the summary written to summary.json."""
+    return Trainer(cfg, stage).run()
+
+
+def pad_rows(batch: dict, rows: int) -> dict:
+    """Zero rows appended to a short host batch (they must count for nothing in the stage's sums)."""
+    n = next(iter(batch.values())).shape[0]
+    if n == rows:
+        return batch
+    return {k: np.pad(v, ((0, rows - n),) + ((0, 0),) * (v.ndim - 1)) for k, v in batch.items()}
+
+
+class Trainer:
+    def __init__(self, cfg: Config, stage: Stage | None = None):
+        self.stage = stage or STAGES[cfg.train.stage](cfg)
+        self.t_start = time.perf_counter()
+
+    def run(self) -> dict:
+        stage = self.stage
+        for key, why in config_lib.ignored_keys(stage.cfg):
+            log.warning("config: %s is set but ignored: %s", key, why)
+        pretrained = stage.initial_weights()  # may replace stage.cfg.model with the weights' architecture
+        cfg = self.cfg = stage.cfg
+        self.run_dir = Path(cfg.run.dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config_lib.dump_yaml(cfg, self.run_dir / "config.yaml")
+        self.mesh = make_mesh(cfg.mesh)
+        check_batch(cfg.train.global_batch, cfg.train.micro_batch, self.mesh)
+        log.info("mesh: %s over %d %s device(s) in %d process(es); stage %s", dict(self.mesh.shape),
+                 self.mesh.size, jax.devices()[0].platform, jax.process_count(), stage.name)
+        with jax.set_mesh(self.mesh):  # shard_map (expert parallelism) traces under this mesh
+            return self._run(pretrained)
+
+    # ------------------------------------------------------------------------------------------ setup
+
+    def _build(self, pretrained) -> dict:
+        cfg, stage, mesh = self.cfg, self.stage, self.mesh
+        abstract_params = split_model(nnx.eval_shape(lambda: build_model(cfg.model, cfg.train.seed)))[1]
+        trainable = stage.trainable if stage.trainable(abstract_params) is not None else None
+        self.tx = make_optimizer(cfg.train, trainable)
+        graphdef, state, self.shardings = create_train_state(cfg, self.tx, mesh)
+        if pretrained is not None:
+            state = {**state, "params": jax.device_put(pretrained.params, self.shardings["params"]),
+                     "model_state": jax.device_put(pretrained.model_state, self.shardings["model_state"])}
+        self.bsh = batch_sharding(mesh)
+        rows = cfg.train.global_batch // jax.process_count()
+        stage.setup(StageContext(self.run_dir, graphdef, state, self.put, rows))
+        self.rows = rows
+        n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+        log.info("model: %.2fM parameters, %.2fM active matmul parameters per token; %.1f MB of train state "
+                 "on each device", n_params / 1e6, M.active_matmul_params(cfg.model) / 1e6,
+                 per_device_bytes(state) / 1e6)
+        return state
+
+    def put(self, batch: dict) -> dict:
+        """This process's rows of a host batch -> global arrays sharded over the batch axes."""
+        return {k: jax.make_array_from_process_local_data(self.bsh, v) for k, v in batch.items()}
+
+    def _compile(self, state, first_batch):
+        cfg, stage, sh = self.cfg, self.stage, self.shardings
+        frozen_sh = jax.tree.map(lambda x: x.sharding, stage.frozen)
+        step = jax.jit(make_train_step(stage, self.tx, cfg), donate_argnums=0,
+                       in_shardings=(sh, self.bsh, frozen_sh), out_shardings=(sh, replicated(self.mesh)))
+        self.eval_fn = jax.jit(lambda p, s, b, f: stage.eval_fn(p, s, {**b, "frozen": f}),
+                               in_shardings=(sh["params"], sh["model_state"], self.bsh, frozen_sh))
+        t0 = time.perf_counter()
+        compiled = step.lower(state, self.put(first_batch), stage.frozen).compile()
+        log.info("train step compiled in %.1fs", time.perf_counter() - t0)
+        return compiled
+
+    def evaluate(self, state) -> dict:
+        """The stage's held-out figures (``eval_`` prefixed); {} when it has no held-out data."""
+        sums: dict[str, float] = {}
+        for batch in self.stage.eval_batches():
+            out = jax.device_get(self.eval_fn(state["params"], state["model_state"],
+                                              self.put(pad_rows(batch, self.rows)), self.stage.frozen))
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        return {f"eval_{k}": v for k, v in self.stage.eval_metrics(sums).items()} if sums else {}
+
+    # ------------------------------------------------------------------------------------------ loop
+
+    def _run(self, pretrained) -> dict:
+        cfg, stage, t = self.cfg, self.stage, self.cfg.train
+        state = self._build(pretrained)
+        ckpt = Checkpointer(self.run_dir / "checkpoints", t.keep_checkpoints)
+        counters = {"tokens_seen": 0, "train_seconds": 0.0, "wall_seconds": 0.0}
+        start = ckpt.latest_step()
+        if start is not None:  # step 0: imported weights (export --from-torch), fresh optimizer and data
+            state = ckpt.restore(start, state, stage.train_iter)
+            counters.update(ckpt.counters(start))
+            log.info("resumed from %s at step %d (%d tokens seen)", ckpt.directory / str(start), start,
+                     counters["tokens_seen"])
+        start = start or 0
+        wall_before = counters["wall_seconds"]
+        if start >= t.steps:
+            log.info("run already complete: step %d of %d (raise train.steps to continue)", start, t.steps)
+            ckpt.close()
+            path = self.run_dir / "summary.json"
+            return json.loads(path.read_text()) if path.is_file() else {"steps": start}
+
+        first = next(stage.train_iter)
+        compiled = self._compile(state, first)
+        lr_at = schedule(t)
+        dtype = DTYPES[cfg.model.dtype]
+        peak = (cfg.run.peak_tflops * 1e12 if cfg.run.peak_tflops
+                else M.measure_peak_flops(dtype if dtype != jnp.float16 else jnp.float32)) * self.mesh.size
+        fpt = M.flops_per_token(cfg.model, t.seq_len)
+        writer = M.MetricsWriter(self.run_dir, cfg.run.tensorboard, resume_step=start)
+        eval_record = {}
+        if stage.eval_at_start and start == 0:
+            counters["eval_before"] = self.evaluate(state)
+            writer.write({"step": 0, **counters["eval_before"]})
+            log.info("held-out before training: %s", _brief(counters["eval_before"]))
+
+        last_saved = start if start else None
+        pbar = tqdm(total=t.steps, initial=start, desc=stage.name, disable=not cfg.run.progress, dynamic_ncols=True)
+        t_window, tok_window = time.perf_counter(), 0
+        batch = first
+        try:
+            for step in range(start, t.steps):
+                if step > start:
+                    batch = next(stage.train_iter)
+                state, metrics = compiled(state, self.put(batch), stage.frozen)
+                tok_window += stage.tokens(batch) * jax.process_count()
+                done = step + 1
+                pbar.update(1)
+                log_now = done % t.log_every == 0 or done == t.steps
+                ckpt_now = done == t.steps or (t.checkpoint_every and done % t.checkpoint_every == 0)
+                eval_now = done == t.steps or (t.eval_every and done % t.eval_every == 0)
+                if not (log_now or ckpt_now or eval_now):
+                    continue
+                m, counts = jax.device_get(
+                    (metrics, {k: state[k] for k in ("nonfinite_step", "skipped", "loss_scale")}))
+                bad = int(counts["nonfinite_step"])
+                if bad >= 0:
+                    raise TrainingDiverged(
+                        f"loss or gradients became non-finite at step {bad + 1}; stopped before writing a "
+                        f"checkpoint (last good checkpoint: step {last_saved})")
+                dt = time.perf_counter() - t_window
+                counters["train_seconds"] += dt
+                counters["tokens_seen"] += tok_window
+                tps = tok_window / dt if dt > 0 else 0.0
+                record = {"step": done, **{k: float(v) for k, v in m.items() if k not in EXPERT_KEYS},
+                          "lr": float(lr_at(done - 1)), "tokens_per_sec": tps, "mfu": tps * fpt / peak,
+                          "tokens_seen": counters["tokens_seen"], "skipped_steps": int(counts["skipped"])}
+                if cfg.model.dtype == "float16":
+                    record["loss_scale"] = float(counts["loss_scale"])
+                if "expert_counts" in m:
+                    record.update(M.expert_load_stats(np.asarray(m["expert_counts"])), dropped_rows=int(m["dropped"]))
+                if eval_now:
+                    eval_record = self.evaluate(state)
+                    record.update(eval_record)
+                writer.write(record)
+                pbar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+                if ckpt_now:
+                    counters["wall_seconds"] = wall_before + time.perf_counter() - self.t_start
+                    ckpt.save(done, state, stage.train_iter, config_lib.to_dict(cfg), counters=counters)
+                    last_saved = done
+                t_window, tok_window = time.perf_counter(), 0
+        finally:
+            pbar.close()
+            writer.close()
+            ckpt.close()
+        counters["wall_seconds"] = wall_before + time.perf_counter() - self.t_start
+        return self._summary(counters, eval_record, peak, state)
+
+    def _summary(self, counters: dict, eval_record: dict, peak: float, state) -> dict:
+        cfg = self.cfg
+        watts = cfg.run.device_watts or M.default_device_watts()
+        kwh = watts * self.mesh.size * counters["wall_seconds"] / 3.6e6 * cfg.run.pue
+        summary = {"stage": self.stage.name, "steps": cfg.train.steps, "tokens_seen": counters["tokens_seen"],
+                   "wall_seconds": counters["wall_seconds"], "train_seconds": counters["train_seconds"],
+                   "peak_memory_bytes": M.peak_memory_bytes(), "peak_flops_used_for_mfu": peak, "energy_kwh": kwh,
+                   "co2_kg": kwh * cfg.run.grid_kg_per_kwh, "skipped_steps": int(jax.device_get(state["skipped"])),
+                   **eval_record}
+        if "eval_before" in counters:
+            summary["eval_before"] = counters["eval_before"]
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def _brief(record: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in record.items())
