@@ -2,11 +2,20 @@
 
 The embedded corpus is the Python standard library's source (``sysconfig``'s ``stdlib`` path,
 without ``site-packages``): present wherever Python is, so the main job needs no download.
-Documents are split into train / held-out deterministically by a hash of their name, so the split
-does not depend on the order in which files are listed.
 
-Bad records are never dropped silently: undecodable bytes are replaced and counted, malformed JSONL
-lines are counted and reported with ``file:line``.
+Held-out text never overlaps training text. With ``data.eval_sources`` the held-out documents are
+exactly those files (every document of ``data.sources`` is training data). Otherwise each source (each
+entry of ``data.sources``; the embedded corpus counts as one) is split on its own:
+
+* by a hash of the document name, so the split does not depend on the order in which files are listed;
+* a source with too few documents for that (the hash split leaves one side empty) is split by its
+  tail, as nanoGPT splits its corpus 90/10: the last ``heldout_percent`` % of the source's characters
+  are held out. The document holding the cut becomes two documents, ``name[:N]`` (train) and
+  ``name[N:]`` (held-out), so no held-out text is also trained on -- a one-file corpus used to be
+  trained on in full while its only file was also the held-out set.
+
+``heldout_percent`` 0 holds nothing out. Bad records are never dropped silently: undecodable bytes are
+replaced and counted, malformed JSONL lines are counted and reported with ``file:line``.
 """
 from __future__ import annotations
 
@@ -34,6 +43,7 @@ class SourceReport:
     bytes: int = 0
     decode_errors: int = 0  # documents with bytes that were not valid UTF-8 (replaced by U+FFFD)
     bad_records: list[str] = field(default_factory=list)  # "file:line: reason"
+    tail_split: list[str] = field(default_factory=list)  # sources too small for the hash split: tail held out
 
     def summary(self) -> str:
         s = f"{self.documents} documents from {self.files} files, {self.bytes / 1e6:.1f} MB"
@@ -41,6 +51,8 @@ class SourceReport:
             s += f", {self.decode_errors} with invalid UTF-8 (replaced)"
         if self.bad_records:
             s += f", {len(self.bad_records)} malformed records skipped (first: {self.bad_records[0]})"
+        if self.tail_split:
+            s += f", held out the tail of {len(self.tail_split)} small source(s) ({', '.join(self.tail_split[:3])})"
         return s
 
 
@@ -87,7 +99,7 @@ def _read_jsonl(path: Path, key: str, report: SourceReport) -> list[Document]:
     return docs
 
 
-def _expand(source: str) -> list[Path]:
+def _expand(source: str, what: str = "data.sources") -> list[Path]:
     path = Path(source).expanduser()
     if path.is_file():
         return [path]
@@ -95,16 +107,12 @@ def _expand(source: str) -> list[Path]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
         if not files:
             raise FileNotFoundError(
-                f"data.sources: folder {path} holds no files ending in {sorted(TEXT_SUFFIXES)}")
+                f"{what}: folder {path} holds no files ending in {sorted(TEXT_SUFFIXES)}")
         return files
-    raise FileNotFoundError(f"data.sources: {path} does not exist (expected a file or a folder)")
+    raise FileNotFoundError(f"{what}: {path} does not exist (expected a file or a folder)")
 
 
-def load_documents(cfg: DataConfig) -> tuple[list[Document], list[Document], SourceReport]:
-    """-> (train documents, held-out documents, report). Empty ``cfg.sources``: the stdlib corpus."""
-    report = SourceReport()
-    files = stdlib_files() if not cfg.sources else [p for s in cfg.sources for p in _expand(s)]
-    budget = cfg.max_corpus_mb * 1e6 if cfg.max_corpus_mb else float("inf")
+def _read_files(files: list[Path], cfg: DataConfig, report: SourceReport, budget: float) -> list[Document]:
     docs: list[Document] = []
     for path in files:
         if report.bytes >= budget:
@@ -116,12 +124,73 @@ def load_documents(cfg: DataConfig) -> tuple[list[Document], list[Document], Sou
             if d.text:
                 docs.append(d)
                 report.bytes += len(d.text.encode("utf-8"))
-    report.documents = len(docs)
-    if not docs:
+    report.documents += len(docs)
+    return docs
+
+
+def tail_split(docs: list[Document], percent: float) -> tuple[list[Document], list[Document]]:
+    """-> (train, held-out): the last ``percent`` % of the documents' characters (in order) are held out,
+    at least one character on each side; the document holding the cut is split into ``name[:N]`` and
+    ``name[N:]``. ``percent`` 0, or a single character in all: nothing is held out."""
+    total = sum(len(d.text) for d in docs)
+    if percent <= 0 or total < 2:
+        return list(docs), []
+    cut = total - min(max(round(total * percent / 100), 1), total - 1)  # chars [cut:] are held out
+    train: list[Document] = []
+    heldout: list[Document] = []
+    start = 0
+    for d in docs:
+        end = start + len(d.text)
+        if end <= cut:
+            train.append(d)
+        elif start >= cut:
+            heldout.append(d)
+        else:
+            k = cut - start
+            train.append(Document(f"{d.name}[:{k}]", d.text[:k]))
+            heldout.append(Document(f"{d.name}[{k}:]", d.text[k:]))
+        start = end
+    return train, heldout
+
+
+def split_source(docs: list[Document], percent: float) -> tuple[list[Document], list[Document], bool]:
+    """-> (train, held-out, split by tail?) for the documents of one source: by the hash of their names,
+    or by ``tail_split`` when the hash split would leave one side empty."""
+    train = [d for d in docs if not is_heldout(d.name, percent)]
+    heldout = [d for d in docs if is_heldout(d.name, percent)]
+    if train and (heldout or percent <= 0):
+        return train, heldout, False
+    return (*tail_split(docs, percent), True)
+
+
+def load_documents(cfg: DataConfig) -> tuple[list[Document], list[Document], SourceReport]:
+    """-> (train documents, held-out documents, report). Empty ``cfg.sources``: the stdlib corpus.
+    ``cfg.eval_sources`` set: held-out = its documents, train = all of the sources' documents; else each
+    source is split on its own (see the module docstring). ``max_corpus_mb`` limits the training sources."""
+    report = SourceReport()
+    groups = ([("stdlib", stdlib_files())] if not cfg.sources
+              else [(s, _expand(s)) for s in cfg.sources])  # missing paths fail before any reading
+    eval_files = [p for s in cfg.eval_sources for p in _expand(s, "data.eval_sources")]
+    if eval_files:
+        trained = {p.resolve() for _, files in groups for p in files}
+        both = [str(p) for p in eval_files if p.resolve() in trained]
+        if both:
+            raise ValueError(f"data.eval_sources: {len(both)} file(s) also in data.sources, e.g. {both[0]} "
+                             "(held-out text would be trained on)")
+    budget = cfg.max_corpus_mb * 1e6 if cfg.max_corpus_mb else float("inf")
+    per_source = [(name, _read_files(files, cfg, report, budget)) for name, files in groups]
+    if not any(docs for _, docs in per_source):
         raise ValueError(f"data.sources: no non-empty documents found in {list(cfg.sources) or 'stdlib'}")
-    train = [d for d in docs if not is_heldout(d.name, cfg.heldout_percent)]
-    heldout = [d for d in docs if is_heldout(d.name, cfg.heldout_percent)]
-    if not train or (cfg.heldout_percent > 0 and not heldout):
-        # Too few documents for a hash split: keep the last document for evaluation.
-        train, heldout = docs[:-1] or docs, docs[-1:]
+    if cfg.eval_sources:
+        heldout = _read_files(eval_files, cfg, report, float("inf"))
+        if not heldout:
+            raise ValueError(f"data.eval_sources: no non-empty documents found in {list(cfg.eval_sources)}")
+        return [d for _, docs in per_source for d in docs], heldout, report
+    train, heldout = [], []
+    for name, docs in per_source:
+        t, h, by_tail = split_source(docs, cfg.heldout_percent)
+        train += t
+        heldout += h
+        if by_tail and h:
+            report.tail_split.append(name)
     return train, heldout, report
