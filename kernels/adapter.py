@@ -16,13 +16,16 @@ array and scalar inputs first, in the kernel's parameter order, then one pointer
 
 Neither back end has a vmap rule or autodiff: every kernel sits inside a ``jax.custom_vjp``.
 """
+
 from __future__ import annotations
 
 import functools
 import inspect
 import logging
 import os
-from typing import Any, Callable, Sequence
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -99,7 +102,8 @@ def resolve(choice: str) -> str:
             raise KernelUnavailableError(
                 f"model.kernels=triton: Triton kernels cannot run here ({why}). They need a CUDA GPU with "
                 "triton and jax-triton installed (pip install -e '.[gpu]'), or TRITON_INTERPRET=1 for "
-                "Triton's CPU interpreter (slow; tests only). Accepted here: model.kernels=auto or xla.")
+                "Triton's CPU interpreter (slow; tests only). Accepted here: model.kernels=auto or xla."
+            )
         resolved = "triton" if ok else "xla"
     if (choice, resolved) not in _logged:
         _logged.add((choice, resolved))
@@ -120,8 +124,15 @@ def _gpu_call(args, kernel, out_shape, grid, num_warps, num_stages, constexprs):
     if jt is None:
         raise KernelUnavailableError(f"jax_triton cannot be imported ({_import('jax_triton')[1]})")
     key = "out_type" if "out_type" in inspect.signature(jt.triton_call).parameters else "out_shape"
-    return jt.triton_call(*args, kernel=kernel, grid=_grid(grid, constexprs), num_warps=num_warps,
-                          num_stages=num_stages, **{key: out_shape}, **constexprs)
+    return jt.triton_call(
+        *args,
+        kernel=kernel,
+        grid=_grid(grid, constexprs),
+        num_warps=num_warps,
+        num_stages=num_stages,
+        **{key: out_shape},
+        **constexprs,
+    )
 
 
 def _to_torch(a):
@@ -148,10 +159,30 @@ def _from_torch(t, dtype) -> np.ndarray:
 def _torch_empty(shape, dtype):
     import torch
 
-    torch_dtype = {jnp.float32: torch.float32, jnp.bfloat16: torch.bfloat16, jnp.float16: torch.float16,
-                   jnp.int32: torch.int32, jnp.int64: torch.int64}[jnp.dtype(dtype).type]
+    torch_dtype = {
+        jnp.float32: torch.float32,
+        jnp.bfloat16: torch.bfloat16,
+        jnp.float16: torch.float16,
+        jnp.int32: torch.int32,
+        jnp.int64: torch.int64,
+    }[jnp.dtype(dtype).type]
     fill = float("nan") if torch_dtype.is_floating_point else -1
     return torch.full(tuple(shape), fill, dtype=torch_dtype)
+
+
+# Triton's interpreter is not thread-safe: one launch keeps its grid in the process-wide
+# ``interpreter_builder`` (``set_grid_dim`` once, then ``set_grid_idx`` per program, which
+# ``tl.program_id``/``tl.num_programs`` read back), and it swaps ``triton.language``'s builtins for
+# interpreted ones module-wide for the launch, restoring them at its end (triton/runtime/interpreter.py,
+# ``GridExecutor.__call__``). XLA:CPU runs independent callbacks on different threads at the same time
+# (flash attention's dq and dk/dv backward kernels do), so two launches interleave: a program reads the
+# other launch's program id (wrong blocks, silently) or grid (``ValueError('y >= grid_dim[1]')``), or
+# runs after the other launch unpatched ``tl`` ("Did you forget to add @triton.jit ?"). Launches are
+# therefore serialised (the interpreter is mostly GIL-bound Python: little speed is lost). The rest of a
+# callback is per call: its own torch views of its inputs and new outputs. The interpreter's copy-back of
+# every tensor argument at the end of a launch does not write into the JAX input buffers shared through
+# dlpack: on CPU source and destination are the same storage, and torch skips such a copy.
+_interpreter_lock = threading.Lock()
 
 
 def _interpreter_call(args, kernel, out_shape, grid, constexprs):
@@ -160,7 +191,8 @@ def _interpreter_call(args, kernel, out_shape, grid, constexprs):
     if not all(type(f).__name__.startswith("Interpreted") for f in (kernel, tl.cdiv)):
         raise KernelUnavailableError(
             "TRITON_INTERPRET=1 was set after triton or the kernel modules were imported; set it before "
-            "importing triton or anything from kernels/ (tests: tests/kernels/conftest.py sets it)")
+            "importing triton or anything from kernels/ (tests: tests/kernels/conftest.py sets it)"
+        )
     flat_out, out_tree = jax.tree.flatten(out_shape)
     is_array = [isinstance(a, (jax.Array, np.ndarray)) for a in args]
     arrays = [a for a, arr in zip(args, is_array) if arr]
@@ -170,15 +202,23 @@ def _interpreter_call(args, kernel, out_shape, grid, constexprs):
         it = iter(host_arrays)
         targs = [_to_torch(next(it)) if arr else a for a, arr in zip(args, is_array)]
         outs = [_torch_empty(s.shape, s.dtype) for s in flat_out]
-        kernel[launch_grid](*targs, *outs, **constexprs)
+        with _interpreter_lock:  # see above: one interpreted launch at a time in the process
+            kernel[launch_grid](*targs, *outs, **constexprs)
         return [_from_torch(o, s.dtype) for o, s in zip(outs, flat_out)]
 
     shapes = [jax.ShapeDtypeStruct(s.shape, s.dtype) for s in flat_out]
     return jax.tree.unflatten(out_tree, jax.pure_callback(host, shapes, *arrays))
 
 
-def triton_call(*args: Any, kernel: Any, out_shape: Any, grid: int | Sequence[int] | Callable,
-                num_warps: int = 4, num_stages: int = 2, **constexprs: Any) -> Any:
+def triton_call(
+    *args: Any,
+    kernel: Any,
+    out_shape: Any,
+    grid: int | Sequence[int] | Callable,
+    num_warps: int = 4,
+    num_stages: int = 2,
+    **constexprs: Any,
+) -> Any:
     """Run ``kernel`` on ``args`` (arrays and Python scalars, kernel order), returning ``out_shape``'s
     tree of arrays. ``constexprs`` are the kernel's ``tl.constexpr`` parameters."""
     if interpreting():
