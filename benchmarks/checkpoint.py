@@ -10,6 +10,7 @@ Targets: save >= 50% of raw disk throughput; blocking <= 5% of a step.
 
     python benchmarks/checkpoint.py [--config configs/small_cpu.yaml] [--dir /tmp/x] [--repeats 3] [key=value ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,13 @@ from train_step import one_batch  # noqa: E402
 
 from open_r1_jax.checkpoint import Checkpointer, abstract  # noqa: E402
 from open_r1_jax.config import load_config, to_dict  # noqa: E402
-from open_r1_jax.model import build_model  # noqa: E402
+from open_r1_jax.model import (
+    build_model,  # noqa: E402
+    split_model,  # noqa: E402
+)
 from open_r1_jax.training.optim import make_optimizer  # noqa: E402
-from open_r1_jax.training.step import init_state, make_train_step  # noqa: E402
 from open_r1_jax.training.stages import Pretrain  # noqa: E402
-from open_r1_jax.model import split_model  # noqa: E402
+from open_r1_jax.training.step import init_state, make_train_step  # noqa: E402
 
 
 def raw_write(state, path: Path) -> float:
@@ -54,8 +57,11 @@ def raw_write(state, path: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/small_cpu.yaml")
-    ap.add_argument("--dir", default=None, help="where to write (default: a temporary folder on the same disk "
-                                                "as the working directory)")
+    ap.add_argument(
+        "--dir",
+        default=None,
+        help="where to write (default: a temporary folder on the same disk as the working directory)",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=3, help="train steps timed for the blocking ratio")
     ap.add_argument("overrides", nargs="*")
@@ -67,7 +73,11 @@ def main() -> None:
         tx = make_optimizer(cfg.train)
         state = init_state(params, model_state, tx, cfg)
         batch = {k: jnp.asarray(v) for k, v in one_batch(cfg).items()}
-        step = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), donate_argnums=0).lower(state, batch).compile()
+        step = (
+            jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), donate_argnums=0)
+            .lower(state, batch)
+            .compile()
+        )
         state, m = step(state, batch)  # warm-up; the optimizer moments are now non-zero
         jax.block_until_ready(m)
         step_times = []
@@ -107,18 +117,25 @@ def main() -> None:
     med = lambda xs: float(np.median(xs))  # noqa: E731
     gb = nbytes / 1e9
     figures = {
-        "config": args.config, "state_gb": round(gb, 4),
-        "save_gb_s": round(gb / med(save), 3), "raw_write_gb_s": round(gb / med(raw), 3),
+        "config": args.config,
+        "state_gb": round(gb, 4),
+        "save_gb_s": round(gb / med(save), 3),
+        "raw_write_gb_s": round(gb / med(raw), 3),
         "save_over_raw": round(med(raw) / med(save), 3),
         "restore_gb_s": round(gb / med(restore), 3),
-        "save_blocking_ms": round(med(block) * 1e3, 2), "step_ms": round(step_s * 1e3, 1),
+        "save_blocking_ms": round(med(block) * 1e3, 2),
+        "step_ms": round(step_s * 1e3, 1),
         "blocking_over_step": round(med(block) / step_s, 4),
-        "targets_met": {"save_over_raw>=0.5": med(raw) / med(save) >= 0.5,
-                        "blocking_over_step<=0.05": med(block) / step_s <= 0.05},
+        "targets_met": {
+            "save_over_raw>=0.5": med(raw) / med(save) >= 0.5,
+            "blocking_over_step<=0.05": med(block) / step_s <= 0.05,
+        },
     }
-    print(f"state {gb:.3f} GB: save {figures['save_gb_s']} GB/s vs raw write {figures['raw_write_gb_s']} GB/s "
-          f"({figures['save_over_raw']:.0%}); restore {figures['restore_gb_s']} GB/s; save blocks "
-          f"{figures['save_blocking_ms']} ms = {figures['blocking_over_step']:.1%} of a {figures['step_ms']} ms step")
+    print(
+        f"state {gb:.3f} GB: save {figures['save_gb_s']} GB/s vs raw write {figures['raw_write_gb_s']} GB/s "
+        f"({figures['save_over_raw']:.0%}); restore {figures['restore_gb_s']} GB/s; save blocks "
+        f"{figures['save_blocking_ms']} ms = {figures['blocking_over_step']:.1%} of a {figures['step_ms']} ms step"
+    )
     emit("checkpoint", figures)
 
 

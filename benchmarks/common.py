@@ -1,4 +1,5 @@
 """Shared helpers of the benchmark scripts: timing of jitted functions and the closing JSON line."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,12 @@ def time_fn(fn, *args, repeats: int = 5, warmup: int = 1) -> float:
 
 def environment() -> dict:
     dev = jax.devices()[0]
-    return {"jax": jax.__version__, "device": f"{dev.platform}:{dev.device_kind}", "n_devices": jax.device_count(),
-            "python": platform.python_version()}
+    return {
+        "jax": jax.__version__,
+        "device": f"{dev.platform}:{dev.device_kind}",
+        "n_devices": jax.device_count(),
+        "python": platform.python_version(),
+    }
 
 
 def emit(name: str, figures: dict) -> None:

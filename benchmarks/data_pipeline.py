@@ -12,6 +12,7 @@
 
     python benchmarks/data_pipeline.py [--docs 3000] [--pairs 200] [--corpus-mb 3] [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,7 +79,7 @@ def bench_minhash(n_docs: int, n_pairs: int, n_loop: int) -> dict:
     ours = MinHasher(perm, NGRAM, seed=1)
     ours.signatures(docs[:64])  # warm-up
     t0 = time.perf_counter()
-    sigs = ours.signatures(docs)
+    ours.signatures(docs)
     ours_rate = len(docs) / (time.perf_counter() - t0)
 
     t0 = time.perf_counter()
@@ -88,8 +89,11 @@ def bench_minhash(n_docs: int, n_pairs: int, n_loop: int) -> dict:
             m.update(s.encode("utf-8"))
     loop_rate = n_loop / (time.perf_counter() - t0)
     t0 = time.perf_counter()
-    MinHash.bulk([[s.encode("utf-8") for s in shingles(normalize_words(d), NGRAM)] for d in docs[:n_loop * 4]],
-                 num_perm=perm, seed=1)
+    MinHash.bulk(
+        [[s.encode("utf-8") for s in shingles(normalize_words(d), NGRAM)] for d in docs[: n_loop * 4]],
+        num_perm=perm,
+        seed=1,
+    )
     bulk_rate = n_loop * 4 / (time.perf_counter() - t0)
 
     rng = random.Random(0)
@@ -99,12 +103,23 @@ def bench_minhash(n_docs: int, n_pairs: int, n_loop: int) -> dict:
             text, j = variant(docs[i], target, rng)
             queries.append((f"j{target}", text, j))
     queries += [("unrelated", d, 0.0) for d in stdlib_docs(n_pairs, skip=n_docs)]
-    figures = {"minhash_docs": len(docs), "doc_chars": 2000, "num_perm": perm, "bands": BANDS, "rows": ROWS,
-               "ours_docs_per_s": ours_rate, "datasketch_update_loop_docs_per_s": loop_rate,
-               "datasketch_bulk_docs_per_s": bulk_rate, "speedup_vs_update_loop": ours_rate / loop_rate,
-               "speedup_vs_bulk": ours_rate / bulk_rate, "queries": len(queries),
-               **{f"mean_jaccard_{k}": float(np.mean([q[2] for q in queries if q[0] == k]))
-                  for k in ("j0.9", "j0.8", "j0.5", "j0.3")}}
+    figures = {
+        "minhash_docs": len(docs),
+        "doc_chars": 2000,
+        "num_perm": perm,
+        "bands": BANDS,
+        "rows": ROWS,
+        "ours_docs_per_s": ours_rate,
+        "datasketch_update_loop_docs_per_s": loop_rate,
+        "datasketch_bulk_docs_per_s": bulk_rate,
+        "speedup_vs_update_loop": ours_rate / loop_rate,
+        "speedup_vs_bulk": ours_rate / bulk_rate,
+        "queries": len(queries),
+        **{
+            f"mean_jaccard_{k}": float(np.mean([q[2] for q in queries if q[0] == k]))
+            for k in ("j0.9", "j0.8", "j0.5", "j0.3")
+        },
+    }
     for name, (bands, rows, threshold) in SETTINGS.items():
         figures[name] = detection(docs, queries, bands, rows, threshold)
     return figures
@@ -127,9 +142,12 @@ def detection(docs: list[str], queries: list, bands: int, rows: int, threshold: 
         found.setdefault(kind, []).append(hit is not None)
         if hit is not None and exact_jaccard(text, docs[int(hit[0])]) < 0.5:
             false_pos += 1
-    return {**{f"flagged_{k}": float(np.mean(v)) for k, v in found.items()},
-            "recall_at_0.9": float(np.mean(found["j0.9"])), "recall_at_0.8": float(np.mean(found["j0.8"])),
-            "false_positives_below_0.5": false_pos}
+    return {
+        **{f"flagged_{k}": float(np.mean(v)) for k, v in found.items()},
+        "recall_at_0.9": float(np.mean(found["j0.9"])),
+        "recall_at_0.8": float(np.mean(found["j0.8"])),
+        "false_positives_below_0.5": false_pos,
+    }
 
 
 def bench_throughput(corpus_mb: float, batches: int, steps: int) -> dict:
@@ -139,24 +157,28 @@ def bench_throughput(corpus_mb: float, batches: int, steps: int) -> dict:
     from open_r1_jax.data.mixture import MixtureStats, open_prepared
     from open_r1_jax.data.pipeline import PipelineSpec, make_mixture_dataset
     from open_r1_jax.data.prepare import prepare
-    from open_r1_jax.model import build_model
+    from open_r1_jax.model import build_model, split_model
     from open_r1_jax.training.optim import make_optimizer
-    from open_r1_jax.training.step import init_state, make_train_step
     from open_r1_jax.training.stages import Pretrain
-    from open_r1_jax.model import split_model
+    from open_r1_jax.training.step import init_state, make_train_step
 
     out = Path(tempfile.mkdtemp(prefix="bench_prep_")) / "out"
     t0 = time.perf_counter()
-    report = prepare(load_config(ROOT / "configs/data/stdlib.yaml", [f"data.max_corpus_mb={corpus_mb}",
-                                                                     "data.heldout_percent=5",
-                                                                     "run.progress=false"]), out)
+    report = prepare(
+        load_config(
+            ROOT / "configs/data/stdlib.yaml",
+            [f"data.max_corpus_mb={corpus_mb}", "data.heldout_percent=5", "run.progress=false"],
+        ),
+        out,
+    )
     prep_s = time.perf_counter() - t0
     cfg = load_config(ROOT / "configs/tiny.yaml", ["data.kind=arrayrecord", f"data.prepared_dir={out}"])
     t = cfg.train
     prep = open_prepared(cfg.data, t.seq_len)
     spec = PipelineSpec(t.seq_len, t.global_batch, t.seed, cfg.data.packing_bins, train=True)
-    it = iter(MixtureStats(make_mixture_dataset(prep.train_sources, prep.weights, spec), prep.names,
-                           prep.weights, 10**9))
+    it = iter(
+        MixtureStats(make_mixture_dataset(prep.train_sources, prep.weights, spec), prep.names, prep.weights, 10**9)
+    )
     first = next(it)
     t0, n_tok = time.perf_counter(), 0
     for _ in range(batches):
@@ -176,11 +198,19 @@ def bench_throughput(corpus_mb: float, batches: int, steps: int) -> dict:
     jax.block_until_ready(m)
     step_s = (time.perf_counter() - t0) / steps
     step_rate = int(np.count_nonzero(first["segment_ids"])) / step_s
-    return {"prepare_seconds": prep_s, "prepared_output_docs": report["output_docs"],
-            "prepared_tokens": report["tokens"]["output"], "duplicate_rate_after": report["duplicate_rate_after"],
-            "pipeline_tokens_per_s": pipe_rate, "pipeline_batches": batches,
-            "train_step_seconds": step_s, "train_tokens_per_s": step_rate,
-            "pipeline_over_train_step": pipe_rate / step_rate, "seq_len": t.seq_len, "global_batch": t.global_batch}
+    return {
+        "prepare_seconds": prep_s,
+        "prepared_output_docs": report["output_docs"],
+        "prepared_tokens": report["tokens"]["output"],
+        "duplicate_rate_after": report["duplicate_rate_after"],
+        "pipeline_tokens_per_s": pipe_rate,
+        "pipeline_batches": batches,
+        "train_step_seconds": step_s,
+        "train_tokens_per_s": step_rate,
+        "pipeline_over_train_step": pipe_rate / step_rate,
+        "seq_len": t.seq_len,
+        "global_batch": t.global_batch,
+    }
 
 
 def main() -> None:
@@ -200,21 +230,30 @@ def main() -> None:
     if args.part in ("all", "minhash"):
         f = bench_minhash(args.docs, args.pairs, args.loop_docs)
         print(f"(a) MinHash, {f['minhash_docs']} docs of 2 KB, {f['num_perm']} permutations:")
-        print(f"    ours {f['ours_docs_per_s']:,.0f} docs/s | datasketch update loop "
-              f"{f['datasketch_update_loop_docs_per_s']:,.0f} docs/s -> {f['speedup_vs_update_loop']:.1f}x "
-              f"| datasketch bulk {f['datasketch_bulk_docs_per_s']:,.0f} docs/s -> {f['speedup_vs_bulk']:.1f}x")
+        print(
+            f"    ours {f['ours_docs_per_s']:,.0f} docs/s | datasketch update loop "
+            f"{f['datasketch_update_loop_docs_per_s']:,.0f} docs/s -> {f['speedup_vs_update_loop']:.1f}x "
+            f"| datasketch bulk {f['datasketch_bulk_docs_per_s']:,.0f} docs/s -> {f['speedup_vs_bulk']:.1f}x"
+        )
         for name in SETTINGS:
             d = f[name]
-            print(f"    {name}: flagged " + ", ".join(
-                f"{100 * d['flagged_' + k]:.1f}% at Jaccard {f['mean_jaccard_' + k]:.3f}"
-                for k in ("j0.9", "j0.8", "j0.5", "j0.3")) + f", {100 * d['flagged_unrelated']:.1f}% of unrelated; "
-                f"false positives below Jaccard 0.5: {d['false_positives_below_0.5']} of {f['queries']} queries")
+            print(
+                f"    {name}: flagged "
+                + ", ".join(
+                    f"{100 * d['flagged_' + k]:.1f}% at Jaccard {f['mean_jaccard_' + k]:.3f}"
+                    for k in ("j0.9", "j0.8", "j0.5", "j0.3")
+                )
+                + f", {100 * d['flagged_unrelated']:.1f}% of unrelated; "
+                f"false positives below Jaccard 0.5: {d['false_positives_below_0.5']} of {f['queries']} queries"
+            )
         figures.update(f)
     if args.part in ("all", "throughput"):
         f = bench_throughput(args.corpus_mb, args.batches, args.steps)
-        print(f"(b) prepared {f['prepared_output_docs']} docs / {f['prepared_tokens']:,} tokens in "
-              f"{f['prepare_seconds']:.1f}s; pipeline {f['pipeline_tokens_per_s']:,.0f} tokens/s vs tiny.yaml "
-              f"train step {f['train_tokens_per_s']:,.0f} tokens/s -> {f['pipeline_over_train_step']:.1f}x")
+        print(
+            f"(b) prepared {f['prepared_output_docs']} docs / {f['prepared_tokens']:,} tokens in "
+            f"{f['prepare_seconds']:.1f}s; pipeline {f['pipeline_tokens_per_s']:,.0f} tokens/s vs tiny.yaml "
+            f"train step {f['train_tokens_per_s']:,.0f} tokens/s -> {f['pipeline_over_train_step']:.1f}x"
+        )
         figures.update(f)
     emit("data_pipeline", figures)
 

@@ -20,6 +20,7 @@ one JSON object ``{"benchmark": "gpu_kernels", ...}``.
 ``--smoke`` runs every section on tiny sizes wherever it is (through the interpreter on CPU): a test of
 the script itself, not a measurement.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,17 +42,40 @@ from common import time_fn as _time_fn  # noqa: E402
 FIGURES: dict = {"errors": {}}
 SIZES = {  # tokens, experts, top-k, D, F | attention (T, B) pairs | train overrides, steps | timing repeats
     "full": dict(moe=(8192, 64, 6, 2048, 1408), attn=((2048, 8), (8192, 2)), train=[], steps=5, repeats=5),
-    "quick": dict(moe=(2048, 16, 4, 1024, 704), attn=((2048, 4), (8192, 1)),
-                  train=["model.n_layers=2", "model.moe.n_experts=16", "train.global_batch=4"], steps=3, repeats=3),
-    "smoke": dict(moe=(64, 4, 2, 32, 32), attn=((64, 1), (96, 1)), steps=1, repeats=1, train=[
-        "model.vocab_size=256", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1",
-        "model.head_dim=16", "model.max_seq_len=64", "model.drn.expert_ffn_dim=32", "model.moe.n_experts=4",
-        "model.moe.top_k=2", "model.moe.expert_ffn_dim=32", "train.seq_len=64", "train.global_batch=2"]),
+    "quick": dict(
+        moe=(2048, 16, 4, 1024, 704),
+        attn=((2048, 4), (8192, 1)),
+        train=["model.n_layers=2", "model.moe.n_experts=16", "train.global_batch=4"],
+        steps=3,
+        repeats=3,
+    ),
+    "smoke": dict(
+        moe=(64, 4, 2, 32, 32),
+        attn=((64, 1), (96, 1)),
+        steps=1,
+        repeats=1,
+        train=[
+            "model.vocab_size=256",
+            "model.d_model=32",
+            "model.n_layers=2",
+            "model.n_heads=2",
+            "model.n_kv_heads=1",
+            "model.head_dim=16",
+            "model.max_seq_len=64",
+            "model.drn.expert_ffn_dim=32",
+            "model.moe.n_experts=4",
+            "model.moe.top_k=2",
+            "model.moe.expert_ffn_dim=32",
+            "train.seq_len=64",
+            "train.global_batch=2",
+        ],
+    ),
 }
 
 
 def section(name: str):
     """Decorator: run the section, print and record any failure, never stop the script."""
+
     def wrap(fn):
         def run(*args, **kwargs):
             print(f"\n=== {name} ===", flush=True)
@@ -63,7 +87,9 @@ def section(name: str):
                 FIGURES["errors"][name] = f"{type(e).__name__}: {e}"[:500]
             finally:
                 print(f"--- {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+
         return run
+
     return wrap
 
 
@@ -89,8 +115,9 @@ def versions_and_mode() -> str:
         print(f"{k:>10}: {v}", flush=True)
     FIGURES["versions"] = info
     if not interpret and any(info[m].startswith("unavailable") for m in ("triton", "jax_triton")):
-        print("\nCUDA GPU found but triton/jax_triton cannot be imported: re-running under the interpreter\n",
-              flush=True)
+        print(
+            "\nCUDA GPU found but triton/jax_triton cannot be imported: re-running under the interpreter\n", flush=True
+        )
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "TRITON_INTERPRET": "1"})
     if interpret:
         why = "no CUDA GPU found" if not cuda else "TRITON_INTERPRET=1"
@@ -130,32 +157,52 @@ def cases(mode: str):
     n_exp = sizes.shape[0]
     b, t, h, g, k = (2, 50, 4, 2, 24) if small else (2, 1000, 8, 2, 128)
     seg = np.ones((b, t), np.int32)
-    seg[0, t // 3:], seg[0, (3 * t) // 4:], seg[-1, t - 7:] = 2, 3, 0
+    seg[0, t // 3 :], seg[0, (3 * t) // 4 :], seg[-1, t - 7 :] = 2, 3, 0
     seg = jnp.asarray(seg)
 
     def rnd(shape, dtype, scale=1.0, i=0):
         return (scale * jax.random.normal(jax.random.key(i), shape)).astype(dtype)
 
     def gmm_args(dt):
-        return rnd((rows, d), dt, 1.0, 1), rnd((n_exp, d, f), dt, d ** -0.5, 2)
+        return rnd((rows, d), dt, 1.0, 1), rnd((n_exp, d, f), dt, d**-0.5, 2)
 
     def ffn_args(dt):
-        return (rnd((rows, d), dt, 1.0, 1), rnd((n_exp, d, f), dt, d ** -0.5, 2), rnd((n_exp, d, f), dt, d ** -0.5, 3),
-                rnd((n_exp, f, d), dt, f ** -0.5, 4), jax.random.uniform(jax.random.key(5), (rows,)))
+        return (
+            rnd((rows, d), dt, 1.0, 1),
+            rnd((n_exp, d, f), dt, d**-0.5, 2),
+            rnd((n_exp, d, f), dt, d**-0.5, 3),
+            rnd((n_exp, f, d), dt, f**-0.5, 4),
+            jax.random.uniform(jax.random.key(5), (rows,)),
+        )
 
     def attn_args(dt):
         return rnd((b, t, h, k), dt, 1.0, 6), rnd((b, t, g, k), dt, 1.0, 7), rnd((b, t, g, k), dt, 1.0, 8)
 
     return [
-        ("grouped_matmul", lambda x, w: ops.grouped_matmul(x, w, sizes, "triton"),
-         lambda x, w: ops.grouped_matmul(x, w, sizes, "xla"),
-         lambda x, w: ops.grouped_matmul_reference(x, w, sizes), gmm_args, (0, 1)),
-        ("fused_ffn", lambda x, a, b_, c, s: ops.grouped_swiglu(x, sizes, a, b_, c, s, "triton"),
-         lambda x, a, b_, c, s: ops.grouped_swiglu(x, sizes, a, b_, c, s, "xla"),
-         lambda x, a, b_, c, s: ops.grouped_swiglu_reference(x, sizes, a, b_, c, s), ffn_args, (0, 1, 2, 3, 4)),
-        ("flash_attention", lambda q, k_, v: ops.attention(q, k_, v, seg, "triton"),
-         lambda q, k_, v: ops.attention(q, k_, v, seg, "xla"),
-         lambda q, k_, v: ops.attention_reference(q, k_, v, seg), attn_args, (0, 1, 2)),
+        (
+            "grouped_matmul",
+            lambda x, w: ops.grouped_matmul(x, w, sizes, "triton"),
+            lambda x, w: ops.grouped_matmul(x, w, sizes, "xla"),
+            lambda x, w: ops.grouped_matmul_reference(x, w, sizes),
+            gmm_args,
+            (0, 1),
+        ),
+        (
+            "fused_ffn",
+            lambda x, a, b_, c, s: ops.grouped_swiglu(x, sizes, a, b_, c, s, "triton"),
+            lambda x, a, b_, c, s: ops.grouped_swiglu(x, sizes, a, b_, c, s, "xla"),
+            lambda x, a, b_, c, s: ops.grouped_swiglu_reference(x, sizes, a, b_, c, s),
+            ffn_args,
+            (0, 1, 2, 3, 4),
+        ),
+        (
+            "flash_attention",
+            lambda q, k_, v: ops.attention(q, k_, v, seg, "triton"),
+            lambda q, k_, v: ops.attention(q, k_, v, seg, "xla"),
+            lambda q, k_, v: ops.attention_reference(q, k_, v, seg),
+            attn_args,
+            (0, 1, 2),
+        ),
     ]
 
 
@@ -177,8 +224,9 @@ def correctness(mode: str):
             passed = all(err[key] <= bound[key] for key in err)
             ok &= passed
             out[f"{name}_{dtype}"] = {"max_rel_err": max(err.values()), "passed": passed}
-            shown = "  ".join(f"{key} {v:.1e}" + (f" (xla {xla_err[key]:.1e})" if xla_err else "")
-                              for key, v in err.items())
+            shown = "  ".join(
+                f"{key} {v:.1e}" + (f" (xla {xla_err[key]:.1e})" if xla_err else "") for key, v in err.items()
+            )
             print(f"{name:>16} {dtype:>8}: {'PASS' if passed else 'FAIL'}  {shown}", flush=True)
     FIGURES["correctness"], FIGURES["correctness_passed"] = out, ok
 
@@ -209,8 +257,8 @@ def speed_moe(size: dict):
     ks = jax.random.split(jax.random.key(1), 5)
     x_tok = jax.random.normal(ks[0], (n_tok, d), dt)
     x = x_tok[token]  # [R,D] sorted by expert
-    wg, wu = (jax.random.normal(k_, (n_exp, d, f), dt) * d ** -0.5 for k_ in ks[1:3])
-    wd = jax.random.normal(ks[3], (n_exp, f, d), dt) * f ** -0.5
+    wg, wu = (jax.random.normal(k_, (n_exp, d, f), dt) * d**-0.5 for k_ in ks[1:3])
+    wd = jax.random.normal(ks[3], (n_exp, f, d), dt) * f**-0.5
     scale = jax.random.uniform(ks[4], (x.shape[0],))
     res = {"tokens": n_tok, "experts": n_exp, "top_k": top_k, "d_model": d, "ffn": f}
     print(f"rows {x.shape[0]} = {n_tok} tokens x top-{top_k}, {n_exp} experts, D {d}, F {f}, bf16; fwd+bwd ms")
@@ -221,10 +269,17 @@ def speed_moe(size: dict):
     t_tri = time_fn(fwd_bwd(lambda x, w: ops.grouped_matmul(x, w, sizes, "triton"), (0, 1)), x, wg)
     t_rag = time_fn(fwd_bwd(lambda x, w: ops.grouped_matmul(x, w, sizes, "xla"), (0, 1)), x, wg)
     t_den = time_fn(fwd_bwd(dense, (0, 1)), x_tok, wg)
-    res.update(gmm_triton_ms=t_tri * 1e3, gmm_ragged_dot_ms=t_rag * 1e3, gmm_dense_ms=t_den * 1e3,
-               gmm_speedup_vs_ragged_dot=t_rag / t_tri, gmm_speedup_vs_dense=t_den / t_tri)
-    print(f"grouped matmul  triton {t_tri * 1e3:8.2f}  ragged_dot {t_rag * 1e3:8.2f}  dense {t_den * 1e3:8.2f}"
-          f"  -> x{t_rag / t_tri:.2f} vs ragged_dot, x{t_den / t_tri:.2f} vs dense")
+    res.update(
+        gmm_triton_ms=t_tri * 1e3,
+        gmm_ragged_dot_ms=t_rag * 1e3,
+        gmm_dense_ms=t_den * 1e3,
+        gmm_speedup_vs_ragged_dot=t_rag / t_tri,
+        gmm_speedup_vs_dense=t_den / t_tri,
+    )
+    print(
+        f"grouped matmul  triton {t_tri * 1e3:8.2f}  ragged_dot {t_rag * 1e3:8.2f}  dense {t_den * 1e3:8.2f}"
+        f"  -> x{t_rag / t_tri:.2f} vs ragged_dot, x{t_den / t_tri:.2f} vs dense"
+    )
 
     from kernels.grouped_matmul import grouped_matmul as gmm
 
@@ -233,14 +288,20 @@ def speed_moe(size: dict):
         return gmm(h, c, sizes) * s[:, None].astype(x.dtype)
 
     args, argnums = (x, wg, wu, wd, scale), (0, 1, 2, 3, 4)
-    t_fused = time_fn(fwd_bwd(lambda x, a, b, c, s: ops.grouped_swiglu(x, sizes, a, b, c, s, "triton"), argnums),
-                      *args)
+    t_fused = time_fn(fwd_bwd(lambda x, a, b, c, s: ops.grouped_swiglu(x, sizes, a, b, c, s, "triton"), argnums), *args)
     t_unf = time_fn(fwd_bwd(unfused, argnums), *args)
     t_xla = time_fn(fwd_bwd(lambda x, a, b, c, s: ops.grouped_swiglu(x, sizes, a, b, c, s, "xla"), argnums), *args)
-    res.update(ffn_fused_ms=t_fused * 1e3, ffn_unfused_triton_ms=t_unf * 1e3, ffn_xla_ragged_dot_ms=t_xla * 1e3,
-               ffn_speedup_vs_unfused=t_unf / t_fused, ffn_speedup_vs_xla=t_xla / t_fused)
-    print(f"SwiGLU experts  fused {t_fused * 1e3:8.2f}  unfused triton {t_unf * 1e3:8.2f}  xla {t_xla * 1e3:8.2f}"
-          f"  -> x{t_unf / t_fused:.2f} vs unfused, x{t_xla / t_fused:.2f} vs xla")
+    res.update(
+        ffn_fused_ms=t_fused * 1e3,
+        ffn_unfused_triton_ms=t_unf * 1e3,
+        ffn_xla_ragged_dot_ms=t_xla * 1e3,
+        ffn_speedup_vs_unfused=t_unf / t_fused,
+        ffn_speedup_vs_xla=t_xla / t_fused,
+    )
+    print(
+        f"SwiGLU experts  fused {t_fused * 1e3:8.2f}  unfused triton {t_unf * 1e3:8.2f}  xla {t_xla * 1e3:8.2f}"
+        f"  -> x{t_unf / t_fused:.2f} vs unfused, x{t_xla / t_fused:.2f} vs xla"
+    )
     FIGURES["moe"] = res
 
 
@@ -267,8 +328,7 @@ def speed_attention(size: dict):
         if "xla_fwd_bwd_ms" in row and "triton_fwd_bwd_ms" in row:
             row["speedup_fwd"] = row["xla_fwd_ms"] / row["triton_fwd_ms"]
             row["speedup_fwd_bwd"] = row["xla_fwd_bwd_ms"] / row["triton_fwd_bwd_ms"]
-        print(f"T={t:5d} B={b} H={h} G={g} K={k}: " + "  ".join(f"{key} {v:.2f}" for key, v in row.items()),
-              flush=True)
+        print(f"T={t:5d} B={b} H={h} G={g} K={k}: " + "  ".join(f"{key} {v:.2f}" for key, v in row.items()), flush=True)
         out[f"T{t}"] = row
     FIGURES["attention"] = out
 
@@ -276,30 +336,46 @@ def speed_attention(size: dict):
 # ----------------------------------------------------------------------------- 3. train step
 
 BENCH_CONFIG = [  # a cut-down configs/a100x8_base.yaml for one GPU
-    "model.vocab_size=32768", "model.d_model=2048", "model.n_layers=4", "model.drn_layers=1",
-    "model.n_heads=16", "model.n_kv_heads=4", "model.head_dim=128", "model.max_seq_len=2048",
-    "model.drn.n_experts=4", "model.drn.expert_ffn_dim=1408", "model.moe.n_experts=64", "model.moe.top_k=6",
-    "model.moe.expert_ffn_dim=1408", "model.moe.n_shared_experts=2", "model.moe.router=sigmoid",
-    "model.dtype=bfloat16", "train.seq_len=2048", "train.global_batch=8", "train.steps=100",
-    "train.warmup_steps=10", "run.progress=false", "run.tensorboard=false",
+    "model.vocab_size=32768",
+    "model.d_model=2048",
+    "model.n_layers=4",
+    "model.drn_layers=1",
+    "model.n_heads=16",
+    "model.n_kv_heads=4",
+    "model.head_dim=128",
+    "model.max_seq_len=2048",
+    "model.drn.n_experts=4",
+    "model.drn.expert_ffn_dim=1408",
+    "model.moe.n_experts=64",
+    "model.moe.top_k=6",
+    "model.moe.expert_ffn_dim=1408",
+    "model.moe.n_shared_experts=2",
+    "model.moe.router=sigmoid",
+    "model.dtype=bfloat16",
+    "train.seq_len=2048",
+    "train.global_batch=8",
+    "train.steps=100",
+    "train.warmup_steps=10",
+    "run.progress=false",
+    "run.tensorboard=false",
 ]
 
 
 @section("train step")
 def train_step(size: dict):
     from open_r1_jax.config import load_config
-    from open_r1_jax.model import build_model
+    from open_r1_jax.model import build_model, split_model
     from open_r1_jax.training.metrics import flops_per_token, measure_peak_flops
     from open_r1_jax.training.optim import make_optimizer
-    from open_r1_jax.training.step import init_state, make_train_step
     from open_r1_jax.training.stages import Pretrain
-    from open_r1_jax.model import split_model
+    from open_r1_jax.training.step import init_state, make_train_step
 
     overrides, steps = BENCH_CONFIG + size["train"], size["steps"]
     peak = measure_peak_flops(jnp.bfloat16, n=8192 if jax.devices()[0].platform == "gpu" else 512)
     nominal = 989e12 if "H200" in jax.devices()[0].device_kind or "H100" in jax.devices()[0].device_kind else None
-    print(f"measured bf16 matmul peak {peak / 1e12:.0f} TFLOP/s"
-          + (f", nominal {nominal / 1e12:.0f}" if nominal else ""))
+    print(
+        f"measured bf16 matmul peak {peak / 1e12:.0f} TFLOP/s" + (f", nominal {nominal / 1e12:.0f}" if nominal else "")
+    )
     out = {"config": overrides, "measured_peak_tflops": peak / 1e12}
     for kernels in ("xla", "triton"):
         try:
@@ -308,8 +384,12 @@ def train_step(size: dict):
             rng = np.random.default_rng(0)
             tok = rng.integers(0, cfg.model.vocab_size, size=(b, t + 1)).astype(np.int32)
             seg = (np.arange(t)[None] // (t // 4) + 1).repeat(b, 0).astype(np.int32)  # 4 documents a row
-            batch = {"inputs": tok[:, :-1], "targets": tok[:, 1:], "segment_ids": seg,
-                     "positions": (np.arange(t) % (t // 4))[None].repeat(b, 0).astype(np.int32)}
+            batch = {
+                "inputs": tok[:, :-1],
+                "targets": tok[:, 1:],
+                "segment_ids": seg,
+                "positions": (np.arange(t) % (t // 4))[None].repeat(b, 0).astype(np.int32),
+            }
             batch = {k_: jnp.asarray(v) for k_, v in batch.items()}
             graphdef, params, model_state = split_model(build_model(cfg.model, 0))
             tx = make_optimizer(cfg.train)
@@ -330,12 +410,20 @@ def train_step(size: dict):
             dt = (time.perf_counter() - t0) / steps
             tps = b * t / dt
             fpt = flops_per_token(cfg.model, t)
-            row = {"step_ms": dt * 1e3, "tokens_per_s": tps, "mfu_vs_measured": fpt * tps / peak,
-                   "compile_s": compile_s, "losses": [float(x) for x in losses]}
+            row = {
+                "step_ms": dt * 1e3,
+                "tokens_per_s": tps,
+                "mfu_vs_measured": fpt * tps / peak,
+                "compile_s": compile_s,
+                "losses": [float(x) for x in losses],
+            }
             if nominal:
                 row["mfu_vs_nominal"] = fpt * tps / nominal
-            print(f"kernels={kernels:6s}: {dt * 1e3:8.1f} ms/step  {tps:10.0f} tokens/s  "
-                  f"MFU {row['mfu_vs_measured']:.1%} of measured peak  (compile {compile_s:.0f} s)", flush=True)
+            print(
+                f"kernels={kernels:6s}: {dt * 1e3:8.1f} ms/step  {tps:10.0f} tokens/s  "
+                f"MFU {row['mfu_vs_measured']:.1%} of measured peak  (compile {compile_s:.0f} s)",
+                flush=True,
+            )
             out[kernels] = row
             del state, step
         except Exception as e:

@@ -3,8 +3,8 @@
 1. Forward + backward (loss and gradients of a tiny model, batch 1) at 2K, 4K, 8K, 16K and 32K tokens:
    median time and compiled temporary memory (``jit(...).lower(...).compile().memory_analysis()``).
    A size whose compiled temporary memory exceeds ``--mem-limit-gb`` is compiled (memory reported)
-   but not run. Every LSH size is timed before full attention (median of 5, 3 at 32K). Targets: LSH time(16K) / time(4K) <= 5 (full attention: ~16, quadratic); LSH trains
-   at 32K within 8 GB.
+   but not run. Every LSH size is timed before full attention (median of 5, 3 at 32K). Targets:
+   LSH time(16K) / time(4K) <= 5 (full attention: ~16, quadratic); LSH trains at 32K within 8 GB.
 2. Generation of 20K tokens with a tiny LSH model (``open_r1_jax.generate``, cache preallocated):
    tokens/s of the first and of the last 1K generated tokens. Target: the last 1K cost at most 2x the
    first 1K.
@@ -13,6 +13,7 @@
 
     python benchmarks/long_context.py [--quick] [--sizes 2048,4096] [--gen-tokens 20480] [--mem-limit-gb 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,15 +30,33 @@ from common import emit, time_fn  # noqa: E402
 
 from open_r1_jax.config import load_config  # noqa: E402
 from open_r1_jax.generate import Generator, Sampling  # noqa: E402
-from open_r1_jax.model import build_model  # noqa: E402
+from open_r1_jax.model import (  # noqa: E402
+    build_model,  # noqa: E402
+    merge_model,
+    split_model,
+)
 from open_r1_jax.training.losses import summed_nll  # noqa: E402
-from open_r1_jax.model import merge_model, split_model  # noqa: E402
 
-TINY = ["model.vocab_size=272", "model.d_model=64", "model.n_layers=2", "model.drn_layers=1", "model.n_heads=4",
-        "model.n_kv_heads=2", "model.head_dim=16", "model.drn.expert_ffn_dim=64", "model.moe.expert_ffn_dim=64",
-        "model.kernels=xla", "train.seq_len=64", "model.max_seq_len=2048"]
-LSH = ["model.attention.kind=lsh", "model.attention.n_hashes=2", "model.attention.n_buckets=64",
-       "model.attention.chunk_size=64"]
+TINY = [
+    "model.vocab_size=272",
+    "model.d_model=64",
+    "model.n_layers=2",
+    "model.drn_layers=1",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.head_dim=16",
+    "model.drn.expert_ffn_dim=64",
+    "model.moe.expert_ffn_dim=64",
+    "model.kernels=xla",
+    "train.seq_len=64",
+    "model.max_seq_len=2048",
+]
+LSH = [
+    "model.attention.kind=lsh",
+    "model.attention.n_hashes=2",
+    "model.attention.n_buckets=64",
+    "model.attention.chunk_size=64",
+]
 GB = 1 << 30
 
 
@@ -80,9 +99,14 @@ def generation_rate(n_tokens: int, window: int, steps_per_call: int) -> dict:
     per_window = window // steps_per_call
     first = sum(s for _, s in calls[:per_window])
     last = sum(s for _, s in calls[-per_window:])
-    return {"tokens": len(out.tokens[0]), "cache_len": cache_len, "seconds": round(total, 2),
-            "first_tok_s": round(window / first, 1), "last_tok_s": round(window / last, 1),
-            "last_over_first_cost": round(last / first, 3)}
+    return {
+        "tokens": len(out.tokens[0]),
+        "cache_len": cache_len,
+        "seconds": round(total, 2),
+        "first_tok_s": round(window / first, 1),
+        "last_tok_s": round(window / last, 1),
+        "last_over_first_cost": round(last / first, 3),
+    }
 
 
 def latency(kind: str, prompt_len: int, new: int) -> dict:
@@ -103,8 +127,11 @@ def main() -> None:
     ap.add_argument("--gen-tokens", type=int, help="tokens generated (default 20480; quick 1024)")
     ap.add_argument("--mem-limit-gb", type=float, default=10.0, help="run a size only below this temp memory")
     args = ap.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (
-        [512, 1024, 2048] if args.quick else [2048, 4096, 8192, 16384, 32768])
+    sizes = (
+        [int(s) for s in args.sizes.split(",")]
+        if args.sizes
+        else ([512, 1024, 2048] if args.quick else [2048, 4096, 8192, 16384, 32768])
+    )
     gen_tokens = args.gen_tokens or (1024 if args.quick else 20480)
     window = 256 if args.quick else 1024
     prompt_len, new = (128, 16) if args.quick else (1024, 128)
@@ -119,39 +146,54 @@ def main() -> None:
         full, lsh = rows[t]["full"], rows[t]["lsh"]
         fmt = lambda s: "skipped" if s is None else f"{s:.3f}"
         ratio = f"{full['seconds'] / lsh['seconds']:.1f}x" if full["seconds"] and lsh["seconds"] else "-"
-        print(f"{t:>7} | {fmt(full['seconds']):>8} {full['temp_gb']:>8.2f} | {fmt(lsh['seconds']):>8} "
-              f"{lsh['temp_gb']:>8.2f} | {ratio}", flush=True)
+        print(
+            f"{t:>7} | {fmt(full['seconds']):>8} {full['temp_gb']:>8.2f} | {fmt(lsh['seconds']):>8} "
+            f"{lsh['temp_gb']:>8.2f} | {ratio}",
+            flush=True,
+        )
 
     def growth(kind, big, small):
         a, b = rows.get(big, {}).get(kind, {}), rows.get(small, {}).get(kind, {})
         return round(a["seconds"] / b["seconds"], 2) if a.get("seconds") and b.get("seconds") else None
 
     lo, hi = (sizes[0], sizes[-1]) if args.quick else (4096, 16384)
-    figures = {"sizes": rows, "lsh_time_ratio": growth("lsh", hi, lo), "ratio_of": f"time({hi}) / time({lo})",
-               "full_time_ratio": growth("full", hi, lo)}
-    print(f"time({hi}) / time({lo}): LSH {figures['lsh_time_ratio']}, full {figures['full_time_ratio']} "
-          "(linear: 4, quadratic: 16)")
+    figures = {
+        "sizes": rows,
+        "lsh_time_ratio": growth("lsh", hi, lo),
+        "ratio_of": f"time({hi}) / time({lo})",
+        "full_time_ratio": growth("full", hi, lo),
+    }
+    print(
+        f"time({hi}) / time({lo}): LSH {figures['lsh_time_ratio']}, full {figures['full_time_ratio']} "
+        "(linear: 4, quadratic: 16)"
+    )
     if figures["full_time_ratio"] is None and growth("full", hi // 2, lo // 2):  # full at hi over the memory limit
         figures["full_time_ratio_half"] = growth("full", hi // 2, lo // 2)
         print(f"full attention time({hi // 2}) / time({lo // 2}): {figures['full_time_ratio_half']}")
 
     g = generation_rate(gen_tokens, window, 128 if not args.quick else 64)
     figures["generation"] = g
-    print(f"generation of {g['tokens']} tokens (tiny LSH model, cache {g['cache_len']}): {g['seconds']}s; "
-          f"first {window}: {g['first_tok_s']} tok/s, last {window}: {g['last_tok_s']} tok/s "
-          f"(last/first cost {g['last_over_first_cost']})", flush=True)
+    print(
+        f"generation of {g['tokens']} tokens (tiny LSH model, cache {g['cache_len']}): {g['seconds']}s; "
+        f"first {window}: {g['first_tok_s']} tok/s, last {window}: {g['last_tok_s']} tok/s "
+        f"(last/first cost {g['last_over_first_cost']})",
+        flush=True,
+    )
 
     figures["latency"] = {kind: latency(kind, prompt_len, new) for kind in ("full", "lsh")}
     for kind, v in figures["latency"].items():
-        print(f"latency {prompt_len}-token prompt + {new} new tokens, {kind}: first token {v['prefill_s']}s, "
-              f"total {v['total_s']}s")
+        print(
+            f"latency {prompt_len}-token prompt + {new} new tokens, {kind}: first token {v['prefill_s']}s, "
+            f"total {v['total_s']}s"
+        )
 
     if not args.quick:
         big = rows.get(32768, {}).get("lsh", {})
         figures["targets"] = {
             "lsh_16k_over_4k_le_5": figures["lsh_time_ratio"] is not None and figures["lsh_time_ratio"] <= 5,
             "lsh_32k_trains_within_8gb": bool(big.get("seconds")) and big.get("temp_gb", 1e9) <= 8,
-            "last_1k_le_2x_first_1k": g["last_over_first_cost"] <= 2}
+            "last_1k_le_2x_first_1k": g["last_over_first_cost"] <= 2,
+        }
         print("targets:", figures["targets"])
     emit("long_context", {"quick": args.quick, **figures})
 

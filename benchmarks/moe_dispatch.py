@@ -5,6 +5,7 @@ oracle) and, for reference, ``ragged_dot`` grouped matmuls.
 
     python benchmarks/moe_dispatch.py [--tokens 4096] [--d-model 256] [--ffn 256] [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,26 +47,42 @@ def main() -> None:
     x = jax.random.normal(jax.random.key(0), (1, args.tokens, args.d_model), jnp.float32)
     mask = jnp.ones((1, args.tokens), bool)
     figures = {"tokens": args.tokens, "d_model": args.d_model, "expert_ffn_dim": args.ffn, "top_k": 2}
-    print(f"{'experts':>7} {'DRN dense (s)':>14} {'dropless top-2 (s)':>19} {'speedup':>8} "
-          f"{'dense-dispatch (s)':>19} {'ragged_dot (s)':>15}")
+    print(
+        f"{'experts':>7} {'DRN dense (s)':>14} {'dropless top-2 (s)':>19} {'speedup':>8} "
+        f"{'dense-dispatch (s)':>19} {'ragged_dot (s)':>15}"
+    )
     for e in args.experts:
         rngs = nnx.Rngs(0)
         row = {}
         drn = DRNFeedForward(args.d_model, DRNConfig(n_experts=e, expert_ffn_dim=args.ffn), 0.02, jnp.float32, rngs)
         for name, layer in [("drn", drn)] + [
-            (f"moe_{disp}_{impl}", MoEFeedForward(
-                args.d_model, MoEConfig(n_experts=e, top_k=2, expert_ffn_dim=args.ffn, dispatch=disp,
-                                        grouped_impl=impl), 0.02, jnp.float32, rngs))
+            (
+                f"moe_{disp}_{impl}",
+                MoEFeedForward(
+                    args.d_model,
+                    MoEConfig(n_experts=e, top_k=2, expert_ffn_dim=args.ffn, dispatch=disp, grouped_impl=impl),
+                    0.02,
+                    jnp.float32,
+                    rngs,
+                ),
+            )
             for disp, impl in [("dropless", "auto"), ("dense", "auto"), ("dropless", "ragged_dot")]
         ]:
             fn, params = fwd_bwd(layer, x, mask)
             row[name] = time_fn(fn, params, x, repeats=args.repeats)
         speedup = row["drn"] / row["moe_dropless_auto"]
-        print(f"{e:>7} {row['drn']:>14.4f} {row['moe_dropless_auto']:>19.4f} {speedup:>7.1f}x "
-              f"{row['moe_dense_auto']:>19.4f} {row['moe_dropless_ragged_dot']:>15.4f}", flush=True)
-        figures[f"e{e}"] = {"drn_dense_s": row["drn"], "dropless_top2_s": row["moe_dropless_auto"],
-                            "speedup": speedup, "dense_dispatch_top2_s": row["moe_dense_auto"],
-                            "dropless_ragged_dot_s": row["moe_dropless_ragged_dot"]}
+        print(
+            f"{e:>7} {row['drn']:>14.4f} {row['moe_dropless_auto']:>19.4f} {speedup:>7.1f}x "
+            f"{row['moe_dense_auto']:>19.4f} {row['moe_dropless_ragged_dot']:>15.4f}",
+            flush=True,
+        )
+        figures[f"e{e}"] = {
+            "drn_dense_s": row["drn"],
+            "dropless_top2_s": row["moe_dropless_auto"],
+            "speedup": speedup,
+            "dense_dispatch_top2_s": row["moe_dense_auto"],
+            "dropless_ragged_dot_s": row["moe_dropless_ragged_dot"],
+        }
     emit("moe_dispatch", figures)
 
 

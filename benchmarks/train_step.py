@@ -10,6 +10,7 @@
 
     python benchmarks/train_step.py [--config configs/small_cpu.yaml] [--steps 5] [--quick] [key=value ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,12 +30,14 @@ from open_r1_jax.config import DataConfig, load_config, replace, to_dict  # noqa
 from open_r1_jax.data.pipeline import ChunkSource, PipelineSpec, make_dataset  # noqa: E402
 from open_r1_jax.data.sources import load_documents  # noqa: E402
 from open_r1_jax.data.tokenizer import ByteTokenizer  # noqa: E402
-from open_r1_jax.model import build_model  # noqa: E402
+from open_r1_jax.model import (
+    build_model,  # noqa: E402
+    split_model,  # noqa: E402
+)
 from open_r1_jax.training.metrics import flops_per_token, measure_peak_flops  # noqa: E402
 from open_r1_jax.training.optim import make_optimizer  # noqa: E402
-from open_r1_jax.training.step import init_state, make_train_step  # noqa: E402
 from open_r1_jax.training.stages import Pretrain  # noqa: E402
-from open_r1_jax.model import split_model  # noqa: E402
+from open_r1_jax.training.step import init_state, make_train_step  # noqa: E402
 
 
 def one_batch(cfg) -> dict[str, np.ndarray]:
@@ -50,7 +53,9 @@ def jax_step(cfg, batch):
     tx = make_optimizer(cfg.train)
     state = init_state(params, model_state, tx, cfg)
     jb = {k: jnp.asarray(v) for k, v in batch.items()}
-    compiled = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), donate_argnums=0).lower(state, jb).compile()
+    compiled = (
+        jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), donate_argnums=0).lower(state, jb).compile()
+    )
     return compiled, state, jb
 
 
@@ -67,16 +72,21 @@ def time_jax(cfg, batch, steps: int) -> float:
 
 def time_torch(cfg, batch, steps: int, compile_model: bool) -> float:
     import torch
+    from flax import nnx
 
     import torch_ref
     from open_r1_jax.name_map import to_torch_state
-    from flax import nnx
-    from torch_ref.train import make_optimizer as torch_opt, train_step
+    from torch_ref.train import make_optimizer as torch_opt
+    from torch_ref.train import train_step
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = torch_ref.Transformer(torch_ref.TorchModelConfig.from_dict(to_dict(cfg.model)))
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
-                           to_torch_state(nnx.to_pure_dict(nnx.state(build_model(cfg.model, 0)))).items()})
+    model.load_state_dict(
+        {
+            k: torch.from_numpy(np.array(v))
+            for k, v in to_torch_state(nnx.to_pure_dict(nnx.state(build_model(cfg.model, 0)))).items()
+        }
+    )
     runner = torch.compile(model) if compile_model else model
     if compile_model:  # the optimiser and the bias update act on the original module
         runner.update_router_bias = model.update_router_bias
@@ -114,16 +124,21 @@ def main() -> None:
     peak = measure_peak_flops(jnp.float32)
     dense = replace(cfg, **{"model.moe.dispatch": "dense"})
 
-    rows = {"jax_step": time_jax(cfg, batch, args.steps), "jax_dense_dispatch": time_jax(dense, batch, args.steps),
-            "torch_eager": time_torch(cfg, batch, args.steps, compile_model=False)}
+    rows = {
+        "jax_step": time_jax(cfg, batch, args.steps),
+        "jax_dense_dispatch": time_jax(dense, batch, args.steps),
+        "torch_eager": time_torch(cfg, batch, args.steps, compile_model=False),
+    }
     compile_error = None
     if not args.no_torch_compile:
         try:
             rows["torch_compile"] = time_torch(cfg, batch, args.steps, compile_model=True)
         except Exception as e:  # noqa: BLE001 - report, do not hide
             compile_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    print(f"config {args.config}: {tokens:.0f} tokens per step, {fpt / 1e6:.1f} MFLOP per token, "
-          f"measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print(
+        f"config {args.config}: {tokens:.0f} tokens per step, {fpt / 1e6:.1f} MFLOP per token, "
+        f"measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s"
+    )
     print(f"{'step':<22} {'s/step':>8} {'tokens/s':>10} {'MFU':>6} {'JAX speedup':>12}")
     figures = {"config": args.config, "tokens_per_step": tokens, "flops_per_token": fpt, "peak_flops": peak}
     for name, sec in rows.items():
@@ -139,10 +154,16 @@ def main() -> None:
     deep = replace(cfg, **{"model.n_layers": args.deep_layers})
     mem = {flag: temp_memory(replace(deep, **{"model.activation_checkpoint": flag}), batch) for flag in (False, True)}
     saving = 1 - mem[True] / mem[False]
-    print(f"compiled temp memory, {args.deep_layers} layers: {mem[False] / 2**20:.0f} MiB without, "
-          f"{mem[True] / 2**20:.0f} MiB with activation checkpointing ({saving:.0%} less)")
-    figures["remat"] = {"layers": args.deep_layers, "temp_bytes_without": mem[False],
-                        "temp_bytes_with": mem[True], "saving": saving}
+    print(
+        f"compiled temp memory, {args.deep_layers} layers: {mem[False] / 2**20:.0f} MiB without, "
+        f"{mem[True] / 2**20:.0f} MiB with activation checkpointing ({saving:.0%} less)"
+    )
+    figures["remat"] = {
+        "layers": args.deep_layers,
+        "temp_bytes_without": mem[False],
+        "temp_bytes_with": mem[True],
+        "saving": saving,
+    }
     emit("train_step", figures)
 
 

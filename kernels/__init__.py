@@ -8,6 +8,7 @@
   kernels and their ``custom_vjp`` bindings. They import triton; nothing else here does, so importing
   the project never needs triton or jax-triton.
 """
+
 from kernels.adapter import KernelUnavailableError, interpreting, resolve
 
 __all__ = ["KernelUnavailableError", "interpreting", "resolve"]

@@ -16,6 +16,7 @@ and saves the logsumexp per query row; the backward pass recomputes the probabil
   block, batch, head).
 The oracle is ``kernels.ops.attention_reference`` (the model's XLA attention).
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,7 +29,6 @@ import triton.language as tl
 
 from kernels.adapter import interpreting, triton_call
 from kernels.triton_common import ieee_flag, mma, pow2
-
 
 
 class Blocks(NamedTuple):
@@ -50,10 +50,23 @@ def pick_blocks(t: int, k: int, dtype) -> Blocks:
 
 
 @triton.jit
-def flash_fwd_kernel(q_ptr, k_ptr, v_ptr, seg_ptr,
-                     T, H, G, K, sm_scale,
-                     o_ptr, lse_ptr,
-                     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr):
+def flash_fwd_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    seg_ptr,
+    T,
+    H,
+    G,
+    K,
+    sm_scale,
+    o_ptr,
+    lse_ptr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -66,8 +79,7 @@ def flash_fwd_kernel(q_ptr, k_ptr, v_ptr, seg_ptr,
     b64 = b.to(tl.int64)
     q_base = q_ptr + b64 * T * H * K + h * K
     kv_off = b64 * T * G * K + g * K
-    q = tl.load(q_base + offs_m[:, None] * (H * K) + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :],
-                other=0.0)
+    q = tl.load(q_base + offs_m[:, None] * (H * K) + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
     seg_q = tl.load(seg_ptr + b64 * T + offs_m, mask=m_ok, other=-1)
     qk_scale = sm_scale * 1.4426950408889634
     m_i = tl.full((BM,), float("-inf"), tl.float32)
@@ -77,8 +89,9 @@ def flash_fwd_kernel(q_ptr, k_ptr, v_ptr, seg_ptr,
     for start_n in range(0, hi, BN):
         offs_n = start_n + tl.arange(0, BN)
         n_ok = offs_n < T
-        kt = tl.load(k_ptr + kv_off + offs_n[None, :] * (G * K) + offs_d[:, None],
-                     mask=d_ok[:, None] & n_ok[None, :], other=0.0)  # [BD,BN]
+        kt = tl.load(
+            k_ptr + kv_off + offs_n[None, :] * (G * K) + offs_d[:, None], mask=d_ok[:, None] & n_ok[None, :], other=0.0
+        )  # [BD,BN]
         s = mma(q, kt, tl.zeros((BM, BN), dtype=tl.float32), IEEE) * qk_scale
         seg_k = tl.load(seg_ptr + b64 * T + offs_n, mask=n_ok, other=-2)
         keep = (offs_m[:, None] >= offs_n[None, :]) & (seg_q[:, None] == seg_k[None, :]) & n_ok[None, :]
@@ -88,24 +101,43 @@ def flash_fwd_kernel(q_ptr, k_ptr, v_ptr, seg_ptr,
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + kv_off + offs_n[:, None] * (G * K) + offs_d[None, :],
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        v = tl.load(
+            v_ptr + kv_off + offs_n[:, None] * (G * K) + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0
+        )
         acc = mma(p.to(v.dtype), v, acc * alpha[:, None], IEEE)
         m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
     o_base = o_ptr + b64 * T * H * K + h * K
-    tl.store(o_base + offs_m[:, None] * (H * K) + offs_d[None, :], o.to(o_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & d_ok[None, :])
+    tl.store(
+        o_base + offs_m[:, None] * (H * K) + offs_d[None, :],
+        o.to(o_ptr.dtype.element_ty),
+        mask=m_ok[:, None] & d_ok[None, :],
+    )
     lse = (m_i + tl.log2(l_safe)) * 0.6931471805599453
     tl.store(lse_ptr + (b64 * H + h) * T + offs_m, lse, mask=m_ok)
 
 
 @triton.jit
-def flash_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, seg_ptr, do_ptr, lse_ptr, delta_ptr,
-                        T, H, G, K, sm_scale,
-                        dq_ptr,
-                        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr):
+def flash_bwd_dq_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    seg_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    T,
+    H,
+    G,
+    K,
+    sm_scale,
+    dq_ptr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -145,10 +177,26 @@ def flash_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, seg_ptr, do_ptr, lse_ptr, delta_ptr
 
 
 @triton.jit
-def flash_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, seg_ptr, do_ptr, lse_ptr, delta_ptr,
-                          T, H, G, K, sm_scale,
-                          dk_ptr, dv_ptr,
-                          BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr):
+def flash_bwd_dkdv_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    seg_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    T,
+    H,
+    G,
+    K,
+    sm_scale,
+    dk_ptr,
+    dv_ptr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     pid_n = tl.program_id(0)
     pid_bg = tl.program_id(1)
     b = pid_bg // G
@@ -204,11 +252,25 @@ def flash_forward(q, k, v, segment_ids, blocks: Blocks):
     """-> (o [B,T,H,K] in q's dtype, lse [B,H,T] fp32)."""
     b, t, h, g, kd = _dims(q, k)
     return triton_call(
-        q, k, v, segment_ids, t, h, g, kd, float(kd ** -0.5),
+        q,
+        k,
+        v,
+        segment_ids,
+        t,
+        h,
+        g,
+        kd,
+        float(kd**-0.5),
         kernel=flash_fwd_kernel,
         out_shape=(jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, t), jnp.float32)),
-        grid=(triton.cdiv(t, blocks.bm), b * h), num_warps=blocks.warps, num_stages=blocks.stages,
-        BM=blocks.bm, BN=blocks.bn, BD=pow2(kd), IEEE=ieee_flag(q.dtype))
+        grid=(triton.cdiv(t, blocks.bm), b * h),
+        num_warps=blocks.warps,
+        num_stages=blocks.stages,
+        BM=blocks.bm,
+        BN=blocks.bn,
+        BD=pow2(kd),
+        IEEE=ieee_flag(q.dtype),
+    )
 
 
 def flash_backward(q, k, v, segment_ids, o, lse, do, blocks: Blocks):
@@ -217,15 +279,22 @@ def flash_backward(q, k, v, segment_ids, o, lse, do, blocks: Blocks):
     do = do.astype(q.dtype)
     delta = jnp.einsum("bthk,bthk->bht", o.astype(jnp.float32), do.astype(jnp.float32))  # [B,H,T]
     bm, bn = blocks.bwd_bm or blocks.bm, blocks.bwd_bn or blocks.bn
-    common = dict(num_warps=blocks.warps, num_stages=blocks.stages, BM=bm, BN=bn, BD=pow2(kd),
-                  IEEE=ieee_flag(q.dtype))
-    args = (q, k, v, segment_ids, do, lse, delta, t, h, g, kd, float(kd ** -0.5))
-    dq = triton_call(*args, kernel=flash_bwd_dq_kernel, out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-                     grid=(triton.cdiv(t, bm), b * h), **common)
+    common = dict(num_warps=blocks.warps, num_stages=blocks.stages, BM=bm, BN=bn, BD=pow2(kd), IEEE=ieee_flag(q.dtype))
+    args = (q, k, v, segment_ids, do, lse, delta, t, h, g, kd, float(kd**-0.5))
+    dq = triton_call(
+        *args,
+        kernel=flash_bwd_dq_kernel,
+        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        grid=(triton.cdiv(t, bm), b * h),
+        **common,
+    )
     dk, dv = triton_call(
-        *args, kernel=flash_bwd_dkdv_kernel,
+        *args,
+        kernel=flash_bwd_dkdv_kernel,
         out_shape=(jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
-        grid=(triton.cdiv(t, bn), b * g), **common)
+        grid=(triton.cdiv(t, bn), b * g),
+        **common,
+    )
     return dq, dk, dv
 
 

@@ -16,6 +16,7 @@ No [R,F] activation is saved between forward and backward: h is recomputed.
 The tiling (row tiles within one expert, the zero group) is ``kernels.grouped_matmul``'s.
 The oracle is ``kernels.ops.grouped_swiglu_reference``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,10 +32,21 @@ from kernels.triton_common import ieee_flag, mma
 
 
 @triton.jit
-def ffn_gate_up_kernel(x_ptr, wg_ptr, wu_ptr, meta_ptr,
-                       n_tiles, n_experts, D, F,
-                       h_ptr,
-                       BM: tl.constexpr, BF: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr):
+def ffn_gate_up_kernel(
+    x_ptr,
+    wg_ptr,
+    wu_ptr,
+    meta_ptr,
+    n_tiles,
+    n_experts,
+    D,
+    F,
+    h_ptr,
+    BM: tl.constexpr,
+    BF: tl.constexpr,
+    BD: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     pid_f = tl.program_id(1)
     e, rows64, row_ok = tile_rows(meta_ptr, n_tiles, BM)
     fs = pid_f * BF + tl.arange(0, BF)
@@ -52,15 +64,33 @@ def ffn_gate_up_kernel(x_ptr, wg_ptr, wu_ptr, meta_ptr,
         gate = mma(a, tl.load(wg_ptr + w_idx, mask=w_mask, other=0.0), gate, IEEE)
         up = mma(a, tl.load(wu_ptr + w_idx, mask=w_mask, other=0.0), up, IEEE)
     h = gate * tl.sigmoid(gate) * up
-    tl.store(h_ptr + rows64[:, None] * F + fs[None, :], h.to(h_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & f_ok[None, :])
+    tl.store(
+        h_ptr + rows64[:, None] * F + fs[None, :], h.to(h_ptr.dtype.element_ty), mask=row_ok[:, None] & f_ok[None, :]
+    )
 
 
 @triton.jit
-def ffn_bwd_kernel(x_ptr, wg_ptr, wu_ptr, wd_ptr, dy_ptr, scale_ptr, meta_ptr,
-                   n_tiles, n_experts, D, F,
-                   da_ptr, db_ptr, h_ptr, dsp_ptr,
-                   BM: tl.constexpr, BF: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr):
+def ffn_bwd_kernel(
+    x_ptr,
+    wg_ptr,
+    wu_ptr,
+    wd_ptr,
+    dy_ptr,
+    scale_ptr,
+    meta_ptr,
+    n_tiles,
+    n_experts,
+    D,
+    F,
+    da_ptr,
+    db_ptr,
+    h_ptr,
+    dsp_ptr,
+    BM: tl.constexpr,
+    BF: tl.constexpr,
+    BD: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     pid_f = tl.program_id(1)
     n_fb = tl.num_programs(1)
     e, rows64, row_ok = tile_rows(meta_ptr, n_tiles, BM)
@@ -110,10 +140,24 @@ def gate_up(x, wg, wu, meta, blocks: Blocks):
     n_experts, _, f = wg.shape
     n_tiles = meta.shape[1]
     return triton_call(
-        x, wg, wu, meta, n_tiles, n_experts, d, f,
-        kernel=ffn_gate_up_kernel, out_shape=jax.ShapeDtypeStruct((rows, f), x.dtype),
-        grid=(n_tiles, triton.cdiv(f, blocks.bn)), num_warps=blocks.warps, num_stages=blocks.stages,
-        BM=blocks.bm, BF=blocks.bn, BD=blocks.bk, IEEE=ieee_flag(x.dtype))
+        x,
+        wg,
+        wu,
+        meta,
+        n_tiles,
+        n_experts,
+        d,
+        f,
+        kernel=ffn_gate_up_kernel,
+        out_shape=jax.ShapeDtypeStruct((rows, f), x.dtype),
+        grid=(n_tiles, triton.cdiv(f, blocks.bn)),
+        num_warps=blocks.warps,
+        num_stages=blocks.stages,
+        BM=blocks.bm,
+        BF=blocks.bn,
+        BD=blocks.bk,
+        IEEE=ieee_flag(x.dtype),
+    )
 
 
 def _forward(x, group_sizes, wg, wu, wd, scale, blocks):
@@ -143,10 +187,27 @@ def _ffn_bwd(blocks, res, dy):
     n_fb = triton.cdiv(f, blocks.bn)
     act = jax.ShapeDtypeStruct((rows, f), x.dtype)
     da, db, h, ds_part = triton_call(
-        x, wg, wu, wd, dy, scale, meta, n_tiles, n_experts, d, f,
-        kernel=ffn_bwd_kernel, out_shape=(act, act, act, jax.ShapeDtypeStruct((rows, n_fb), jnp.float32)),
-        grid=(n_tiles, n_fb), num_warps=blocks.warps, num_stages=blocks.stages,
-        BM=blocks.bm, BF=blocks.bn, BD=blocks.bk, IEEE=ieee_flag(x.dtype))
+        x,
+        wg,
+        wu,
+        wd,
+        dy,
+        scale,
+        meta,
+        n_tiles,
+        n_experts,
+        d,
+        f,
+        kernel=ffn_bwd_kernel,
+        out_shape=(act, act, act, jax.ShapeDtypeStruct((rows, n_fb), jnp.float32)),
+        grid=(n_tiles, n_fb),
+        num_warps=blocks.warps,
+        num_stages=blocks.stages,
+        BM=blocks.bm,
+        BF=blocks.bn,
+        BD=blocks.bk,
+        IEEE=ieee_flag(x.dtype),
+    )
     dx_blocks = pick_blocks(rows, f, d, x.dtype)._replace(bm=blocks.bm)
     dx = gmm(da, wg, meta, dx_blocks, transpose_w=True, second=(db, wu))
     offsets = group_offsets(group_sizes)

@@ -17,6 +17,7 @@ Kernels (all accumulate in fp32):
   over the expert's rows; an empty expert writes zeros.
 The oracle is ``kernels.ops.grouped_matmul_reference``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -89,11 +90,28 @@ def tile_rows(meta_ptr, n_tiles, BM: tl.constexpr):
 
 
 @triton.jit
-def gmm_kernel(x_ptr, w_ptr, meta_ptr, scale_ptr, x2_ptr, w2_ptr,
-               n_tiles, n_experts, K, N, s_we, s_wk, s_wn,
-               y_ptr,
-               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-               HAS_SCALE: tl.constexpr, HAS_SECOND: tl.constexpr, IEEE: tl.constexpr):
+def gmm_kernel(
+    x_ptr,
+    w_ptr,
+    meta_ptr,
+    scale_ptr,
+    x2_ptr,
+    w2_ptr,
+    n_tiles,
+    n_experts,
+    K,
+    N,
+    s_we,
+    s_wk,
+    s_wn,
+    y_ptr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_SECOND: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     """y[r, n] = s[r] * (sum_k x[r,k] w[e,k,n] (+ sum_k x2[r,k] w2[e,k,n])); w addressed by strides."""
     pid_n = tl.program_id(1)
     e, rows64, row_ok = tile_rows(meta_ptr, n_tiles, BM)
@@ -123,11 +141,20 @@ def gmm_kernel(x_ptr, w_ptr, meta_ptr, scale_ptr, x2_ptr, w2_ptr,
 
 
 @triton.jit
-def gmm_dw_kernel(x_ptr, dy_ptr, offsets_ptr, scale_ptr,
-                  K, N,
-                  dw_ptr,
-                  BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
-                  HAS_SCALE: tl.constexpr, IEEE: tl.constexpr):
+def gmm_dw_kernel(
+    x_ptr,
+    dy_ptr,
+    offsets_ptr,
+    scale_ptr,
+    K,
+    N,
+    dw_ptr,
+    BM: tl.constexpr,
+    BK: tl.constexpr,
+    BN: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     """dw[e, k, n] = sum over rows r of group e of x[r,k] * s[r] * dy[r,n]."""
     e = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -143,10 +170,12 @@ def gmm_dw_kernel(x_ptr, dy_ptr, offsets_ptr, scale_ptr,
         rows = m0 + tl.arange(0, BM)
         row_ok = rows < end
         rows64 = rows.to(tl.int64)
-        xt = tl.load(x_ptr + rows64[None, :] * K + ks[:, None], mask=k_ok[:, None] & row_ok[None, :],
-                     other=0.0)  # [BK,BM]
-        d = tl.load(dy_ptr + rows64[:, None] * N + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
-                    other=0.0)  # [BM,BN]
+        xt = tl.load(
+            x_ptr + rows64[None, :] * K + ks[:, None], mask=k_ok[:, None] & row_ok[None, :], other=0.0
+        )  # [BK,BM]
+        d = tl.load(
+            dy_ptr + rows64[:, None] * N + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0
+        )  # [BM,BN]
         if HAS_SCALE:
             s = tl.load(scale_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
             d = (d.to(tl.float32) * s[:, None]).to(dy_ptr.dtype.element_ty)
@@ -172,12 +201,31 @@ def gmm(x, w, meta, blocks: Blocks, *, transpose_w: bool = False, scale=None, se
     n_tiles = meta.shape[1]
     x2, w2 = second if second is not None else (x, w)
     return triton_call(
-        x, w, meta, scale if scale is not None else x, x2, w2,
-        n_tiles, n_experts, k, n, s_we, s_wk, s_wn,
-        kernel=gmm_kernel, out_shape=jax.ShapeDtypeStruct((rows, n), out_dtype or x.dtype),
-        grid=(n_tiles, triton.cdiv(n, blocks.bn)), num_warps=blocks.warps, num_stages=blocks.stages,
-        BM=blocks.bm, BN=blocks.bn, BK=blocks.bk, HAS_SCALE=int(scale is not None),
-        HAS_SECOND=int(second is not None), IEEE=ieee_flag(x.dtype))
+        x,
+        w,
+        meta,
+        scale if scale is not None else x,
+        x2,
+        w2,
+        n_tiles,
+        n_experts,
+        k,
+        n,
+        s_we,
+        s_wk,
+        s_wn,
+        kernel=gmm_kernel,
+        out_shape=jax.ShapeDtypeStruct((rows, n), out_dtype or x.dtype),
+        grid=(n_tiles, triton.cdiv(n, blocks.bn)),
+        num_warps=blocks.warps,
+        num_stages=blocks.stages,
+        BM=blocks.bm,
+        BN=blocks.bn,
+        BK=blocks.bk,
+        HAS_SCALE=int(scale is not None),
+        HAS_SECOND=int(second is not None),
+        IEEE=ieee_flag(x.dtype),
+    )
 
 
 def gmm_dw(x, dy, offsets, n_experts: int, blocks: Blocks, *, scale=None, out_dtype=None):
@@ -186,11 +234,23 @@ def gmm_dw(x, dy, offsets, n_experts: int, blocks: Blocks, *, scale=None, out_dt
     k, n = x.shape[1], dy.shape[1]
     bk, bn = blocks.bk, blocks.bn
     return triton_call(
-        x, dy, offsets, scale if scale is not None else x, k, n,
-        kernel=gmm_dw_kernel, out_shape=jax.ShapeDtypeStruct((n_experts, k, n), out_dtype or x.dtype),
-        grid=(n_experts, triton.cdiv(k, bk), triton.cdiv(n, bn)), num_warps=blocks.warps,
-        num_stages=blocks.stages, BM=blocks.bm, BK=bk, BN=bn, HAS_SCALE=int(scale is not None),
-        IEEE=ieee_flag(x.dtype))
+        x,
+        dy,
+        offsets,
+        scale if scale is not None else x,
+        k,
+        n,
+        kernel=gmm_dw_kernel,
+        out_shape=jax.ShapeDtypeStruct((n_experts, k, n), out_dtype or x.dtype),
+        grid=(n_experts, triton.cdiv(k, bk), triton.cdiv(n, bn)),
+        num_warps=blocks.warps,
+        num_stages=blocks.stages,
+        BM=blocks.bm,
+        BK=bk,
+        BN=bn,
+        HAS_SCALE=int(scale is not None),
+        IEEE=ieee_flag(x.dtype),
+    )
 
 
 # ----------------------------------------------------------------------------- the differentiable op
@@ -212,8 +272,7 @@ def _gmm_bwd(blocks, res, dy):
     rows, k, n = x.shape[0], w.shape[1], w.shape[2]
     dx_blocks = pick_blocks(rows, n, k, x.dtype)._replace(bm=blocks.bm)  # contracts over N, meta's bm
     dx = gmm(dy, w, meta, dx_blocks, transpose_w=True)
-    dw = gmm_dw(x, dy, group_offsets(group_sizes), w.shape[0], pick_blocks(rows, k, n, x.dtype),
-                out_dtype=w.dtype)
+    dw = gmm_dw(x, dy, group_offsets(group_sizes), w.shape[0], pick_blocks(rows, k, n, x.dtype), out_dtype=w.dtype)
     return dx, dw, None
 
 

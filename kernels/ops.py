@@ -9,6 +9,7 @@ B batch, T time, H query heads, G key/value heads, K head width (attention).
 The ``*_reference`` oracles are deliberately naive (dense over experts, materialised masks): the
 tests and ``benchmarks/gpu_kernels.py`` compare every kernel, forward and gradients, against them.
 """
+
 from __future__ import annotations
 
 import jax
@@ -19,8 +20,10 @@ MASK_VALUE = -1e30  # as open_r1_jax.model.attention (finite: a fully masked row
 
 def _check(impl: str) -> None:
     if impl not in ("triton", "xla"):
-        raise ValueError(f"impl must be a resolved kernel choice 'triton' or 'xla' (got {impl!r}); "
-                         "resolve model.kernels with kernels.resolve first")
+        raise ValueError(
+            f"impl must be a resolved kernel choice 'triton' or 'xla' (got {impl!r}); "
+            "resolve model.kernels with kernels.resolve first"
+        )
 
 
 # ----------------------------------------------------------------------------- grouped matmul

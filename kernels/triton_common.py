@@ -1,4 +1,5 @@
 """Helpers shared by the Triton kernel modules (this module imports triton; ops import it lazily)."""
+
 from __future__ import annotations
 
 import jax

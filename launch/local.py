@@ -8,6 +8,7 @@ CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=K``. Process 0's output 
 goes to ``<log-dir>/process_<i>.log``. If one process fails, the others are stopped and the exit
 status is the first failure's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,9 @@ def free_port() -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--processes", type=int, default=2)
-    ap.add_argument("--devices-per-process", type=int, default=0, help="fake CPU devices per process (0 = real devices)")
+    ap.add_argument(
+        "--devices-per-process", type=int, default=0, help="fake CPU devices per process (0 = real devices)"
+    )
     ap.add_argument("--log-dir", default="runs/launch_logs")
     ap.add_argument("--timeout", type=int, default=60, help="seconds to wait for the coordinator")
     ap.add_argument("command", nargs=argparse.REMAINDER)
@@ -41,8 +44,13 @@ def main() -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     for i in range(args.processes):
-        env = dict(os.environ, OPEN_R1_COORDINATOR=f"127.0.0.1:{port}", OPEN_R1_NUM_PROCESSES=str(args.processes),
-                   OPEN_R1_PROCESS_ID=str(i), OPEN_R1_INIT_TIMEOUT=str(args.timeout))
+        env = dict(
+            os.environ,
+            OPEN_R1_COORDINATOR=f"127.0.0.1:{port}",
+            OPEN_R1_NUM_PROCESSES=str(args.processes),
+            OPEN_R1_PROCESS_ID=str(i),
+            OPEN_R1_INIT_TIMEOUT=str(args.timeout),
+        )
         if args.devices_per_process:
             env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices_per_process}"
             env["JAX_PLATFORMS"] = "cpu"

@@ -18,7 +18,8 @@ Saving is asynchronous: ``save`` returns once the arrays are copied to host memo
 continues in the background (the next ``save`` or ``close`` waits for it). Orbax writes into
 ``<step>.orbax-checkpoint-tmp`` and renames it to ``<step>`` when complete (files fsync'ed), so a process
 killed mid-save leaves the previous step as the latest; a writable ``Checkpointer`` deletes such
-leftovers when it opens the directory. ``keep`` (``train.keep_checkpoints``) bounds the steps kept. A state whose ``nonfinite_step`` is set (a NaN/inf loss or gradient) is refused.
+leftovers when it opens the directory. ``keep`` (``train.keep_checkpoints``) bounds the steps kept.
+A state whose ``nonfinite_step`` is set (a NaN/inf loss or gradient) is refused.
 
 Restoring takes a target tree (arrays, or ``jax.ShapeDtypeStruct`` with a sharding): the checkpoint is
 read straight into that placement, whatever mesh wrote it. ``restore_params`` reads only ``model/``.
@@ -26,6 +27,7 @@ A target whose parameter paths or shapes differ from the checkpoint raises ``Che
 naming the first differing paths. A checkpoint with only ``model/`` and ``config/`` (written by
 ``python -m open_r1_jax.export --from-torch``) restores into a fresh optimizer state: fine-tuning.
 """
+
 from __future__ import annotations
 
 import logging
@@ -66,16 +68,24 @@ class Checkpointer:
         if read_only:  # orbax warns that a read-only manager will not save: that is the point
             absl_log.setLevel(logging.ERROR)
         try:
-            options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep, create=not read_only,
-                                                   cleanup_tmp_directories=not read_only, read_only=read_only)
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=None if read_only else keep,
+                create=not read_only,
+                cleanup_tmp_directories=not read_only,
+                read_only=read_only,
+            )
             self.manager = ocp.CheckpointManager(
-                self.directory, options=options,
-                item_handlers={"model": ocp.StandardCheckpointHandler(),
-                               "optimizer": ocp.StandardCheckpointHandler(),
-                               "train": ocp.StandardCheckpointHandler(),
-                               "data": grain.checkpoint.CheckpointHandler(),
-                               "config": ocp.JsonCheckpointHandler(),
-                               "counters": ocp.JsonCheckpointHandler()})
+                self.directory,
+                options=options,
+                item_handlers={
+                    "model": ocp.StandardCheckpointHandler(),
+                    "optimizer": ocp.StandardCheckpointHandler(),
+                    "train": ocp.StandardCheckpointHandler(),
+                    "data": grain.checkpoint.CheckpointHandler(),
+                    "config": ocp.JsonCheckpointHandler(),
+                    "counters": ocp.JsonCheckpointHandler(),
+                },
+            )
         finally:
             absl_log.setLevel(level)
 
@@ -103,20 +113,26 @@ class Checkpointer:
 
     # ------------------------------------------------------------------------------------------ save
 
-    def save(self, step: int, state: dict, data_iter=None, config: dict | None = None,
-             counters: dict | None = None) -> None:
+    def save(
+        self, step: int, state: dict, data_iter=None, config: dict | None = None, counters: dict | None = None
+    ) -> None:
         """Start an asynchronous save of ``state`` (the train-state dict) at ``step``.
 
         Blocks only for the device-to-host copy, and for the previous save if it is still writing.
         """
         bad = int(jax.device_get(state.get("nonfinite_step", -1)))
         if bad >= 0:
-            raise NonFiniteState(f"refusing to checkpoint step {step}: the loss or gradients became non-finite "
-                                 f"at step {bad + 1}")
+            raise NonFiniteState(
+                f"refusing to checkpoint step {step}: the loss or gradients became non-finite at step {bad + 1}"
+            )
         model = {k: state[k] for k in MODEL_KEYS}
         rest = {k: v for k, v in state.items() if k not in MODEL_KEYS and k != OPT_KEY}
-        items = {"model": ocp.args.StandardSave(model), "optimizer": ocp.args.StandardSave(state[OPT_KEY]),
-                 "train": ocp.args.StandardSave(rest), "config": ocp.args.JsonSave(config or {})}
+        items = {
+            "model": ocp.args.StandardSave(model),
+            "optimizer": ocp.args.StandardSave(state[OPT_KEY]),
+            "train": ocp.args.StandardSave(rest),
+            "config": ocp.args.JsonSave(config or {}),
+        }
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
         if counters is not None:
@@ -125,9 +141,13 @@ class Checkpointer:
 
     def save_params(self, step: int, params: dict, model_state: dict, config: dict) -> None:
         """A checkpoint of the model alone (no optimizer, train or data items)."""
-        self.manager.save(step, args=ocp.args.Composite(
-            model=ocp.args.StandardSave({"params": params, "model_state": model_state}),
-            config=ocp.args.JsonSave(config)))
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                model=ocp.args.StandardSave({"params": params, "model_state": model_state}),
+                config=ocp.args.JsonSave(config),
+            ),
+        )
 
     # ------------------------------------------------------------------------------------------ restore
 
@@ -148,8 +168,10 @@ class Checkpointer:
             args["optimizer"] = ocp.args.StandardRestore(target[OPT_KEY])
             args["train"] = ocp.args.StandardRestore(rest)
         elif any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves({k: like[k] for k in rest})):
-            raise ValueError(f"{self.directory / str(step)} holds parameters only: pass a state of arrays, "
-                             "whose optimizer state starts fresh")
+            raise ValueError(
+                f"{self.directory / str(step)} holds parameters only: pass a state of arrays, "
+                "whose optimizer state starts fresh"
+            )
         if data_iter is not None and "data" in have:
             args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         out = self.manager.restore(step, args=ocp.args.Composite(**args))
@@ -194,15 +216,17 @@ class Checkpointer:
         tree = getattr(meta, "tree", meta)
         saved = _shapes(tree)
         wanted = _shapes(model_like)
-        problems = [f"{p}: checkpoint {saved[p]} vs model {wanted[p]}"
-                    for p in saved if p in wanted and saved[p] != wanted[p]]
+        problems = [
+            f"{p}: checkpoint {saved[p]} vs model {wanted[p]}" for p in saved if p in wanted and saved[p] != wanted[p]
+        ]
         problems += [f"{p}: in the checkpoint {saved[p]}, not in the model" for p in saved if p not in wanted]
         problems += [f"{p}: in the model {wanted[p]}, not in the checkpoint" for p in wanted if p not in saved]
         if problems:
             raise CheckpointMismatch(
                 f"{self.directory / str(step)} does not fit this model ({len(problems)} differing parameter(s)); "
                 "first: " + "; ".join(problems[:8]) + ". Restore it with the model config it was saved with "
-                "(its config/ item).")
+                "(its config/ item)."
+            )
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -213,7 +237,7 @@ class Checkpointer:
         self.manager.wait_until_finished()
         self.manager.close()
 
-    def __enter__(self) -> "Checkpointer":
+    def __enter__(self) -> Checkpointer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -231,8 +255,9 @@ def open_checkpoint(path: str | Path, step: int | None = None) -> tuple[Checkpoi
             raise ValueError(f"{path} is the checkpoint of step {path.name}, not of step {step}")
         path, step = path.parent, int(path.name)
     elif not path.is_dir() or not any(p.name.isdigit() for p in path.iterdir()):
-        raise FileNotFoundError(f"{path}: not a run directory (with checkpoints/), a checkpoints/ folder "
-                                "or a checkpoints/<step> folder")
+        raise FileNotFoundError(
+            f"{path}: not a run directory (with checkpoints/), a checkpoints/ folder or a checkpoints/<step> folder"
+        )
     ckpt = Checkpointer(path, read_only=True)
     return ckpt, ckpt.resolve_step(step)
 
@@ -260,8 +285,7 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 
 def abstract(tree: Any) -> Any:
     """ShapeDtypeStruct target (keeping each array's sharding) for a restore."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-                        tree)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
 
 
 def model_config(d: dict):
@@ -273,11 +297,12 @@ def model_config(d: dict):
 
 def abstract_model(model_cfg: dict, sharding=None) -> dict:
     """``{"params", "model_state"}`` of ShapeDtypeStructs for a config dict, built without allocating."""
-    from open_r1_jax.model import build_model
-    from open_r1_jax.model import split_model
+    from open_r1_jax.model import build_model, split_model
 
     cfg = model_config(model_cfg)
     params, model_state = jax.eval_shape(lambda: split_model(build_model(cfg, 0))[1:])
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                        {"params": params, "model_state": model_state})
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        {"params": params, "model_state": model_state},
+    )

@@ -4,6 +4,7 @@ Defaults live in code; a YAML file holds only what differs from them; ``key.sub=
 command line overrides both. Every mistake raises one ``ConfigError`` that names the key and what
 would be accepted. Each layer of the model receives only its own sub-config.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,7 +51,9 @@ class AttentionConfig:
     kind: Literal["full", "lsh"] = "full"  # attention of every layer not listed in lsh_layers
     lsh_layers: tuple[int, ...] = ()  # layer indices that use LSH attention (whatever kind says)
     rope_theta: float = 10000.0  # rotary base frequency
-    rope_scaling: Literal["none", "linear", "ntk"] = "none"  # long context: positions / factor, or base * factor^(K/(K-2))
+    rope_scaling: Literal["none", "linear", "ntk"] = (
+        "none"  # long context: positions / factor, or base * factor^(K/(K-2))
+    )
     rope_factor: float = 1.0  # context extension factor of rope_scaling (>= 1; 1 with "none")
     n_hashes: int = 2  # LSH: hash rounds, each with its own random rotation (outputs combined by logsumexp)
     n_buckets: int = 32  # LSH: buckets per round; even (argmax over [xR, -xR]), or 1 = no hashing
@@ -75,8 +78,8 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # compute dtype (params stay fp32)
     activation_checkpoint: bool = False  # rematerialise block activations in the backward pass (seed switch)
     remat_policy: Literal["nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable"] = (
-        "nothing_saveable"
-    )  # what a rematerialised block keeps
+        "nothing_saveable"  # what a rematerialised block keeps
+    )
     kernels: Literal["auto", "xla", "triton"] = "auto"  # kernel dispatch (Triton on CUDA when available)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     drn: DRNConfig = field(default_factory=DRNConfig)
@@ -121,7 +124,8 @@ class DataConfig:
     heldout_percent: float = 2.0  # % held out per source: files by name hash; too few files = last % of its text
     max_corpus_mb: float = 0.0  # read at most this many MB of the corpus (0 = all)
     packing_bins: int = 8  # first-fit packing bins in flight (more = denser packing)
-    shards: int = 0  # data streams (ds[i::shards]) split over processes; 0 = one per process. Fixed = same batches on any process count
+    # data streams (ds[i::shards]) split over processes; 0 = one per process. Fixed = same batches on any process count
+    shards: int = 0
     kind: Literal["corpus", "arrayrecord"] = "corpus"  # corpus: tokenise sources at start; arrayrecord: prepared shards
     prepared_dir: str = ""  # output directory of `python -m open_r1_jax.data.prepare` (kind arrayrecord)
     mixture_names: tuple[str, ...] = ()  # named sources of a mixture; empty = one source "default" from sources
@@ -398,8 +402,15 @@ def validate_model(m: ModelConfig) -> None:
         _positive(f"model.moe.{key}", getattr(moe, key))
     if moe.top_k > moe.n_experts:
         raise ConfigError(f"model.moe.top_k ({moe.top_k}) must be <= model.moe.n_experts ({moe.n_experts})")
-    for key in ("n_shared_experts", "block_size", "balance_coef", "seq_balance_coef", "z_loss_coef",
-                "bias_update_rate", "capacity_factor"):
+    for key in (
+        "n_shared_experts",
+        "block_size",
+        "balance_coef",
+        "seq_balance_coef",
+        "z_loss_coef",
+        "bias_update_rate",
+        "capacity_factor",
+    ):
         _positive(f"model.moe.{key}", getattr(moe, key), allow_zero=True)
     _positive("model.drn.n_experts", drn.n_experts)
     _positive("model.drn.expert_ffn_dim", drn.expert_ffn_dim)
@@ -431,8 +442,10 @@ def validate_mesh(mesh: MeshConfig) -> None:
         name, _, axes = rule.partition("=")
         bad = [a for a in axes.split("+") if a and a not in ("data", "fsdp", "expert")]
         if not name or "=" not in rule or bad:
-            raise ConfigError(f"mesh.rules: got {rule!r}; accepted: 'logical=axis' or 'logical=axis1+axis2' "
-                              "with axes among data, fsdp, expert (empty = replicated)")
+            raise ConfigError(
+                f"mesh.rules: got {rule!r}; accepted: 'logical=axis' or 'logical=axis1+axis2' "
+                "with axes among data, fsdp, expert (empty = replicated)"
+            )
 
 
 def validate_data(d: DataConfig) -> None:
@@ -486,34 +499,59 @@ def ignored_keys(cfg: Config) -> list[tuple[str, str]]:
 
     if t.stage == "dpo":
         flag(_changed(d, dd, "data."), "train.stage 'dpo' reads preference pairs (dpo.*), not data.*")
-        flag([k for k in _changed(m, ModelConfig(), "model.") if k.split(".")[1] not in MODEL_RUNTIME_KEYS],
-             "train.stage 'dpo' takes the architecture from dpo.init_from")
-        flag([k for k in ("train.seq_len", "train.eval_batches")
-              if getattr(t, k.split(".")[1]) != getattr(TrainConfig(), k.split(".")[1])],
-             "DPO rows are dpo.max_len tokens and its evaluation reads every held-out pair")
+        flag(
+            [k for k in _changed(m, ModelConfig(), "model.") if k.split(".")[1] not in MODEL_RUNTIME_KEYS],
+            "train.stage 'dpo' takes the architecture from dpo.init_from",
+        )
+        flag(
+            [
+                k
+                for k in ("train.seq_len", "train.eval_batches")
+                if getattr(t, k.split(".")[1]) != getattr(TrainConfig(), k.split(".")[1])
+            ],
+            "DPO rows are dpo.max_len tokens and its evaluation reads every held-out pair",
+        )
     else:
         flag(_changed(cfg.dpo, DPOConfig(), "dpo."), f"train.stage is '{t.stage}', not 'dpo'")
-        corpus_only = ("sources", "eval_sources", "text_key", "tokenizer", "bpe_vocab_size", "heldout_percent",
-                       "max_corpus_mb")
+        corpus_only = (
+            "sources",
+            "eval_sources",
+            "text_key",
+            "tokenizer",
+            "bpe_vocab_size",
+            "heldout_percent",
+            "max_corpus_mb",
+        )
         if d.kind == "corpus":
             keys = _changed(d, dd, "data.")
-            flag([k for k in keys if k.startswith(("data.clean.", "data.mixture_"))]
-                 + [k for k in keys if k in ("data.records_per_shard", "data.tokenizer_path")],
-                 "data.kind 'corpus' trains on data.sources; these keys are read by `python -m "
-                 "open_r1_jax.data.prepare` (data.kind 'arrayrecord' trains on its output)")
+            flag(
+                [k for k in keys if k.startswith(("data.clean.", "data.mixture_"))]
+                + [k for k in keys if k in ("data.records_per_shard", "data.tokenizer_path")],
+                "data.kind 'corpus' trains on data.sources; these keys are read by `python -m "
+                "open_r1_jax.data.prepare` (data.kind 'arrayrecord' trains on its output)",
+            )
         else:
-            flag([f"data.{k}" for k in corpus_only if getattr(d, k) != getattr(dd, k)],
-                 "data.kind 'arrayrecord' reads the prepared shards in data.prepared_dir")
+            flag(
+                [f"data.{k}" for k in corpus_only if getattr(d, k) != getattr(dd, k)],
+                "data.kind 'arrayrecord' reads the prepared shards in data.prepared_dir",
+            )
     if m.moe.capacity_factor and cfg.mesh.expert == 1:
         flag(["model.moe.capacity_factor"], "it limits the expert-parallel exchange; mesh.expert is 1")
     if m.dtype != "float16":
-        flag([k for k in ("train.loss_scale", "train.loss_scale_period")
-              if getattr(t, k.split(".")[1]) != getattr(TrainConfig(), k.split(".")[1])],
-             f"dynamic loss scaling is for model.dtype float16 (got {m.dtype})")
+        flag(
+            [
+                k
+                for k in ("train.loss_scale", "train.loss_scale_period")
+                if getattr(t, k.split(".")[1]) != getattr(TrainConfig(), k.split(".")[1])
+            ],
+            f"dynamic loss scaling is for model.dtype float16 (got {m.dtype})",
+        )
     if m.attention.kind != "lsh" and not m.attention.lsh_layers:
         lsh = ("n_hashes", "n_buckets", "chunk_size", "shared_qk", "lsh_seed")
-        flag([f"model.attention.{k}" for k in lsh if getattr(m.attention, k) != getattr(AttentionConfig(), k)],
-             "no layer uses LSH attention (model.attention.kind 'full' and no lsh_layers)")
+        flag(
+            [f"model.attention.{k}" for k in lsh if getattr(m.attention, k) != getattr(AttentionConfig(), k)],
+            "no layer uses LSH attention (model.attention.kind 'full' and no lsh_layers)",
+        )
     if m.drn_layers == m.n_layers:
         flag([k for k in _changed(m.moe, MoEConfig(), "model.moe.")], "every layer is a DRN layer (no MoE layer)")
     if m.drn_layers == 0:
@@ -526,23 +564,32 @@ def _validate_mixture(d: DataConfig) -> None:
     if len(d.mixture_weights) != n or (len(d.mixture_paths) not in (0, n)):
         raise ConfigError(
             f"data.mixture_names/mixture_paths/mixture_weights: need one entry per name (got {n} names, "
-            f"{len(d.mixture_paths)} paths, {len(d.mixture_weights)} weights)")
+            f"{len(d.mixture_paths)} paths, {len(d.mixture_weights)} weights)"
+        )
     if len(set(d.mixture_names)) != n or not all(x and "/" not in x for x in d.mixture_names):
-        raise ConfigError(f"data.mixture_names: got {list(d.mixture_names)}; accepted: unique non-empty names "
-                          "without '/'")
+        raise ConfigError(
+            f"data.mixture_names: got {list(d.mixture_names)}; accepted: unique non-empty names without '/'"
+        )
     if any(w < 0 for w in d.mixture_weights) or (n and not sum(d.mixture_weights) > 0):
-        raise ConfigError(f"data.mixture_weights: got {list(d.mixture_weights)}; accepted: numbers >= 0 "
-                          "that sum to a positive number")
+        raise ConfigError(
+            f"data.mixture_weights: got {list(d.mixture_weights)}; accepted: numbers >= 0 that sum to a positive number"
+        )
 
 
 def _validate_clean(c: CleanConfig) -> None:
-    for key in ("min_tokens", "max_tokens", "minhash_bands", "minhash_rows", "minhash_ngram", "check_bands",
-                "check_rows"):
+    for key in (
+        "min_tokens",
+        "max_tokens",
+        "minhash_bands",
+        "minhash_rows",
+        "minhash_ngram",
+        "check_bands",
+        "check_rows",
+    ):
         _positive(f"data.clean.{key}", getattr(c, key))
     _positive("data.clean.samples_per_reason", c.samples_per_reason, allow_zero=True)
     if c.min_tokens > c.max_tokens:
-        raise ConfigError(f"data.clean.min_tokens ({c.min_tokens}) must be <= data.clean.max_tokens "
-                          f"({c.max_tokens})")
+        raise ConfigError(f"data.clean.min_tokens ({c.min_tokens}) must be <= data.clean.max_tokens ({c.max_tokens})")
     for key in ("minhash_threshold", "check_threshold", "min_lang_score", "max_bad_fraction"):
         v = getattr(c, key)
         if not 0 <= v <= 1:
@@ -552,8 +599,10 @@ def _validate_clean(c: CleanConfig) -> None:
 def _validate_dpo(cfg: Config) -> None:
     d = cfg.dpo
     if cfg.train.stage == "dpo" and not d.init_from:
-        raise ConfigError("dpo.init_from: required with train.stage 'dpo' (a pretraining run directory, a "
-                          "checkpoint directory or an exported directory)")
+        raise ConfigError(
+            "dpo.init_from: required with train.stage 'dpo' (a pretraining run directory, a "
+            "checkpoint directory or an exported directory)"
+        )
     _positive("dpo.beta", d.beta)
     if not 0 <= d.label_smoothing < 0.5:
         raise ConfigError(f"dpo.label_smoothing: got {d.label_smoothing}; accepted: 0 <= x < 0.5")
@@ -569,16 +618,22 @@ def _validate_attention(a: AttentionConfig) -> None:
     if a.rope_factor < 1:
         raise ConfigError(f"model.attention.rope_factor: got {a.rope_factor}; accepted: >= 1")
     if a.rope_scaling == "none" and a.rope_factor != 1:
-        raise ConfigError(f"model.attention.rope_factor ({a.rope_factor}) has no effect with rope_scaling 'none'; "
-                          "accepted: rope_scaling 'linear' or 'ntk', or rope_factor 1")
+        raise ConfigError(
+            f"model.attention.rope_factor ({a.rope_factor}) has no effect with rope_scaling 'none'; "
+            "accepted: rope_scaling 'linear' or 'ntk', or rope_factor 1"
+        )
     _positive("model.attention.n_hashes", a.n_hashes)
     _positive("model.attention.chunk_size", a.chunk_size)
     if a.n_buckets != 1 and (a.n_buckets < 2 or a.n_buckets % 2):
-        raise ConfigError(f"model.attention.n_buckets: got {a.n_buckets}; accepted: an even number >= 2 "
-                          "(argmax over [xR, -xR]), or 1 (no hashing: sorted by position only)")
+        raise ConfigError(
+            f"model.attention.n_buckets: got {a.n_buckets}; accepted: an even number >= 2 "
+            "(argmax over [xR, -xR]), or 1 (no hashing: sorted by position only)"
+        )
 
 
 def _validate_lsh_length(a: AttentionConfig, t: TrainConfig) -> None:
     if (a.kind == "lsh" or a.lsh_layers) and t.seq_len > a.chunk_size and t.seq_len % a.chunk_size:
-        raise ConfigError(f"train.seq_len ({t.seq_len}) must be a multiple of model.attention.chunk_size "
-                          f"({a.chunk_size}) with LSH attention (or <= it); other lengths are padded at a cost")
+        raise ConfigError(
+            f"train.seq_len ({t.seq_len}) must be a multiple of model.attention.chunk_size "
+            f"({a.chunk_size}) with LSH attention (or <= it); other lengths are padded at a cost"
+        )

@@ -17,6 +17,7 @@ of a ``torch_ref`` state_dict next to a config.json) and writes a run directory 
 checkpoint ``checkpoints/0/{model,config}``: ``load_pretrained``, ``export --run`` and fine-tuning
 (``python -m open_r1_jax.train run.dir=OUT ...``, fresh optimizer) start from it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,18 +38,30 @@ from open_r1_jax import name_map
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(text: str | int) -> int:
-    """"5GB" -> 5 * 10**9, "500MiB" -> 500 * 2**20, "1000" -> 1000 bytes (units as in Hugging Face)."""
+    """ "5GB" -> 5 * 10**9, "500MiB" -> 500 * 2**20, "1000" -> 1000 bytes (units as in Hugging Face)."""
     if isinstance(text, int):
         return text
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", str(text).upper())
     if not m or m.group(2) not in _UNITS:
-        raise ValueError(f"--max-shard-size: got {text!r}; accepted: a number of bytes with an optional unit "
-                         "(KB, MB, GB, KiB, MiB, GiB), e.g. 5GB")
+        raise ValueError(
+            f"--max-shard-size: got {text!r}; accepted: a number of bytes with an optional unit "
+            "(KB, MB, GB, KiB, MiB, GiB), e.g. 5GB"
+        )
     size = int(float(m.group(1)) * _UNITS[m.group(2)])
     if size <= 0:
         raise ValueError(f"--max-shard-size: got {text!r}; accepted: more than 0 bytes")
@@ -62,8 +75,12 @@ def torch_tensors(weights: dict, dtype: str = "float32") -> dict[str, np.ndarray
     """``{"params", "model_state"}`` -> {torch_ref state_dict key: host array in torch layout, ``dtype``}."""
     flat = {**name_map.flatten(weights["params"]), **name_map.flatten(weights["model_state"])}
     cast = DTYPES[dtype]
-    return {k: v.astype(cast) for k, v in name_map.to_torch_state(name_map.unflatten(
-        {p: np.asarray(jax.device_get(x)) for p, x in flat.items()})).items()}
+    return {
+        k: v.astype(cast)
+        for k, v in name_map.to_torch_state(
+            name_map.unflatten({p: np.asarray(jax.device_get(x)) for p, x in flat.items()})
+        ).items()
+    }
 
 
 def from_torch_tensors(tensors: dict[str, np.ndarray], like: dict) -> dict:
@@ -163,8 +180,10 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"--out {out}: exists and is not empty; pass --overwrite to replace its "
-                                  "config.json, model*.safetensors, index and checkpoints/")
+            raise FileExistsError(
+                f"--out {out}: exists and is not empty; pass --overwrite to replace its "
+                "config.json, model*.safetensors, index and checkpoints/"
+            )
         for p in [out / "config.json", out / INDEX, *out.glob("model*.safetensors")]:
             p.unlink(missing_ok=True)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -174,8 +193,14 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 # ----------------------------------------------------------------------------- the two directions
 
 
-def export(source: str | Path, out: str | Path, step: int | None = None, dtype: str = "float32",
-           max_shard_size: str | int = "5GB", overwrite: bool = False) -> dict:
+def export(
+    source: str | Path,
+    out: str | Path,
+    step: int | None = None,
+    dtype: str = "float32",
+    max_shard_size: str | int = "5GB",
+    overwrite: bool = False,
+) -> dict:
     """Checkpoint (run dir, checkpoints/ or checkpoints/<step>) -> config.json + safetensors in ``out``."""
     from open_r1_jax.checkpoint import read_weights
 
@@ -188,9 +213,15 @@ def export(source: str | Path, out: str | Path, step: int | None = None, dtype: 
     _prepare_out(out, overwrite)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     files = write_safetensors(tensors, out, limit)
-    return {"step": step, "source": str(where), "out": str(out), "dtype": dtype,
-            "files": ["config.json", *files], "tensors": len(tensors),
-            "bytes": int(sum(a.nbytes for a in tensors.values()))}
+    return {
+        "step": step,
+        "source": str(where),
+        "out": str(out),
+        "dtype": dtype,
+        "files": ["config.json", *files],
+        "tensors": len(tensors),
+        "bytes": int(sum(a.nbytes for a in tensors.values())),
+    }
 
 
 def import_torch(source: str | Path, out: str | Path, overwrite: bool = False) -> dict:
@@ -207,13 +238,20 @@ def import_torch(source: str | Path, out: str | Path, overwrite: bool = False) -
     weights = jax.tree.map(lambda a, s: jax.device_put(a, s.sharding), weights, like)
     with Checkpointer(out / "checkpoints") as ckpt:
         ckpt.save_params(0, weights["params"], weights["model_state"], config)
-    return {"source": str(source), "out": str(out), "checkpoint": str(out / "checkpoints" / "0"),
-            "tensors": len(jax.tree.leaves(weights))}
+    return {
+        "source": str(source),
+        "out": str(out),
+        "checkpoint": str(out / "checkpoints" / "0"),
+        "tensors": len(jax.tree.leaves(weights)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m open_r1_jax.export", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m open_r1_jax.export",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run directory (its latest checkpoint, or --step)")
     src.add_argument("--checkpoint", help="one checkpoint folder, e.g. runs/x/checkpoints/200")
@@ -230,8 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.from_torch:
             summary = import_torch(args.from_torch, args.out, args.overwrite)
         else:
-            summary = export(args.run or args.checkpoint, args.out, args.step, args.dtype, args.max_shard_size,
-                             args.overwrite)
+            summary = export(
+                args.run or args.checkpoint, args.out, args.step, args.dtype, args.max_shard_size, args.overwrite
+            )
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

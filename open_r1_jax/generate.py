@@ -20,15 +20,16 @@ query, so cached decoding equals recomputing the whole sequence (tests/test_gene
 attends in each round to the cached keys of the query's bucket (see ``model/lsh_attention.py``).
 Positions beyond ``model.max_seq_len`` use the configured rotary scaling (``--rope-scaling``).
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -86,7 +87,7 @@ class Generator:
         self._steps = jax.jit(self._steps_fn, static_argnames=("n_steps", "sampling"), donate_argnums=(2,))
 
     @classmethod
-    def from_pretrained(cls, pretrained, **attention) -> "Generator":
+    def from_pretrained(cls, pretrained, **attention) -> Generator:
         """From ``open_r1_jax.load_pretrained(...)``; ``attention`` overrides keys of
         ``model.attention`` that need no new weights (e.g. rope_scaling="ntk", rope_factor=4)."""
         cfg = pretrained.config
@@ -113,8 +114,9 @@ class Generator:
         first = sample(logits[:, -1], jax.random.fold_in(key, p), sampling)
         return first, positions[:, -1] + 1, cache
 
-    def _steps_fn(self, params, model_state, cache, token, position, index, done, key, stop_ids,
-                  n_steps: int, sampling: Sampling):
+    def _steps_fn(
+        self, params, model_state, cache, token, position, index, done, key, stop_ids, n_steps: int, sampling: Sampling
+    ):
         """Feed ``token`` [B] (at ``position`` [B], cache slot ``index``) and decode ``n_steps`` tokens.
         Rows already done keep emitting their stop token. -> (carry, tokens [B,n_steps])."""
         model = self._model(params, model_state)
@@ -131,10 +133,17 @@ class Generator:
         carry, tokens = jax.lax.scan(one, (cache, token, position, index, done), None, length=n_steps)
         return carry, tokens.T
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
-                 stop_ids: Sequence[int] = (), on_tokens: Callable[[list[list[int]]], None] | None = None,
-                 should_stop: Callable[[int, list[int]], bool] | None = None, steps_per_call: int = 16,
-                 cache_len: int | None = None) -> Generation:
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampling: Sampling = Sampling(),
+        stop_ids: Sequence[int] = (),
+        on_tokens: Callable[[list[list[int]]], None] | None = None,
+        should_stop: Callable[[int, list[int]], bool] | None = None,
+        steps_per_call: int = 16,
+        cache_len: int | None = None,
+    ) -> Generation:
         """Continue every prompt (token ids, at least one each) by up to ``max_new_tokens`` tokens.
 
         A row ends at a token in ``stop_ids`` (left out of the output) or when ``should_stop(row,
@@ -150,8 +159,8 @@ class Generator:
         tokens = np.zeros((b, p), np.int32)
         valid = np.zeros((b, p), bool)
         for i, x in enumerate(prompts):
-            tokens[i, p - len(x):] = np.asarray(x, np.int32)
-            valid[i, p - len(x):] = True
+            tokens[i, p - len(x) :] = np.asarray(x, np.int32)
+            valid[i, p - len(x) :] = True
         if tokens.max() >= self.config.vocab_size or tokens.min() < 0:
             raise ValueError(f"prompts: token ids must be in [0, {self.config.vocab_size}) (model.vocab_size)")
         n_calls = -(-(max_new_tokens - 1) // steps_per_call)
@@ -163,8 +172,15 @@ class Generator:
         stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
 
         t0 = time.perf_counter()
-        first, position, cache = self._prefill(self.params, self.model_state, jnp.asarray(tokens),
-                                               jnp.asarray(valid), key, cache_len=cache_len, sampling=sampling)
+        first, position, cache = self._prefill(
+            self.params,
+            self.model_state,
+            jnp.asarray(tokens),
+            jnp.asarray(valid),
+            key,
+            cache_len=cache_len,
+            sampling=sampling,
+        )
         first_np = np.asarray(first)
         result = Generation([[] for _ in range(b)], ["length"] * b, prefill_s=time.perf_counter() - t0)
         finished = [False] * b
@@ -196,8 +212,9 @@ class Generator:
         n = 1
         while not all(finished):
             t0 = time.perf_counter()
-            carry, new = self._steps(self.params, self.model_state, *carry, key, stops,
-                                     n_steps=steps_per_call, sampling=sampling)
+            carry, new = self._steps(
+                self.params, self.model_state, *carry, key, stops, n_steps=steps_per_call, sampling=sampling
+            )
             new = np.asarray(new)
             n += steps_per_call
             result.calls.append((n, time.perf_counter() - t0))
@@ -234,7 +251,7 @@ class _Streamer:
         """-> (text cut at the first stop string, whether a stop string occurred)."""
         text = self.tokenizer.decode(ids)
         cuts = [text.find(s) for s in self.stops if s and s in text]
-        return (text[:min(cuts)], True) if cuts else (text, False)
+        return (text[: min(cuts)], True) if cuts else (text, False)
 
     def update(self, ids: list[int], final: bool = False) -> None:
         text, stopped = self.text(ids)
@@ -242,7 +259,7 @@ class _Streamer:
         if not (final or stopped):
             end = len(text.rstrip("\ufffd")) - self.hold
         if end > self.printed:
-            self.out.write(text[self.printed:end])
+            self.out.write(text[self.printed : end])
             self.out.flush()
             self.printed = end
 
@@ -279,8 +296,11 @@ def _attention_overrides(args) -> dict:
 def _note_long_context(cfg: ModelConfig, longest: int) -> None:
     scaled = cfg.attention.rope_scaling != "none"
     if longest > cfg.max_seq_len * (cfg.attention.rope_factor if scaled else 1):
-        print(f"note: up to {longest} positions, beyond the trained length model.max_seq_len ({cfg.max_seq_len})"
-              f"{' x rope_factor' if scaled else ''}; see --rope-scaling (docs/long_context.md)", file=sys.stderr)
+        print(
+            f"note: up to {longest} positions, beyond the trained length model.max_seq_len ({cfg.max_seq_len})"
+            f"{' x rope_factor' if scaled else ''}; see --rope-scaling (docs/long_context.md)",
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,8 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if tokenizer.vocab_size > gen.config.vocab_size:
-        print(f"error: the tokenizer has {tokenizer.vocab_size} tokens, model.vocab_size is {gen.config.vocab_size}",
-              file=sys.stderr)
+        print(
+            f"error: the tokenizer has {tokenizer.vocab_size} tokens, model.vocab_size is {gen.config.vocab_size}",
+            file=sys.stderr,
+        )
         return 1
     ids = [tokenizer.encode(p) for p in prompts]
     if any(len(x) == 0 for x in ids):
@@ -337,8 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         for i, (prompt, toks) in enumerate(zip(prompts, out.tokens)):
             print(f"=== [{i}] ({out.finish[i]}, {len(toks)} tokens)\n{prompt}{streamers[i].text(toks.tolist())[0]}")
     n = sum(len(t) for t in out.tokens)
-    print(f"[{n} tokens in {seconds:.2f}s ({n / seconds:.1f} tokens/s; prefill {out.prefill_s:.2f}s "
-          "with compilation)]", file=sys.stderr)
+    print(
+        f"[{n} tokens in {seconds:.2f}s ({n / seconds:.1f} tokens/s; prefill {out.prefill_s:.2f}s with compilation)]",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -16,14 +16,22 @@ Stacked expert weights ([E,D,F] and [E,F,D]) and embeddings keep their layout.
     final_norm/scale                      final_norm.weight                      no
     lm_head                               lm_head.weight                         yes
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
-_LINEAR = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj",
-           "w_gate": "gate_proj", "w_up": "up_proj", "w_down": "down_proj"}
+_LINEAR = {
+    "wq": "q_proj",
+    "wk": "k_proj",
+    "wv": "v_proj",
+    "wo": "o_proj",
+    "w_gate": "gate_proj",
+    "w_up": "up_proj",
+    "w_down": "down_proj",
+}
 
 
 def torch_key(path: tuple[str, ...]) -> tuple[str, bool]:

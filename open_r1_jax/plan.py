@@ -15,6 +15,7 @@ Model (documented estimates; ``tests/test_plan.py`` checks the counts against th
   logits and their gradient in fp32;
 - 10% of each device is kept free for XLA workspace and fragmentation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,19 +35,29 @@ def param_shapes(m: ModelConfig) -> list[tuple[str, tuple[int, ...], tuple]]:
     out = [("embed", (m.vocab_size, d), ("vocab", "embed"))]
     for i in range(m.n_layers):
         p = f"blocks.{i}."
-        out += [(p + "attn_norm", (d,), ("embed",)), (p + "ffn_norm", (d,), ("embed",)),
-                (p + "wq", (d, hk), ("embed", "heads")), (p + "wk", (d, gk), ("embed", "kv_heads")),
-                (p + "wv", (d, gk), ("embed", "kv_heads")), (p + "wo", (hk, d), ("heads", "embed"))]
+        out += [
+            (p + "attn_norm", (d,), ("embed",)),
+            (p + "ffn_norm", (d,), ("embed",)),
+            (p + "wq", (d, hk), ("embed", "heads")),
+            (p + "wk", (d, gk), ("embed", "kv_heads")),
+            (p + "wv", (d, gk), ("embed", "kv_heads")),
+            (p + "wo", (hk, d), ("heads", "embed")),
+        ]
         ffn = m.drn if i < m.drn_layers else m.moe
         e, f = ffn.n_experts, ffn.expert_ffn_dim
-        out += [(p + "router", (d, e), ("embed", None)),
-                (p + "experts.w_gate", (e, d, f), ("experts", "embed", "mlp")),
-                (p + "experts.w_up", (e, d, f), ("experts", "embed", "mlp")),
-                (p + "experts.w_down", (e, f, d), ("experts", "mlp", "embed"))]
+        out += [
+            (p + "router", (d, e), ("embed", None)),
+            (p + "experts.w_gate", (e, d, f), ("experts", "embed", "mlp")),
+            (p + "experts.w_up", (e, d, f), ("experts", "embed", "mlp")),
+            (p + "experts.w_down", (e, f, d), ("experts", "mlp", "embed")),
+        ]
         if i >= m.drn_layers and m.moe.n_shared_experts:
             fs = m.moe.n_shared_experts * f
-            out += [(p + "shared.w_gate", (d, fs), ("embed", "mlp")), (p + "shared.w_up", (d, fs), ("embed", "mlp")),
-                    (p + "shared.w_down", (fs, d), ("mlp", "embed"))]
+            out += [
+                (p + "shared.w_gate", (d, fs), ("embed", "mlp")),
+                (p + "shared.w_up", (d, fs), ("embed", "mlp")),
+                (p + "shared.w_down", (fs, d), ("mlp", "embed")),
+            ]
     out.append(("final_norm", (d,), ("embed",)))
     if not m.tie_embeddings:
         out.append(("lm_head", (d, m.vocab_size), ("embed", "vocab")))
@@ -87,8 +98,13 @@ class Plan:
     activations_remat: float
 
     def total(self, remat: bool) -> float:
-        return (self.params + self.grads + self.optimizer + self.gathered_block
-                + (self.activations_remat if remat else self.activations))
+        return (
+            self.params
+            + self.grads
+            + self.optimizer
+            + self.gathered_block
+            + (self.activations_remat if remat else self.activations)
+        )
 
 
 def activation_bytes(cfg: Config, n_batch_devices: int) -> tuple[float, float]:
@@ -99,8 +115,16 @@ def activation_bytes(cfg: Config, n_batch_devices: int) -> tuple[float, float]:
     d, hk, gk = m.d_model, m.n_heads * m.head_dim, m.n_kv_heads * m.head_dim
     attn = b * (3 * d + 2 * hk + 2 * gk) + 4 * m.n_heads * t.seq_len  # + fp32 probabilities over T keys
     moe = m.moe
-    moe_ffn = b * (2 * d + 3 * moe.top_k * moe.expert_ffn_dim + 3 * moe.n_shared_experts * moe.expert_ffn_dim
-                   + 2 * moe.top_k * d) + 4 * 2 * moe.n_experts
+    moe_ffn = (
+        b
+        * (
+            2 * d
+            + 3 * moe.top_k * moe.expert_ffn_dim
+            + 3 * moe.n_shared_experts * moe.expert_ffn_dim
+            + 2 * moe.top_k * d
+        )
+        + 4 * 2 * moe.n_experts
+    )
     drn_ffn = b * (2 * d + 3 * m.drn.n_experts * m.drn.expert_ffn_dim) + 4 * m.drn.n_experts
     per_layer = [attn + (drn_ffn if i < m.drn_layers else moe_ffn) for i in range(m.n_layers)]
     logits = 2 * 4 * m.vocab_size
@@ -118,23 +142,40 @@ def plan(cfg: Config) -> Plan:
     shapes = param_shapes(cfg.model)
     local = sum(math.prod(s) / shard_factor(ax, s, mesh, rules) for _, s, ax in shapes)
     b = DTYPE_BYTES[cfg.model.dtype]
-    block = max(sum(math.prod(s) for n, s, _ in shapes if n.startswith(f"blocks.{i}."))
-                for i in range(cfg.model.n_layers))
+    block = max(
+        sum(math.prod(s) for n, s, _ in shapes if n.startswith(f"blocks.{i}.")) for i in range(cfg.model.n_layers)
+    )
     full, remat = activation_bytes(cfg, math.prod(mesh.values()))
-    return Plan(count_params(cfg.model), count_active(cfg.model), 4 * local, 4 * local, 8 * local,
-                b * block if cfg.mesh.fsdp > 1 else 0.0, full, remat)
+    return Plan(
+        count_params(cfg.model),
+        count_active(cfg.model),
+        4 * local,
+        4 * local,
+        8 * local,
+        b * block if cfg.mesh.fsdp > 1 else 0.0,
+        full,
+        remat,
+    )
 
 
 def report(cfg: Config, name: str = "") -> str:
     p = plan(cfg)
     gb = lambda x: f"{x / 1e9:8.2f}"
     n_dev = cfg.mesh.data * cfg.mesh.fsdp * cfg.mesh.expert
-    lines = [f"{name or 'config'}: {p.total_params / 1e9:.3f}B parameters, {p.active_params / 1e9:.3f}B active per "
-             f"token; mesh data={cfg.mesh.data} fsdp={cfg.mesh.fsdp} expert={cfg.mesh.expert} ({n_dev} devices), "
-             f"{cfg.model.dtype}, micro-batch {cfg.train.micro_batch or cfg.train.global_batch} x {cfg.train.seq_len}",
-             "", "| per device (GB) | without checkpointing | with checkpointing |", "|---|---|---|"]
-    for label, v in [("parameters (fp32)", p.params), ("gradients (fp32)", p.grads),
-                     ("optimizer state (2 x fp32)", p.optimizer), ("gathered block (FSDP)", p.gathered_block)]:
+    lines = [
+        f"{name or 'config'}: {p.total_params / 1e9:.3f}B parameters, {p.active_params / 1e9:.3f}B active per "
+        f"token; mesh data={cfg.mesh.data} fsdp={cfg.mesh.fsdp} expert={cfg.mesh.expert} ({n_dev} devices), "
+        f"{cfg.model.dtype}, micro-batch {cfg.train.micro_batch or cfg.train.global_batch} x {cfg.train.seq_len}",
+        "",
+        "| per device (GB) | without checkpointing | with checkpointing |",
+        "|---|---|---|",
+    ]
+    for label, v in [
+        ("parameters (fp32)", p.params),
+        ("gradients (fp32)", p.grads),
+        ("optimizer state (2 x fp32)", p.optimizer),
+        ("gathered block (FSDP)", p.gathered_block),
+    ]:
         lines.append(f"| {label} | {gb(v)} | {gb(v)} |")
     lines.append(f"| activations (one micro-batch) | {gb(p.activations)} | {gb(p.activations_remat)} |")
     lines.append(f"| **total** | {gb(p.total(False))} | {gb(p.total(True))} |")

@@ -8,6 +8,7 @@ PyTorch from a ``torch_ref`` state_dict). Only the model item of a checkpoint is
     logits = model(tokens)            # tokens [B,T] int -> logits [B,T,V] fp32
     module = model.module()           # the nnx Transformer, e.g. for aux outputs
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,7 @@ class PretrainedModel:
     """Weights (``params``, ``model_state``: router biases) and the model config they belong to."""
 
     def __init__(self, config: ModelConfig, params: dict, model_state: dict, source: str, step: int | None = None):
-        from open_r1_jax.model import build_model
-        from open_r1_jax.model import merge_model
+        from open_r1_jax.model import build_model, merge_model
 
         self.config, self.params, self.model_state, self.source, self.step = config, params, model_state, source, step
         self.graphdef = nnx.split(nnx.eval_shape(lambda: build_model(config, 0)), nnx.Param, ...)[0]

@@ -1,4 +1,5 @@
 """``python -m open_r1_jax.train --config FILE [key.sub=value ...]``: the main job (a thin CLI)."""
+
 from __future__ import annotations
 
 import argparse

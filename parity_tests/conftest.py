@@ -1,4 +1,5 @@
 """Parity tests run on the CPU in fp32 from the repository root, without installing the package."""
+
 import os
 import sys
 from pathlib import Path

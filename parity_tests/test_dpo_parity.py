@@ -1,4 +1,5 @@
 """DPO loss and its gradients: JAX vs torch_ref, every loss type, within 1e-5 relative (fp32)."""
+
 from __future__ import annotations
 
 import jax
@@ -8,25 +9,39 @@ import pytest
 import torch
 from flax import nnx
 
+import torch_ref
 from open_r1_jax.config import load_config, to_dict
 from open_r1_jax.data.preference import Pair, PairReport, encode_pairs
 from open_r1_jax.data.tokenizer import ByteTokenizer
-from open_r1_jax.model import build_model
+from open_r1_jax.model import build_model, split_model
 from open_r1_jax.name_map import to_torch_state
 from open_r1_jax.training.stages.dpo import dpo_loss, sequence_logps
-from open_r1_jax.model import split_model
-
-import torch_ref
 from torch_ref import dpo as torch_dpo
 
-CFG = ["model.vocab_size=264", "model.d_model=32", "model.n_layers=2", "model.drn_layers=1", "model.n_heads=4",
-       "model.n_kv_heads=2", "model.head_dim=8", "model.max_seq_len=64", "model.drn.n_experts=2",
-       "model.drn.expert_ffn_dim=16", "model.moe.n_experts=4", "model.moe.expert_ffn_dim=16",
-       "model.moe.router=sigmoid", "model.init_std=0.1", "dpo.max_prompt_len=12", "dpo.max_len=40",
-       "train.seq_len=40"]
-PAIRS = [Pair("def f(x):\n", "    return x + 1\n", "    retur x +\n"),
-         Pair("import os\n", "print(os.sep)\n", "os.sep(print)\n"),
-         Pair("a very long prompt that will be truncated from the left side\n", "ok\n", "no\n")]
+CFG = [
+    "model.vocab_size=264",
+    "model.d_model=32",
+    "model.n_layers=2",
+    "model.drn_layers=1",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.head_dim=8",
+    "model.max_seq_len=64",
+    "model.drn.n_experts=2",
+    "model.drn.expert_ffn_dim=16",
+    "model.moe.n_experts=4",
+    "model.moe.expert_ffn_dim=16",
+    "model.moe.router=sigmoid",
+    "model.init_std=0.1",
+    "dpo.max_prompt_len=12",
+    "dpo.max_len=40",
+    "train.seq_len=40",
+]
+PAIRS = [
+    Pair("def f(x):\n", "    return x + 1\n", "    retur x +\n"),
+    Pair("import os\n", "print(os.sep)\n", "os.sep(print)\n"),
+    Pair("a very long prompt that will be truncated from the left side\n", "ok\n", "no\n"),
+]
 
 
 def rel(a, b):
@@ -54,8 +69,9 @@ def test_dpo_loss_and_grads_match(loss, eps):
     (jl, jm), jg = jax.value_and_grad(jloss, has_aux=True)(params)
 
     tm = torch_ref.Transformer(torch_ref.TorchModelConfig.from_dict(to_dict(cfg.model)))
-    tm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
-                        to_torch_state(nnx.to_pure_dict(nnx.state(model))).items()})
+    tm.load_state_dict(
+        {k: torch.from_numpy(np.array(v)) for k, v in to_torch_state(nnx.to_pure_dict(nnx.state(model))).items()}
+    )
     tb = {k: torch.from_numpy(v) for k, v in arrays.items()}
     pc, pr, n_c, n_r, _ = torch_dpo.sequence_logps(tm, tb)
     losses, tmet = torch_dpo.dpo_loss(pc, pr, torch.tensor(ref), torch.tensor(ref[::-1]), 0.5, loss, eps, n_c, n_r)
@@ -67,7 +83,9 @@ def test_dpo_loss_and_grads_match(loss, eps):
     tgrads = {k: p.grad.numpy() for k, p in tm.named_parameters() if p.grad is not None}
     jgrads = to_torch_state(jax.device_get(jg))
     gerr = max(rel(jgrads[k], tgrads[k]) for k in tgrads if np.any(tgrads[k]))
-    print(f"\n[{loss} eps={eps}] loss {tl.item():.5f}; max metric rel err {max(errs.values()):.1e}; "
-          f"max grad rel err {gerr:.1e}")
+    print(
+        f"\n[{loss} eps={eps}] loss {tl.item():.5f}; max metric rel err {max(errs.values()):.1e}; "
+        f"max grad rel err {gerr:.1e}"
+    )
     assert max(errs.values()) < 1e-5, errs
     assert gerr < 1e-5

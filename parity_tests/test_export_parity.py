@@ -5,6 +5,7 @@ PyTorch's own ``safetensors.torch.save_file`` of the torch_ref state_dict, ``exp
 ``open_r1_jax.load_pretrained``. fp32 and bf16 must come back bit-identical (bf16: the fp32 master weights
 rounded once, at export). ``pytest -s`` prints the logit error observed.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -16,21 +17,34 @@ import pytest
 import torch
 
 import open_r1_jax
+import torch_ref
 from open_r1_jax import export as export_lib
 from open_r1_jax.checkpoint import Checkpointer
 from open_r1_jax.config import load_config, to_dict
-from open_r1_jax.model import build_model
-from open_r1_jax.model import split_model
-
-import torch_ref
+from open_r1_jax.model import build_model, split_model
 
 LOGIT_TOL = 1e-5
 CONFIG = [
-    "model.vocab_size=64", "model.d_model=32", "model.n_layers=3", "model.drn_layers=1", "model.n_heads=4",
-    "model.n_kv_heads=2", "model.head_dim=8", "model.dtype=float32", "model.kernels=xla", "model.init_std=0.1",
-    "model.drn.n_experts=4", "model.drn.expert_ffn_dim=16", "model.moe.n_experts=8", "model.moe.expert_ffn_dim=16",
-    "model.moe.dispatch=dense", "model.moe.router=sigmoid", "model.moe.n_shared_experts=1",
-    "model.moe.route_scale=2.5", "train.seq_len=16", "train.warmup_steps=0",
+    "model.vocab_size=64",
+    "model.d_model=32",
+    "model.n_layers=3",
+    "model.drn_layers=1",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.head_dim=8",
+    "model.dtype=float32",
+    "model.kernels=xla",
+    "model.init_std=0.1",
+    "model.drn.n_experts=4",
+    "model.drn.expert_ffn_dim=16",
+    "model.moe.n_experts=8",
+    "model.moe.expert_ffn_dim=16",
+    "model.moe.dispatch=dense",
+    "model.moe.router=sigmoid",
+    "model.moe.n_shared_experts=1",
+    "model.moe.route_scale=2.5",
+    "train.seq_len=16",
+    "train.warmup_steps=0",
 ]
 TORCH = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -5,6 +5,7 @@ The JAX model draws layer i's rotations from ``fold_in(rng, i)``; torch_ref take
 (max |a - ref| / max |ref|, ref = torch_ref); ``pytest -s`` prints them. Tolerance 1e-5 for the
 forward and the gradients.
 """
+
 from __future__ import annotations
 
 import jax
@@ -13,19 +14,18 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from test_model_parity import BASE, PACKED_SEGMENTS, make_inputs, rel_err, torch_model_from_jax
 
+import torch_ref
 from open_r1_jax.config import load_config, to_dict
 from open_r1_jax.model import build_model
 from open_r1_jax.model.layers import rotary
 from open_r1_jax.model.lsh_attention import lsh_attention, lsh_rotations
 from open_r1_jax.name_map import to_torch_state
 from open_r1_jax.training import losses as jax_losses
-
-import torch_ref
 from torch_ref import losses as torch_losses
 from torch_ref.model import lsh_attention as torch_lsh_attention
 from torch_ref.model import rotary as torch_rotary
-from test_model_parity import BASE, PACKED_SEGMENTS, make_inputs, rel_err, torch_model_from_jax
 
 TOL = 1e-5
 B, T, H, G, K = 2, 12, 4, 2, 8
@@ -37,15 +37,29 @@ ATTENTION_CASES = {  # n_hashes, n_buckets, chunk_size, shared_qk
 }
 
 MODEL_CASES = {
-    "lsh_every_layer_shared_qk": ["model.attention.kind=lsh", "model.attention.shared_qk=true",
-                                  "model.attention.n_hashes=2", "model.attention.n_buckets=4",
-                                  "model.attention.chunk_size=4"],
-    "mixed_layers_ntk_rope": ["model.attention.lsh_layers=[0,2]", "model.attention.n_hashes=3",
-                              "model.attention.n_buckets=6", "model.attention.chunk_size=3",
-                              "model.attention.rope_scaling=ntk", "model.attention.rope_factor=4"],
-    "lsh_linear_rope_sigmoid_moe": ["model.attention.lsh_layers=[1]", "model.attention.n_buckets=2",
-                                    "model.attention.chunk_size=6", "model.attention.rope_scaling=linear",
-                                    "model.attention.rope_factor=2", "model.moe.router=sigmoid"],
+    "lsh_every_layer_shared_qk": [
+        "model.attention.kind=lsh",
+        "model.attention.shared_qk=true",
+        "model.attention.n_hashes=2",
+        "model.attention.n_buckets=4",
+        "model.attention.chunk_size=4",
+    ],
+    "mixed_layers_ntk_rope": [
+        "model.attention.lsh_layers=[0,2]",
+        "model.attention.n_hashes=3",
+        "model.attention.n_buckets=6",
+        "model.attention.chunk_size=3",
+        "model.attention.rope_scaling=ntk",
+        "model.attention.rope_factor=4",
+    ],
+    "lsh_linear_rope_sigmoid_moe": [
+        "model.attention.lsh_layers=[1]",
+        "model.attention.n_buckets=2",
+        "model.attention.chunk_size=6",
+        "model.attention.rope_scaling=linear",
+        "model.attention.rope_factor=2",
+        "model.moe.router=sigmoid",
+    ],
 }
 
 
@@ -57,8 +71,11 @@ def _t(a):
 def test_lsh_attention_matches_torch(case):
     n_hashes, n_buckets, chunk, shared = ATTENTION_CASES[case]
     kq, kk, kv, kr, kc = jax.random.split(jax.random.key(0), 5)
-    q, k, v = (jax.random.normal(kq, (B, T, H, K)), jax.random.normal(kk, (B, T, G, K)),
-               jax.random.normal(kv, (B, T, G, K)))
+    q, k, v = (
+        jax.random.normal(kq, (B, T, H, K)),
+        jax.random.normal(kk, (B, T, G, K)),
+        jax.random.normal(kv, (B, T, G, K)),
+    )
     cot = jax.random.normal(kc, (B, T, H, K))  # a random cotangent: grads of sum(out * cot)
     rot = lsh_rotations(kr, K, n_hashes, n_buckets)
     seg = jnp.asarray(PACKED_SEGMENTS)
@@ -71,8 +88,11 @@ def test_lsh_attention_matches_torch(case):
     tq, tk, tv = (_t(x).requires_grad_() for x in (q, k, v))
     t_out = torch_lsh_attention(tq, None if shared else tk, tv, _t(seg).long(), _t(rot), n_buckets, chunk, shared)
     (t_out * _t(cot)).sum().backward()
-    errs = {"out": rel_err(j_out, t_out.detach().numpy()), "dq": rel_err(j_grads[0], tq.grad.numpy()),
-            "dv": rel_err(j_grads[2], tv.grad.numpy())}
+    errs = {
+        "out": rel_err(j_out, t_out.detach().numpy()),
+        "dq": rel_err(j_grads[0], tq.grad.numpy()),
+        "dv": rel_err(j_grads[2], tv.grad.numpy()),
+    }
     if not shared:
         errs["dk"] = rel_err(j_grads[1], tk.grad.numpy())
     print(f"\n[lsh attention {case}] " + ", ".join(f"{n} {e:.2e}" for n, e in errs.items()))
@@ -88,8 +108,9 @@ def test_lsh_model_matches_torch_ref(case):
     rng = jax.random.key(11)
     a = cfg.model.attention
     lsh = [i for i in range(cfg.model.n_layers) if a.kind == "lsh" or i in a.lsh_layers]
-    rotations = {i: _t(lsh_rotations(jax.random.fold_in(rng, i), cfg.model.head_dim, a.n_hashes, a.n_buckets))
-                 for i in lsh}
+    rotations = {
+        i: _t(lsh_rotations(jax.random.fold_in(rng, i), cfg.model.head_dim, a.n_hashes, a.n_buckets)) for i in lsh
+    }
 
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
@@ -118,8 +139,10 @@ def test_lsh_model_matches_torch_ref(case):
     grad_errs = {k: rel_err(j_grads[k], t_grads[k]) for k in sorted(t_grads)}
     worst = max(grad_errs, key=grad_errs.get)
     errs = {"logits": rel_err(j_logits, logits.detach().numpy()), "loss": rel_err(float(j_loss), t_loss.item())}
-    print(f"\n[lsh model {case}] logits {errs['logits']:.2e}, loss {errs['loss']:.2e}, "
-          f"max grad err {grad_errs[worst]:.2e} ({worst})")
+    print(
+        f"\n[lsh model {case}] logits {errs['logits']:.2e}, loss {errs['loss']:.2e}, "
+        f"max grad err {grad_errs[worst]:.2e} ({worst})"
+    )
     assert errs["logits"] <= TOL and errs["loss"] <= TOL, errs
     bad = {k: v for k, v in grad_errs.items() if not v <= TOL}
     assert not bad, bad

@@ -3,6 +3,7 @@
 Errors are relative: max |a - ref| / max |ref| per tensor (ref = torch_ref, or the dense dispatch).
 A reference that is exactly zero must be matched exactly. ``pytest -s`` prints the errors observed.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,43 +18,64 @@ import pytest
 import torch
 from flax import nnx
 
+import torch_ref
 from open_r1_jax.config import load_config, to_dict
 from open_r1_jax.model import build_model
 from open_r1_jax.model import routing as jax_routing
 from open_r1_jax.name_map import to_torch_state
 from open_r1_jax.training import losses as jax_losses
-
-import torch_ref
 from torch_ref import losses as torch_losses
 
 B, T = 2, 12
 LOGIT_TOL, LOSS_TOL, AUX_TOL, GRAD_TOL = 1e-5, 1e-5, 1e-5, 1e-4
 
 BASE = [
-    "model.vocab_size=64", "model.d_model=32", "model.n_layers=3", "model.drn_layers=1",
-    "model.n_heads=4", "model.n_kv_heads=2", "model.head_dim=8", "model.dtype=float32",
-    "model.kernels=xla", "model.init_std=0.1",  # larger than the default 0.02: blocks matter more
-    "model.drn.n_experts=4", "model.drn.expert_ffn_dim=16",
-    "model.moe.n_experts=8", "model.moe.expert_ffn_dim=16", "model.moe.dispatch=dense",
+    "model.vocab_size=64",
+    "model.d_model=32",
+    "model.n_layers=3",
+    "model.drn_layers=1",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.head_dim=8",
+    "model.dtype=float32",
+    "model.kernels=xla",
+    "model.init_std=0.1",  # larger than the default 0.02: blocks matter more
+    "model.drn.n_experts=4",
+    "model.drn.expert_ffn_dim=16",
+    "model.moe.n_experts=8",
+    "model.moe.expert_ffn_dim=16",
+    "model.moe.dispatch=dense",
 ]
 
 CASES = {
     "drn_only": ["model.drn_layers=3"],
     "moe_softmax_top2": ["model.moe.router=softmax", "model.moe.top_k=2", "model.moe.renormalize=true"],
     "moe_sigmoid_bias_shared": [
-        "model.moe.router=sigmoid", "model.moe.top_k=2", "model.moe.n_shared_experts=1",
-        "model.moe.route_scale=2.5", "model.moe.seq_balance_coef=0.01"],
+        "model.moe.router=sigmoid",
+        "model.moe.top_k=2",
+        "model.moe.n_shared_experts=1",
+        "model.moe.route_scale=2.5",
+        "model.moe.seq_balance_coef=0.01",
+    ],
     "packed_segments": [
-        "model.moe.router=sigmoid", "model.moe.top_k=2", "model.moe.n_shared_experts=1",
-        "model.moe.route_scale=2.5", "model.moe.seq_balance_coef=0.01"],
+        "model.moe.router=sigmoid",
+        "model.moe.top_k=2",
+        "model.moe.n_shared_experts=1",
+        "model.moe.route_scale=2.5",
+        "model.moe.seq_balance_coef=0.01",
+    ],
     "tied_softmax_top3_no_renorm": [
-        "model.tie_embeddings=true", "model.attention.rope_theta=500", "model.moe.router=softmax",
-        "model.moe.top_k=3", "model.moe.renormalize=false", "model.moe.seq_balance_coef=0.02"],
+        "model.tie_embeddings=true",
+        "model.attention.rope_theta=500",
+        "model.moe.router=softmax",
+        "model.moe.top_k=3",
+        "model.moe.renormalize=false",
+        "model.moe.seq_balance_coef=0.02",
+    ],
 }
 
 # three documents and padding in row 0, two documents and padding in row 1 (segment 0 = padding)
-PACKED_SEGMENTS = np.array([[1, 1, 1, 2, 2, 2, 2, 3, 3, 0, 0, 0],
-                            [1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 0]], np.int32)
+PACKED_SEGMENTS = np.array([[1, 1, 1, 2, 2, 2, 2, 3, 3, 0, 0, 0], [1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 0]], np.int32)
 
 
 def rel_err(a, ref) -> float:
@@ -154,11 +176,14 @@ def test_jax_matches_torch_ref(case):
     # every trainable parameter has a gradient on both sides, under the same name
     trainable = {k for k, p in tmodel.named_parameters()}
     assert set(t_grads) == trainable, sorted(trainable - set(t_grads))
-    assert set(j_grads) == trainable, (sorted(set(j_grads) ^ trainable))
+    assert set(j_grads) == trainable, sorted(set(j_grads) ^ trainable)
     grad_errs = {k: rel_err(j_grads[k], t_grads[k]) for k in sorted(trainable)}
     worst = max(grad_errs, key=grad_errs.get)
-    print(f"\n[{case}] loss {t_loss:.6f}; " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items())
-          + f"; max grad err {grad_errs[worst]:.2e} ({worst})")
+    print(
+        f"\n[{case}] loss {t_loss:.6f}; "
+        + ", ".join(f"{k} {v:.2e}" for k, v in errs.items())
+        + f"; max grad err {grad_errs[worst]:.2e} ({worst})"
+    )
 
     assert errs["logits"] <= LOGIT_TOL, errs
     assert errs["loss"] <= LOSS_TOL, errs
@@ -200,12 +225,13 @@ DROPLESS_CASES = {
     # softmax top-2: group sizes are generally not multiples of the block size 4
     "softmax_top2": (["model.moe.router=softmax", "model.moe.top_k=2"], None),
     # sigmoid: experts 0, 3 and 7 (first, middle, last) never win the top-k -> empty groups
-    "sigmoid_empty_experts": (["model.moe.router=sigmoid", "model.moe.top_k=2", "model.moe.n_shared_experts=1",
-                               "model.moe.route_scale=2.5"], {0: -1e4, 3: -1e4, 7: -1e4}),
+    "sigmoid_empty_experts": (
+        ["model.moe.router=sigmoid", "model.moe.top_k=2", "model.moe.n_shared_experts=1", "model.moe.route_scale=2.5"],
+        {0: -1e4, 3: -1e4, 7: -1e4},
+    ),
 }
 DROPLESS_LAYERS = ["model.n_layers=2", "model.drn_layers=0"]  # two MoE layers, nothing else to compile
-DROPLESS_IMPLS = [["model.moe.grouped_impl=blocked", "model.moe.block_size=4"],
-                  ["model.moe.grouped_impl=ragged_dot"]]
+DROPLESS_IMPLS = [["model.moe.grouped_impl=blocked", "model.moe.block_size=4"], ["model.moe.grouped_impl=ragged_dot"]]
 
 
 @pytest.mark.parametrize("case", list(DROPLESS_CASES))
@@ -219,8 +245,13 @@ def test_dropless_matches_dense(case):
     if bias:
         assert np.all(counts[:, list(bias)] == 0), counts
     for impl in DROPLESS_IMPLS:
-        overrides = [o for o in BASE if not o.startswith("model.moe.dispatch")] + DROPLESS_LAYERS + extra + [
-            "model.moe.dispatch=dropless"] + impl
+        overrides = (
+            [o for o in BASE if not o.startswith("model.moe.dispatch")]
+            + DROPLESS_LAYERS
+            + extra
+            + ["model.moe.dispatch=dropless"]
+            + impl
+        )
         # same parameters (and router bias) as the dense model, only the dispatch differs
         graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(load_config(None, overrides).model, 2)))
         dropless = nnx.merge(graphdef, nnx.state(dense))
@@ -231,8 +262,10 @@ def test_dropless_matches_dense(case):
         grad_errs = {k: rel_err(grads[k], d_grads[k]) for k in d_grads}
         assert set(grads) == set(d_grads)
         worst = max(grad_errs, key=grad_errs.get)
-        print(f"\n[dropless {case} {impl[0].split('=')[1]}] logits {errs['logits']:.2e}, loss {errs['loss']:.2e}, "
-              f"max grad err {grad_errs[worst]:.2e} ({worst})")
+        print(
+            f"\n[dropless {case} {impl[0].split('=')[1]}] logits {errs['logits']:.2e}, loss {errs['loss']:.2e}, "
+            f"max grad err {grad_errs[worst]:.2e} ({worst})"
+        )
         assert errs["logits"] <= LOGIT_TOL and errs["loss"] <= LOSS_TOL, errs
         bad = {k: v for k, v in grad_errs.items() if not v <= GRAD_TOL}
         assert not bad, bad
@@ -252,8 +285,9 @@ def test_losses_and_bias_update_match_jax():
     targets = rng.integers(0, 64, (B, T)).astype(np.int32)
     mask = PACKED_SEGMENTS > 0
     j_sum, j_n = jax_losses.summed_nll(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask))
-    t_sum, t_n = torch_losses.summed_nll(torch.from_numpy(logits), torch.from_numpy(targets).long(),
-                                         torch.from_numpy(mask))
+    t_sum, t_n = torch_losses.summed_nll(
+        torch.from_numpy(logits), torch.from_numpy(targets).long(), torch.from_numpy(mask)
+    )
     err = rel_err(float(t_sum), float(j_sum))
     print(f"\n[summed_nll] rel err {err:.2e}")
     assert err <= LOSS_TOL and float(t_n) == float(j_n) == mask.sum()
@@ -266,8 +300,7 @@ def test_losses_and_bias_update_match_jax():
 
 
 def test_torch_ref_imports_neither_jax_nor_flax():
-    code = ("import sys, torch_ref; bad = [m for m in ('jax', 'flax') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = "import sys, torch_ref; bad = [m for m in ('jax', 'flax') if m in sys.modules]; assert not bad, bad"
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]

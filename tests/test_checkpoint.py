@@ -6,6 +6,7 @@ per step (a 16k vocabulary, 8 micro-batches of 4): steps of ~0.1 s leave a windo
 between the checkpoint at step 10 and the end of the run, and the 12 MB state keeps a save in flight
 for tens of milliseconds. The state of the straight run is shared by the tests of this module.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,19 +23,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from micro import MICRO
 
 from open_r1_jax.checkpoint import Checkpointer, CheckpointMismatch, NonFiniteState, abstract, open_checkpoint
 from open_r1_jax.config import to_dict
-from open_r1_jax.model import build_model
+from open_r1_jax.model import build_model, split_model
 from open_r1_jax.training.optim import make_optimizer
 from open_r1_jax.training.step import init_state
-from open_r1_jax.model import split_model
-
-from micro import MICRO
 
 ROOT = Path(__file__).resolve().parents[1]
-SLOW = ["model.vocab_size=16384", "train.global_batch=32", "train.micro_batch=4", "train.steps=20",
-        "train.eval_every=0", "train.eval_batches=1"]
+SLOW = [
+    "model.vocab_size=16384",
+    "train.global_batch=32",
+    "train.micro_batch=4",
+    "train.steps=20",
+    "train.eval_every=0",
+    "train.eval_batches=1",
+]
 TMP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
 
 
@@ -48,8 +53,11 @@ def _env(cache: Path | None = None) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     env.pop("XLA_FLAGS", None)
     if cache is not None:
-        env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+        env.update(
+            JAX_COMPILATION_CACHE_DIR=str(cache),
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+        )
     return env
 
 
@@ -61,8 +69,7 @@ def _run(env: dict, run: Path, *extra: str) -> str:
 
 def _run_and_kill(env: dict, run: Path, extra: tuple, ready) -> int:
     """Start training, poll its checkpoint directory every ms, SIGKILL it when ``ready(names)`` is true."""
-    proc = subprocess.Popen(_cmd(run, *extra), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cmd(run, *extra), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = run / "checkpoints"
     try:
         deadline = time.monotonic() + 240
@@ -106,8 +113,11 @@ def _assert_same_continuation(straight: Path, resumed: Path, first: int) -> None
     s, r = _records(straight), _records(resumed)
     assert sorted(r) == list(range(1, 21))
     for step in range(first, 21):
-        assert (s[step]["loss"], s[step]["grad_norm"], s[step]["aux_loss"]) == \
-               (r[step]["loss"], r[step]["grad_norm"], r[step]["aux_loss"]), step
+        assert (s[step]["loss"], s[step]["grad_norm"], s[step]["aux_loss"]) == (
+            r[step]["loss"],
+            r[step]["grad_norm"],
+            r[step]["aux_loss"],
+        ), step
     _assert_same_tree(_params(straight, 20), _params(resumed, 20))
 
 
@@ -128,8 +138,9 @@ def test_sigkill_after_checkpoint_resumes_exactly(straight, env, tmp_path):
     run = tmp_path / "run"
     rc = _run_and_kill(env, run, ("train.checkpoint_every=10",), lambda names: "10" in names)
     assert rc == -signal.SIGKILL
-    assert sorted(n for n in os.listdir(run / "checkpoints") if n.isdigit()) == ["10"], \
+    assert sorted(n for n in os.listdir(run / "checkpoints") if n.isdigit()) == ["10"], (
         "the run ended before the kill: steps are too fast on this machine"
+    )
     log = _run(env, run, "train.checkpoint_every=10")
     assert re.search(r"resumed from \S+/checkpoints/10 at step 10", log)
     _assert_same_continuation(straight, run, 11)
@@ -186,8 +197,12 @@ def _state(cfg, seed=0):
     _, params, model_state = split_model(build_model(cfg.model, 0))
     state = init_state(params, model_state, make_optimizer(cfg.train), cfg)
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape).astype(x.dtype))
-                        if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+    return jax.tree.map(
+        lambda x: (
+            jnp.asarray(rng.standard_normal(x.shape).astype(x.dtype)) if jnp.issubdtype(x.dtype, jnp.floating) else x
+        ),
+        state,
+    )
 
 
 def test_params_only_restore_reads_no_optimizer_state(micro, tmp_path):
@@ -230,7 +245,7 @@ def test_resharding_restore_on_eight_devices(tmp_path):
     code = f"""
 import jax, jax.numpy as jnp, numpy as np, sys
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSharding
-sys.path.insert(0, {str(ROOT / 'tests')!r})
+sys.path.insert(0, {str(ROOT / "tests")!r})
 from test_checkpoint import MICRO, _state
 from open_r1_jax.checkpoint import Checkpointer, abstract
 from open_r1_jax.config import load_config, to_dict
@@ -253,14 +268,14 @@ host = _state(cfg)
 fsdp = Mesh(devs.reshape(1, 8, 1), ("data", "fsdp", "expert"))
 state = place(host, fsdp, "fsdp")
 assert state["params"]["embed"].sharding.spec == P("fsdp", None)
-with Checkpointer({str(tmp_path / 'ck')!r}) as ckpt:
+with Checkpointer({str(tmp_path / "ck")!r}) as ckpt:
     ckpt.save(5, state, config=to_dict(cfg))
 
 def same(a, b):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
-ckpt = Checkpointer({str(tmp_path / 'ck')!r}, read_only=True)
+ckpt = Checkpointer({str(tmp_path / "ck")!r}, read_only=True)
 de = Mesh(devs.reshape(2, 1, 4), ("data", "fsdp", "expert"))
 target = abstract(place(host, de, "expert"))
 got = ckpt.restore(5, target)
@@ -277,6 +292,5 @@ ckpt.close()
 print("resharding ok")
 """
     env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "resharding ok" in out.stdout, out.stderr[-3000:]

@@ -18,37 +18,57 @@ def test_seed_hardware_plans():
         cfg = load_config(Path(__file__).parent.parent / "configs" / f"{name}.yaml")
         t = cfg.train
         assert (t.global_batch, t.steps, t.lr, t.min_lr, t.beta1, t.beta2, t.clip_norm) == (
-            4096, 500_000, 6e-4, 6e-6, 0.9, 0.95, 1.0)
+            4096,
+            500_000,
+            6e-4,
+            6e-6,
+            0.9,
+            0.95,
+            1.0,
+        )
         assert t.micro_batch and t.global_batch // t.micro_batch > 1  # reached by accumulation
         assert cfg.model.dtype == dtype
     assert load_config(Path(__file__).parent.parent / "configs/a100x4_offload.yaml").model.activation_checkpoint
 
 
 def test_overrides_coerce_types():
-    cfg = load_config(None, ["train.steps=7", "train.warmup_steps=1", "train.lr=1e-3", "model.tie_embeddings=true",
-                             "data.sources=[a.txt, b.jsonl]", "model.moe.router=sigmoid", "train.clip_norm=2"])
+    cfg = load_config(
+        None,
+        [
+            "train.steps=7",
+            "train.warmup_steps=1",
+            "train.lr=1e-3",
+            "model.tie_embeddings=true",
+            "data.sources=[a.txt, b.jsonl]",
+            "model.moe.router=sigmoid",
+            "train.clip_norm=2",
+        ],
+    )
     assert cfg.train.steps == 7 and cfg.train.lr == 1e-3 and cfg.model.tie_embeddings is True
     assert cfg.data.sources == ("a.txt", "b.jsonl") and cfg.model.moe.router == "sigmoid"
     assert isinstance(cfg.train.clip_norm, float)
 
 
-@pytest.mark.parametrize("overrides, fragment", [
-    (["train.stepz=3"], "unknown key 'train.stepz'"),
-    (["modle.d_model=3"], "unknown key 'modle'"),
-    (["train.steps=abc"], "train.steps: got 'abc'; accepted: an integer"),
-    (["model.tie_embeddings=3"], "model.tie_embeddings"),
-    (["model.moe.router=relu"], "accepted: 'softmax' | 'sigmoid'"),
-    (["model.moe.top_k=9", "model.moe.n_experts=8"], "model.moe.top_k (9) must be <= model.moe.n_experts (8)"),
-    (["model.n_heads=6", "model.n_kv_heads=4"], "model.n_heads (6) must be divisible by model.n_kv_heads (4)"),
-    (["train.global_batch=10", "train.micro_batch=4"], "train.global_batch (10) must be divisible"),
-    (["train.seq_len=1024"], "must be <= model.max_seq_len"),
-    (["model.drn_layers=9"], "model.drn_layers"),
-    (["mesh.expert=3"], "must be divisible by mesh.expert (3)"),
-    (["train.lr=-1"], "train.lr"),
-    (["model.head_dim=15"], "model.head_dim"),
-    (["steps"], "expected key.sub=value"),
-    (["train=3"], "train: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["train.stepz=3"], "unknown key 'train.stepz'"),
+        (["modle.d_model=3"], "unknown key 'modle'"),
+        (["train.steps=abc"], "train.steps: got 'abc'; accepted: an integer"),
+        (["model.tie_embeddings=3"], "model.tie_embeddings"),
+        (["model.moe.router=relu"], "accepted: 'softmax' | 'sigmoid'"),
+        (["model.moe.top_k=9", "model.moe.n_experts=8"], "model.moe.top_k (9) must be <= model.moe.n_experts (8)"),
+        (["model.n_heads=6", "model.n_kv_heads=4"], "model.n_heads (6) must be divisible by model.n_kv_heads (4)"),
+        (["train.global_batch=10", "train.micro_batch=4"], "train.global_batch (10) must be divisible"),
+        (["train.seq_len=1024"], "must be <= model.max_seq_len"),
+        (["model.drn_layers=9"], "model.drn_layers"),
+        (["mesh.expert=3"], "must be divisible by mesh.expert (3)"),
+        (["train.lr=-1"], "train.lr"),
+        (["model.head_dim=15"], "model.head_dim"),
+        (["steps"], "expected key.sub=value"),
+        (["train=3"], "train: expected a mapping"),
+    ],
+)
 def test_validation_errors_name_the_key(overrides, fragment):
     with pytest.raises(ConfigError) as e:
         load_config(None, overrides)
@@ -88,17 +108,42 @@ def test_removed_and_ignored_keys_are_named():
     with pytest.raises(ConfigError, match="unknown key 'data.shuffle'"):
         load_config(None, ["data.shuffle=false"])
     assert ignored_keys(load_config(None, [])) == []
-    cfg = load_config(None, ["data.clean.min_tokens=10", "data.mixture_names=[a]", "data.mixture_weights=[1]",
-                             "model.moe.capacity_factor=1.25", "train.loss_scale=1024", "dpo.beta=0.3",
-                             "model.attention.n_hashes=4"])
+    cfg = load_config(
+        None,
+        [
+            "data.clean.min_tokens=10",
+            "data.mixture_names=[a]",
+            "data.mixture_weights=[1]",
+            "model.moe.capacity_factor=1.25",
+            "train.loss_scale=1024",
+            "dpo.beta=0.3",
+            "model.attention.n_hashes=4",
+        ],
+    )
     keys = dict(ignored_keys(cfg))
-    assert set(keys) == {"data.clean.min_tokens", "data.mixture_names", "data.mixture_weights",
-                         "model.moe.capacity_factor", "train.loss_scale", "dpo.beta", "model.attention.n_hashes"}
+    assert set(keys) == {
+        "data.clean.min_tokens",
+        "data.mixture_names",
+        "data.mixture_weights",
+        "model.moe.capacity_factor",
+        "train.loss_scale",
+        "dpo.beta",
+        "model.attention.n_hashes",
+    }
     assert "data.prepare" in keys["data.clean.min_tokens"] and "mesh.expert is 1" in keys["model.moe.capacity_factor"]
     prepared = load_config(None, ["data.kind=arrayrecord", "data.prepared_dir=x", "data.sources=[a.txt]"])
     assert [k for k, _ in ignored_keys(prepared)] == ["data.sources"]
-    dpo = load_config(None, ["train.stage=dpo", "dpo.init_from=x", "model.d_model=32", "model.dtype=float16",
-                             "train.loss_scale=1024", "data.max_corpus_mb=1"])
+    dpo = load_config(
+        None,
+        [
+            "train.stage=dpo",
+            "dpo.init_from=x",
+            "model.d_model=32",
+            "model.dtype=float16",
+            "train.loss_scale=1024",
+            "data.max_corpus_mb=1",
+        ],
+    )
     assert {k for k, _ in ignored_keys(dpo)} == {"model.d_model", "data.max_corpus_mb"}  # dtype is a runtime key
 
 

@@ -1,4 +1,5 @@
 """Sources, tokenizers, chunking and the grain packing pipeline."""
+
 import json
 import random
 
@@ -104,11 +105,11 @@ def _assert_no_heldout_window_is_trained(train, held, seq_len=64):
         item = src[i]
         ids = np.concatenate([item["inputs"], item["targets"][-1:]])
         b = bytes(int(t) for t in ids if t < 256)
-        trained.update(b[j:j + WINDOW] for j in range(len(b) - WINDOW + 1))
+        trained.update(b[j : j + WINDOW] for j in range(len(b) - WINDOW + 1))
     assert trained  # the check looks at something
     for d in held:
         b = d.text.encode("utf-8")
-        leaked = [j for j in range(len(b) - WINDOW + 1) if b[j:j + WINDOW] in trained]
+        leaked = [j for j in range(len(b) - WINDOW + 1) if b[j : j + WINDOW] in trained]
         assert not leaked, f"held-out {d.name}: {len(leaked)} of its {WINDOW}-byte windows are in training chunks"
 
 
@@ -153,8 +154,9 @@ def test_each_source_is_split_on_its_own(tmp_path, monkeypatch):
     _assert_no_heldout_window_is_trained(train, held)
     for path in (a, b):  # single-file sources: their own tail, 10% of each
         name = path.name
-        _assert_tail_split([d for d in train if d.name.startswith(name)], [d for d in held if d.name.startswith(name)],
-                           [path], 10)
+        _assert_tail_split(
+            [d for d in train if d.name.startswith(name)], [d for d in held if d.name.startswith(name)], [path], 10
+        )
     assert report.tail_split == ["a.txt", "b.txt"]
     # the 60-file source is split by the hash of the names: whole files, the same as is_heldout says
     held_many = sorted(d.name for d in held if d.name.startswith("many/"))
@@ -213,7 +215,7 @@ def test_bpe_trains_offline_and_caches(tmp_path):
     assert cache.is_file() and tok.vocab_size <= 300 and tok.eos_id is not None
     ids = tok.encode("def foo(x):")
     assert tok.decode(ids) == "def foo(x):"
-    assert int(tok.token_bytes[ids].sum()) == len("def foo(x):".encode())
+    assert int(tok.token_bytes[ids].sum()) == len(b"def foo(x):")
     again = build_tokenizer("bpe", [], 300, cache)  # loaded from the cache, not retrained
     assert isinstance(again, BPETokenizer) and list(again.encode("def foo(x):")) == list(ids)
     assert json.loads(cache.read_text())["model"]["type"] == "BPE"

@@ -1,5 +1,6 @@
 """The stages of data preparation one by one: readers, length windows, MinHash, language ID, the cleaner,
 the record schema, prepared-shard sources and the training mixture."""
+
 import random
 
 import numpy as np
@@ -8,8 +9,14 @@ import pytest
 from open_r1_jax.config import CleanConfig, ConfigError, load_config
 from open_r1_jax.data.clean import Cleaner, length_windows
 from open_r1_jax.data.langid import LanguageIdentifier
-from open_r1_jax.data.minhash import (DatasketchDuplicateCounter, MinHasher, NearDuplicateIndex,
-                                      estimated_jaccard, normalize_words, shingles)
+from open_r1_jax.data.minhash import (
+    DatasketchDuplicateCounter,
+    MinHasher,
+    NearDuplicateIndex,
+    estimated_jaccard,
+    normalize_words,
+    shingles,
+)
 from open_r1_jax.data.mixture import MixtureStats
 from open_r1_jax.data.pipeline import ChunkSource, PipelineSpec, make_dataset, make_mixture_dataset
 from open_r1_jax.data.readers import BadRecord, RawDoc, expand, read_source
@@ -17,12 +24,16 @@ from open_r1_jax.data.report import Tally, histogram_edges
 from open_r1_jax.data.shards import RecordChunkSource, ShardWriter, decode_record, encode_record
 from open_r1_jax.data.tokenizer import ByteTokenizer
 
-EN = ("the of and to in is you that it he was for on are as with his they at be this have from or one had by "
-      "word but not what all were we when your can said there use each which she do how their if will up other "
-      "about out many then them these so some her would make like him into time has look two more write go see "
-      "number no way could people my than first water been call who its now find long down day did get come").split()
-FR = ("le la les de des et est un une dans pour que qui il elle nous vous ils sont avec sur pas plus par mais comme "
-      "tout faire bien aussi leur temps sans deux peu autre avant encore jamais toujours rien chose monde").split()
+EN = (
+    "the of and to in is you that it he was for on are as with his they at be this have from or one had by "
+    "word but not what all were we when your can said there use each which she do how their if will up other "
+    "about out many then them these so some her would make like him into time has look two more write go see "
+    "number no way could people my than first water been call who its now find long down day did get come"
+).split()
+FR = (
+    "le la les de des et est un une dans pour que qui il elle nous vous ils sont avec sur pas plus par mais comme "
+    "tout faire bien aussi leur temps sans deux peu autre avant encore jamais toujours rien chose monde"
+).split()
 
 
 def salad(n_words: int, seed: int, vocab=EN) -> str:
@@ -63,8 +74,10 @@ def test_readers_flag_bad_utf8_surrogates_malformed_and_unreadable(tmp_path, mon
     assert [(d.text, d.bad_at) for d in docs] == [("caf\ufffd ok", 3), ("fine", -1), ("lone \ufffd", -1)]
     assert [d.bad_utf8 for d in docs] == [True, False, True]
     assert [(b.where, b.reason) for b in bad] == [
-        (f"{tmp_path}/b.jsonl:2", "malformed_record"), (f"{tmp_path}/b.jsonl:4", "malformed_record"),
-        (f"{tmp_path}/c.md", "unreadable_file")]
+        (f"{tmp_path}/b.jsonl:2", "malformed_record"),
+        (f"{tmp_path}/b.jsonl:4", "malformed_record"),
+        (f"{tmp_path}/c.md", "unreadable_file"),
+    ]
     assert "Permission denied" in bad[2].detail and docs[1].where == f"{tmp_path}/b.jsonl:1"
 
 
@@ -165,13 +178,26 @@ def test_cleaner_counts_every_stage_and_balances():
     cleaner = Cleaner(cfg, ByteTokenizer(), tally)
     a = salad(50, 1)  # ~250 bytes: one window
     long = salad(200, 2)  # ~1000 bytes: split into windows of 200..300
-    batch = [BadRecord("s", "f.jsonl:3", "malformed_record", "not valid JSON"), _raw(1, a), _raw(2, "short"),
-             _raw(3, a.upper() + "!"), _raw(4, edit(a, 1, 0)), _raw(5, salad(50, 3, FR)), _raw(6, long),
-             _raw(7, salad(50, 4), bad=True)]
+    batch = [
+        BadRecord("s", "f.jsonl:3", "malformed_record", "not valid JSON"),
+        _raw(1, a),
+        _raw(2, "short"),
+        _raw(3, a.upper() + "!"),
+        _raw(4, edit(a, 1, 0)),
+        _raw(5, salad(50, 3, FR)),
+        _raw(6, long),
+        _raw(7, salad(50, 4), bad=True),
+    ]
     kept = cleaner.process(batch)
     t = tally.source("s")
-    assert dict(t.dropped) == {"malformed_record": 1, "too_short": 1, "exact_duplicate": 1, "near_duplicate": 1,
-                               "language": 1, "bad_utf8": 1}
+    assert dict(t.dropped) == {
+        "malformed_record": 1,
+        "too_short": 1,
+        "exact_duplicate": 1,
+        "near_duplicate": 1,
+        "language": 1,
+        "bad_utf8": 1,
+    }
     n_long = len(ByteTokenizer().encode(long))
     assert t.split_added == len(length_windows(n_long, 200, 300, "split")) - 1 > 0
     assert t.input_docs == 8 and t.input_docs + t.split_added == len(kept) + sum(t.dropped.values())
@@ -187,7 +213,8 @@ def test_cleaner_counts_every_stage_and_balances():
 def test_cleaner_repairs_bad_utf8_by_default():
     tally = Tally(histogram_edges(10, 400), 2)
     kept = Cleaner(CleanConfig(min_tokens=10, max_tokens=400, langid=False), ByteTokenizer(), tally).process(
-        [_raw(1, salad(40, 1) + "\ufffd", bad=True)])
+        [_raw(1, salad(40, 1) + "\ufffd", bad=True)]
+    )
     assert len(kept) == 1 and tally.source("s").repaired_utf8 == 1 and kept[0].lang == "und"
 
 
@@ -196,8 +223,11 @@ def test_cleaner_repairs_bad_utf8_by_default():
 
 def test_record_schema_round_trip_with_reserved_multimodal_arrays():
     img, audio = np.arange(24, dtype=np.uint8).reshape(2, 4, 3), np.linspace(0, 1, 5, dtype=np.float32)
-    rec = decode_record(encode_record(np.array([1, 65535]), {"doc": "x:1"}, text="hi",
-                                      arrays={"image": img, "audio": audio}, vocab_size=65536))
+    rec = decode_record(
+        encode_record(
+            np.array([1, 65535]), {"doc": "x:1"}, text="hi", arrays={"image": img, "audio": audio}, vocab_size=65536
+        )
+    )
     assert rec["tokens"].dtype == np.int32 and rec["tokens"].tolist() == [1, 65535]
     assert rec["meta"] == {"doc": "x:1"} and rec["text"] == "hi"
     np.testing.assert_array_equal(rec["image"], img)
@@ -275,16 +305,19 @@ def test_mixture_is_sharded_by_process(tmp_path, monkeypatch):
     assert seen[0] and seen[1] and not seen[0] & seen[1] and seen[0] | seen[1] == set(range(1, 41))
 
 
-@pytest.mark.parametrize("overrides, fragment", [
-    (["data.mixture_names=[a,b]", "data.mixture_weights=[0,0]"], "sum to a positive number"),
-    (["data.mixture_names=[a,b]", "data.mixture_weights=[1,-1]"], "numbers >= 0"),
-    (["data.mixture_names=[a,b]", "data.mixture_weights=[1]"], "one entry per name"),
-    (["data.mixture_names=[a,a]", "data.mixture_weights=[1,1]"], "unique"),
-    (["data.clean.min_tokens=600"], "data.clean.min_tokens (600) must be <="),
-    (["data.clean.minhash_threshold=1.5"], "data.clean.minhash_threshold"),
-    (["data.clean.long_docs=wrap"], "'split' | 'truncate' | 'drop'"),
-    (["data.kind=arrayrecord"], "data.prepared_dir: required"),
-])
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["data.mixture_names=[a,b]", "data.mixture_weights=[0,0]"], "sum to a positive number"),
+        (["data.mixture_names=[a,b]", "data.mixture_weights=[1,-1]"], "numbers >= 0"),
+        (["data.mixture_names=[a,b]", "data.mixture_weights=[1]"], "one entry per name"),
+        (["data.mixture_names=[a,a]", "data.mixture_weights=[1,1]"], "unique"),
+        (["data.clean.min_tokens=600"], "data.clean.min_tokens (600) must be <="),
+        (["data.clean.minhash_threshold=1.5"], "data.clean.minhash_threshold"),
+        (["data.clean.long_docs=wrap"], "'split' | 'truncate' | 'drop'"),
+        (["data.kind=arrayrecord"], "data.prepared_dir: required"),
+    ],
+)
 def test_data_config_errors(overrides, fragment):
     with pytest.raises(ConfigError) as e:
         load_config(None, overrides)

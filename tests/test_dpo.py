@@ -1,4 +1,5 @@
 """DPO: preference data (reading, errors, truncation), losses, and a short stage run end to end."""
+
 import json
 
 import jax.numpy as jnp
@@ -6,8 +7,7 @@ import numpy as np
 import pytest
 
 from open_r1_jax.config import ConfigError, DPOConfig, load_config
-from open_r1_jax.data.preference import (Pair, PairReport, PreferenceDataError, demo_pairs, encode_pairs,
-                                         read_pairs)
+from open_r1_jax.data.preference import Pair, PairReport, PreferenceDataError, demo_pairs, encode_pairs, read_pairs
 from open_r1_jax.data.tokenizer import ByteTokenizer
 from open_r1_jax.training.stages.dpo import dpo_loss
 from open_r1_jax.training.trainer import train
@@ -15,8 +15,10 @@ from open_r1_jax.training.trainer import train
 
 def test_reads_prompt_or_query_and_reports_bad_lines(tmp_path):
     f = tmp_path / "p.jsonl"
-    f.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"query": "q", "chosen": "x", "rejected": "y"}\n'
-                 'oops\n{"prompt": "a", "chosen": 1, "rejected": "c"}\n')
+    f.write_text(
+        '{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"query": "q", "chosen": "x", "rejected": "y"}\n'
+        'oops\n{"prompt": "a", "chosen": 1, "rejected": "c"}\n'
+    )
     report = PairReport()
     pairs = read_pairs(f, max_bad_fraction=0.5, report=report)
     assert [p.prompt for p in pairs] == ["a", "q"]
@@ -55,7 +57,9 @@ def test_loss_values():
         np.testing.assert_allclose(losses, at_zero, rtol=1e-6)
     losses, m = dpo_loss(pc, z, z, z, DPOConfig(beta=0.5))
     np.testing.assert_allclose(losses, np.log1p(np.exp(-0.5 * np.array([1.0, 0.0, -2.0]))), rtol=1e-6)
-    assert float(m["rewards/accuracies"]) == pytest.approx(1 / 3) and float(m["rewards/chosen"]) == pytest.approx(-0.5 / 3)
+    assert float(m["rewards/accuracies"]) == pytest.approx(1 / 3) and float(m["rewards/chosen"]) == pytest.approx(
+        -0.5 / 3
+    )
     smooth, _ = dpo_loss(pc, z, z, z, DPOConfig(beta=0.5, label_smoothing=0.1))
     assert float(smooth[0]) > float(losses[0])
 
@@ -71,14 +75,30 @@ def test_dpo_stage_end_to_end(micro, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     rows = [{"prompt": f"x = {i}\n", "chosen": f"y = {i + 1}\n", "rejected": f"y = {i}#\n"} for i in range(24)]
     pairs.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    cfg = micro("train.stage=dpo", f"dpo.init_from={pre}", f"dpo.train_path={pairs}", f"dpo.eval_path={pairs}",
-                "dpo.max_prompt_len=8", "dpo.max_len=24", "train.steps=6", "train.eval_every=3",
-                "train.global_batch=4", "train.lr=1e-3", run_dir=tmp_path / "dpo")
+    cfg = micro(
+        "train.stage=dpo",
+        f"dpo.init_from={pre}",
+        f"dpo.train_path={pairs}",
+        f"dpo.eval_path={pairs}",
+        "dpo.max_prompt_len=8",
+        "dpo.max_len=24",
+        "train.steps=6",
+        "train.eval_every=3",
+        "train.global_batch=4",
+        "train.lr=1e-3",
+        run_dir=tmp_path / "dpo",
+    )
     summary = train(cfg)
     records = [json.loads(x) for x in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["step"] == 0 and records[0]["eval_rewards/accuracies"] == 0.0  # policy == reference
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-                "logps/rejected"):
+    for key in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+    ):
         assert key in records[-1] and f"eval_{key}" in records[-1]
     assert summary["eval_rewards/margins"] > 0 and summary["eval_before"]["eval_rewards/margins"] == 0.0
     assert sorted(p.name for p in (tmp_path / "dpo" / "checkpoints").iterdir() if p.name.isdigit()) == ["6"]
@@ -94,9 +114,17 @@ def _dpo_setup(micro, *overrides):
     from open_r1_jax.training.stages import DPO
     from open_r1_jax.training.step import init_state, make_train_step
 
-    cfg = micro("train.stage=dpo", "dpo.init_from=unused", "dpo.max_prompt_len=8", "dpo.max_len=24",
-                "model.moe.balance_coef=0", "model.moe.z_loss_coef=0", "train.global_batch=4", "train.warmup_steps=0",
-                *overrides)
+    cfg = micro(
+        "train.stage=dpo",
+        "dpo.init_from=unused",
+        "dpo.max_prompt_len=8",
+        "dpo.max_len=24",
+        "model.moe.balance_coef=0",
+        "model.moe.z_loss_coef=0",
+        "train.global_batch=4",
+        "train.warmup_steps=0",
+        *overrides,
+    )
     graphdef, params, model_state = split_model(build_model(cfg.model, 0))
     tx = make_optimizer(cfg.train)
     pairs = [Pair(f"x = {i}\n", f"y = {i + 1}\n", f"y = {i}#{'z' * i}\n") for i in range(4)]

@@ -3,6 +3,7 @@
 Numerical parity with torch_ref (logits, the JAX -> torch -> JAX round trip) is in
 parity_tests/test_export_parity.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,17 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from micro import MICRO
 
 import open_r1_jax
 from open_r1_jax import export as export_lib
 from open_r1_jax.checkpoint import Checkpointer
 from open_r1_jax.config import Config, load_config, to_dict
-from open_r1_jax.model import build_model
+from open_r1_jax.model import build_model, split_model
 from open_r1_jax.training.optim import make_optimizer
 from open_r1_jax.training.step import init_state
-from open_r1_jax.model import split_model
-
-from micro import MICRO
 
 
 def _header(path) -> dict:
@@ -44,8 +43,14 @@ def run(tmp_path_factory):
     states = []
     with Checkpointer(tmp_path / "run" / "checkpoints") as ckpt:
         for step in (2, 4):
-            state = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape).astype(x.dtype))
-                                 if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+            state = jax.tree.map(
+                lambda x: (
+                    jnp.asarray(rng.standard_normal(x.shape).astype(x.dtype))
+                    if jnp.issubdtype(x.dtype, jnp.floating)
+                    else x
+                ),
+                state,
+            )
             ckpt.save(step, state, config=to_dict(cfg))
             states.append(state)
     return tmp_path / "run", cfg, states
@@ -71,8 +76,10 @@ def test_export_layout_refusal_and_overwrite(run, tmp_path, capsys):
 
     assert export_lib.main(["--run", str(run_dir), "--out", str(out)]) == 1
     assert "not empty; pass --overwrite" in capsys.readouterr().err
-    assert export_lib.main(["--run", str(run_dir), "--step", "2", "--out", str(out), "--overwrite",
-                            "--dtype", "bfloat16"]) == 0
+    assert (
+        export_lib.main(["--run", str(run_dir), "--step", "2", "--out", str(out), "--overwrite", "--dtype", "bfloat16"])
+        == 0
+    )
     assert {v["dtype"] for k, v in _header(out / "model.safetensors").items() if k != "__metadata__"} == {"BF16"}
     got = open_r1_jax.load_pretrained(out)
     want = jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(jnp.float32), states[0]["params"])
@@ -84,8 +91,12 @@ def test_export_layout_refusal_and_overwrite(run, tmp_path, capsys):
 def test_sharded_export_round_trips(run, tmp_path):
     run_dir, cfg, states = run
     out = tmp_path / "sharded"
-    assert export_lib.main(["--checkpoint", str(run_dir / "checkpoints" / "2"), "--out", str(out),
-                            "--max-shard-size", "20KB"]) == 0
+    assert (
+        export_lib.main(
+            ["--checkpoint", str(run_dir / "checkpoints" / "2"), "--out", str(out), "--max-shard-size", "20KB"]
+        )
+        == 0
+    )
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(p.name for p in out.glob("model-*.safetensors"))
     n = len(shards)
@@ -155,5 +166,7 @@ def test_torch_ref_accepts_every_jax_model_key():
 
 
 def test_import_stays_light():
-    code = "import sys, open_r1_jax; assert not {'jax', 'flax', 'orbax'} & set(sys.modules); open_r1_jax.load_pretrained"
+    code = (
+        "import sys, open_r1_jax; assert not {'jax', 'flax', 'orbax'} & set(sys.modules); open_r1_jax.load_pretrained"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

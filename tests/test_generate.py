@@ -1,5 +1,6 @@
 """Generation: cached decoding equals recomputation, stop tokens, sampling filters, the LSH bucketed
 cache, and the CLI (streamed output) on an exported tiny model."""
+
 import json
 
 import jax
@@ -9,9 +10,8 @@ from flax import nnx
 
 from open_r1_jax.config import to_dict
 from open_r1_jax.generate import Generator, Sampling, main, sample
-from open_r1_jax.model import build_model
+from open_r1_jax.model import build_model, split_model
 from open_r1_jax.model.lsh_attention import LSHAttention, hash_buckets
-from open_r1_jax.model import split_model
 
 PROMPTS = [[72, 101, 108, 108, 111, 32, 119], [40, 41, 42]]  # two lengths: the short one is left-padded
 NEW = 12
@@ -29,9 +29,9 @@ def _recompute_greedy(model, prompt, n, length=32):
     seq = list(prompt)
     for _ in range(n):
         buf = np.zeros((1, length), np.int32)
-        buf[0, :len(seq)] = seq  # tokens after the sequence cannot change its causal logits
+        buf[0, : len(seq)] = seq  # tokens after the sequence cannot change its causal logits
         seq.append(int(jnp.argmax(fwd(jnp.asarray(buf))[0, len(seq) - 1])))
-    return seq[len(prompt):]
+    return seq[len(prompt) :]
 
 
 def test_cached_greedy_equals_recompute_and_stops(micro):
@@ -44,8 +44,13 @@ def test_cached_greedy_equals_recompute_and_stops(micro):
     stop = int(out.tokens[0][4])
     first = out.tokens[0].tolist().index(stop)
     streamed = [[], []]
-    stopped = gen.generate(PROMPTS, NEW, stop_ids=[stop], steps_per_call=5,
-                           on_tokens=lambda fresh: [s.extend(f) for s, f in zip(streamed, fresh)])
+    stopped = gen.generate(
+        PROMPTS,
+        NEW,
+        stop_ids=[stop],
+        steps_per_call=5,
+        on_tokens=lambda fresh: [s.extend(f) for s, f in zip(streamed, fresh)],
+    )
     assert stopped.tokens[0].tolist() == out.tokens[0][:first].tolist() and stopped.finish[0] == "stop"
     assert [s for s in streamed] == [t.tolist() for t in stopped.tokens]
 
@@ -53,8 +58,14 @@ def test_cached_greedy_equals_recompute_and_stops(micro):
 def test_lsh_cache_with_one_bucket_equals_recompute(micro):
     """One bucket, chunk >= length: LSH is full attention (shared QK: self only when alone); the
     bucketed cache must give the recomputed tokens."""
-    cfg = micro("model.init_std=0.3", "model.drn_layers=2", "model.attention.kind=lsh",
-                "model.attention.n_buckets=1", "model.attention.chunk_size=32", "model.attention.shared_qk=true")
+    cfg = micro(
+        "model.init_std=0.3",
+        "model.drn_layers=2",
+        "model.attention.kind=lsh",
+        "model.attention.n_buckets=1",
+        "model.attention.chunk_size=32",
+        "model.attention.shared_qk=true",
+    )
     model, gen = _generator(cfg)
     out = gen.generate(PROMPTS[:1], NEW, steps_per_call=4)
     assert out.tokens[0].tolist() == _recompute_greedy(model, PROMPTS[0], NEW)

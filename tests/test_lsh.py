@@ -1,20 +1,20 @@
 """LSH attention: equals full attention in the limit, masks, rotations from the rng, remat, train step,
 config validation, rotary scaling. Parity with torch_ref is in parity_tests/test_lsh_parity.py."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from open_r1_jax.config import ConfigError
-from open_r1_jax.model import build_model
+from open_r1_jax.model import build_model, merge_model, split_model
 from open_r1_jax.model.attention import attention_mask, dot_product_attention
 from open_r1_jax.model.layers import rotary
 from open_r1_jax.model.lsh_attention import lsh_attention, lsh_rotations
 from open_r1_jax.training.losses import summed_nll
 from open_r1_jax.training.optim import make_optimizer
-from open_r1_jax.training.step import init_state, make_train_step
 from open_r1_jax.training.stages import Pretrain
-from open_r1_jax.model import merge_model, split_model
+from open_r1_jax.training.step import init_state, make_train_step
 
 B, T, H, G, K = 2, 13, 4, 2, 8
 SEGMENTS = jnp.array([[1] * 5 + [2] * 6 + [0] * 2, [1] * 13])  # packed row with padding; plain row
@@ -24,8 +24,11 @@ DRN = ("model.drn_layers=2",)  # both blocks dense (DRN): the MoE is not under t
 
 def _qkv(seed=0):
     kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
-    return (jax.random.normal(kq, (B, T, H, K)), jax.random.normal(kk, (B, T, G, K)),
-            jax.random.normal(kv, (B, T, G, K)))
+    return (
+        jax.random.normal(kq, (B, T, H, K)),
+        jax.random.normal(kk, (B, T, G, K)),
+        jax.random.normal(kv, (B, T, G, K)),
+    )
 
 
 def _tokens(b=2, t=24, seed=0):
@@ -46,8 +49,9 @@ def test_one_bucket_and_one_chunk_is_full_causal_attention(micro):
     # the same through the whole model: LSH layers draw the same parameters as full ones
     tok = _tokens()
     full = build_model(micro(*DRN).model)
-    lsh = build_model(micro(*DRN, "model.attention.kind=lsh", "model.attention.n_buckets=1",
-                            "model.attention.chunk_size=32").model)
+    lsh = build_model(
+        micro(*DRN, "model.attention.kind=lsh", "model.attention.n_buckets=1", "model.attention.chunk_size=32").model
+    )
     np.testing.assert_allclose(_jit(lsh)(tok), _jit(full)(tok), atol=1e-5, rtol=1e-5)
 
 
@@ -95,8 +99,14 @@ def test_activation_checkpoint_draws_the_same_rotations(micro):
     tok = _tokens()
     out = []
     for extra in ((), ("model.activation_checkpoint=true",)):
-        cfg = micro(*DRN, "model.attention.lsh_layers=[1]", "model.attention.n_buckets=4",
-                    "model.attention.chunk_size=8", "model.attention.shared_qk=true", *extra)
+        cfg = micro(
+            *DRN,
+            "model.attention.lsh_layers=[1]",
+            "model.attention.n_buckets=4",
+            "model.attention.chunk_size=8",
+            "model.attention.shared_qk=true",
+            *extra,
+        )
         graphdef, params, rest = split_model(build_model(cfg.model))
 
         def loss(p):
@@ -117,14 +127,19 @@ def test_train_step_passes_an_rng_per_step(micro):
     tx = make_optimizer(cfg.train)
     state = init_state(params, model_state, tx, cfg)
     tok = np.asarray(_tokens(2, 17))
-    batch = {"inputs": tok[:, :-1], "targets": tok[:, 1:], "positions": np.tile(np.arange(16), (2, 1)),
-             "segment_ids": np.ones((2, 16), np.int32)}
+    batch = {
+        "inputs": tok[:, :-1],
+        "targets": tok[:, 1:],
+        "positions": np.tile(np.arange(16), (2, 1)),
+        "segment_ids": np.ones((2, 16), np.int32),
+    }
     _, metrics = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg))(state, batch)
 
     @jax.jit
     def loss(rng):
-        logits, _ = merge_model(graphdef, params, model_state)(batch["inputs"], batch["positions"],
-                                                               batch["segment_ids"], rng=rng)
+        logits, _ = merge_model(graphdef, params, model_state)(
+            batch["inputs"], batch["positions"], batch["segment_ids"], rng=rng
+        )
         nll, n = summed_nll(logits, batch["targets"], batch["segment_ids"] > 0)
         return nll / n
 
@@ -133,16 +148,21 @@ def test_train_step_passes_an_rng_per_step(micro):
     assert abs(float(metrics["loss"]) - float(loss(jax.random.key(0)))) > 1e-6  # not the eval rotations
 
 
-@pytest.mark.parametrize("overrides, fragment", [
-    (["model.attention.n_buckets=3"], "model.attention.n_buckets: got 3"),
-    (["model.attention.n_hashes=0"], "model.attention.n_hashes"),
-    (["model.attention.chunk_size=0"], "model.attention.chunk_size"),
-    (["model.attention.kind=lsh", "model.attention.chunk_size=48"],
-     "train.seq_len (128) must be a multiple of model.attention.chunk_size (48)"),
-    (["model.attention.rope_factor=0.5", "model.attention.rope_scaling=ntk"], "model.attention.rope_factor"),
-    (["model.attention.rope_factor=4"], "no effect with rope_scaling 'none'"),
-    (["model.attention.rope_scaling=yarn"], "model.attention.rope_scaling"),
-])
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["model.attention.n_buckets=3"], "model.attention.n_buckets: got 3"),
+        (["model.attention.n_hashes=0"], "model.attention.n_hashes"),
+        (["model.attention.chunk_size=0"], "model.attention.chunk_size"),
+        (
+            ["model.attention.kind=lsh", "model.attention.chunk_size=48"],
+            "train.seq_len (128) must be a multiple of model.attention.chunk_size (48)",
+        ),
+        (["model.attention.rope_factor=0.5", "model.attention.rope_scaling=ntk"], "model.attention.rope_factor"),
+        (["model.attention.rope_factor=4"], "no effect with rope_scaling 'none'"),
+        (["model.attention.rope_scaling=yarn"], "model.attention.rope_scaling"),
+    ],
+)
 def test_config_errors_name_the_key(overrides, fragment):
     from open_r1_jax.config import load_config
 
@@ -163,6 +183,7 @@ def test_rotary_scaling(micro):
     pos = jnp.arange(80)[None]
     mixed = (*DRN, "model.attention.lsh_layers=[1]", "model.attention.n_buckets=4", "model.attention.chunk_size=16")
     plain = _jit(build_model(micro(*mixed).model))
-    scaled = _jit(build_model(micro(*mixed, "model.attention.rope_scaling=linear",
-                                    "model.attention.rope_factor=2").model))
+    scaled = _jit(
+        build_model(micro(*mixed, "model.attention.rope_scaling=linear", "model.attention.rope_factor=2").model)
+    )
     np.testing.assert_allclose(scaled(tok, 2 * pos), plain(tok, pos), atol=2e-5, rtol=1e-5)

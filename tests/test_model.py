@@ -1,13 +1,13 @@
 """Model properties: shapes and dtypes, causality, segment isolation, remat equivalence."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from open_r1_jax.model import build_model
+from open_r1_jax.model import build_model, merge_model, split_model
 from open_r1_jax.model.layers import RouterBias
-from open_r1_jax.model import merge_model, split_model
 
 
 def _tokens(b=2, t=24, seed=0):
@@ -97,10 +97,14 @@ def test_blocked_causal_attention_equals_dense():
 
     b, t, h, g, k = 2, 384, 4, 2, 8
     keys = jax.random.split(jax.random.key(0), 3)
-    q, kk, v = (jax.random.normal(keys[0], (b, t, h, k)), jax.random.normal(keys[1], (b, t, g, k)),
-                jax.random.normal(keys[2], (b, t, g, k)))
-    seg = jnp.concatenate([jnp.ones((b, 200), jnp.int32), 2 * jnp.ones((b, 150), jnp.int32),
-                           jnp.zeros((b, 34), jnp.int32)], axis=1)
+    q, kk, v = (
+        jax.random.normal(keys[0], (b, t, h, k)),
+        jax.random.normal(keys[1], (b, t, g, k)),
+        jax.random.normal(keys[2], (b, t, g, k)),
+    )
+    seg = jnp.concatenate(
+        [jnp.ones((b, 200), jnp.int32), 2 * jnp.ones((b, 150), jnp.int32), jnp.zeros((b, 34), jnp.int32)], axis=1
+    )
     mask = attention_mask(seg)
     f = lambda fn: jax.value_and_grad(lambda q, kk, v: jnp.sum(jnp.sin(fn(q, kk, v, mask))), argnums=(0, 1, 2))
     (a, ga), (d, gd) = f(causal_attention)(q, kk, v), f(dot_product_attention)(q, kk, v)

@@ -1,5 +1,6 @@
 """Data, FSDP and expert parallelism on 8 fake CPU devices (subprocesses: the main pytest process
 has one device), and the errors of bad meshes."""
+
 import json
 import os
 import subprocess
@@ -16,8 +17,13 @@ HERE = Path(__file__).parent
 
 def run_8(*args, timeout=600):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, str(HERE / "multidevice" / "equivalence.py"), *args], env=env,
-                         capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, str(HERE / "multidevice" / "equivalence.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
@@ -31,8 +37,10 @@ def equivalence():
 def test_first_gradient_and_three_steps_match_one_device(equivalence, mesh):
     r = equivalence[mesh]
     grad_norm_rel = abs(r["grad_norm"] - r["ref_grad_norm"]) / r["ref_grad_norm"]
-    print(f"\n{mesh}: loss rel {r['loss_rel']:.1e}, param rel {r['param_rel']:.1e}, first-step gradient: "
-          f"global norm rel {grad_norm_rel:.1e}, per-parameter max rel {r['grad_rel']:.1e}")
+    print(
+        f"\n{mesh}: loss rel {r['loss_rel']:.1e}, param rel {r['param_rel']:.1e}, first-step gradient: "
+        f"global norm rel {grad_norm_rel:.1e}, per-parameter max rel {r['grad_rel']:.1e}"
+    )
     assert r["loss_rel"] < 1e-5 and r["param_rel"] < 1e-5
     assert grad_norm_rel < 1e-5 and r["grad_rel"] < 1e-5  # a gradient-scale bug shows here, not after AdamW
     assert r["dropped"] == 0  # dropless
@@ -69,8 +77,11 @@ def test_planner_matches_real_sharded_bytes(equivalence):
     sys.path.insert(0, str(HERE / "multidevice"))
     from equivalence import BASE
 
-    for mesh, overrides in [("fsdp8", ["mesh.fsdp=8"]), ("d2f2e2", ["mesh.data=2", "mesh.fsdp=2", "mesh.expert=2"]),
-                            ("expert8", ["mesh.expert=8"])]:
+    for mesh, overrides in [
+        ("fsdp8", ["mesh.fsdp=8"]),
+        ("d2f2e2", ["mesh.data=2", "mesh.fsdp=2", "mesh.expert=2"]),
+        ("expert8", ["mesh.expert=8"]),
+    ]:
         predicted = plan(load_config(None, BASE + overrides)).params
         assert predicted == equivalence[mesh]["params"], (mesh, predicted, equivalence[mesh]["params"])
 
@@ -96,6 +107,11 @@ def test_inference_modules_import_nothing_from_training():
     for name in ("checkpoint.py", "pretrained.py", "generate.py", "export.py", "model", "parallel", "data"):
         for path in [root / name] if name.endswith(".py") else sorted((root / name).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
-                mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                        else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                mods = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
                 assert not any(m.startswith("open_r1_jax.training") for m in mods), (path, mods)

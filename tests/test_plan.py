@@ -1,13 +1,13 @@
 """The planner's counts against the real model, and its memory model's monotonicity."""
+
 import jax
 from flax import nnx
+from micro import MICRO
 
 from open_r1_jax.config import load_config
 from open_r1_jax.model import build_model
 from open_r1_jax.plan import count_active, count_params, main, plan
 from open_r1_jax.training.metrics import active_matmul_params
-
-from micro import MICRO
 
 
 def _real_count(cfg):

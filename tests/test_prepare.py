@@ -1,4 +1,5 @@
 """``python -m open_r1_jax.data.prepare`` end to end, its bad inputs, the tokenizer CLI, and training on shards."""
+
 import json
 import random
 from pathlib import Path
@@ -13,12 +14,20 @@ from open_r1_jax.data.mixture import open_prepared
 from open_r1_jax.data.prepare import PrepareError, main, prepare
 from open_r1_jax.data.shards import decode_record
 
-EN = ("the of and to in is you that it he was for on are as with his they at be this have from or one had by "
-      "word but not what all were we when your can said there use each which she do how their if will up other "
-      "about out many then them these so some her would make like him into time has look two more write go see").split()
+EN = (
+    "the of and to in is you that it he was for on are as with his they at be this have from or one had by "
+    "word but not what all were we when your can said there use each which she do how their if will up other "
+    "about out many then them these so some her would make like him into time has look two more write go see"
+).split()
 FR = "le la les de des et est un une dans pour que qui il elle nous vous ils sont avec sur pas plus par mais".split()
-SMALL = ["data.clean.min_tokens=200", "data.clean.max_tokens=300", "run.progress=false",
-         "data.clean.languages=[en]", "data.clean.samples_per_reason=3", "data.clean.max_bad_fraction=0.1"]
+SMALL = [
+    "data.clean.min_tokens=200",
+    "data.clean.max_tokens=300",
+    "run.progress=false",
+    "data.clean.languages=[en]",
+    "data.clean.samples_per_reason=3",
+    "data.clean.max_bad_fraction=0.1",
+]
 STDLIB_YAML = str(Path(__file__).parent.parent / "configs" / "data" / "stdlib.yaml")
 
 
@@ -48,8 +57,11 @@ def corpus(root):
     domain.mkdir()
     for i in range(6):
         (domain / f"d{i}.txt").write_text(salad(58, 500 + i))
-    return ["data.mixture_names=[text,multimodal,domain]",
-            f"data.mixture_paths=[{text},{root / 'mm.jsonl'},{domain}]", "data.mixture_weights=[0.6,0.3,0.1]"]
+    return [
+        "data.mixture_names=[text,multimodal,domain]",
+        f"data.mixture_paths=[{text},{root / 'mm.jsonl'},{domain}]",
+        "data.mixture_weights=[0.6,0.3,0.1]",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +75,13 @@ def prepared(tmp_path_factory):
 def test_report_counts_every_document(prepared):
     root, r = prepared
     assert r["balance_ok"] and r["input_docs"] + r["split_added"] == r["output_docs"] + sum(r["dropped"].values())
-    assert r["dropped"] == {"malformed_record": 1, "too_short": 1, "exact_duplicate": 1, "near_duplicate": 1,
-                            "language": 1}
+    assert r["dropped"] == {
+        "malformed_record": 1,
+        "too_short": 1,
+        "exact_duplicate": 1,
+        "near_duplicate": 1,
+        "language": 1,
+    }
     assert r["input_docs"] == 16 + 10 + 6 and r["split_added"] > 0 and r["repaired_utf8"] == 1
     assert r["languages"] == {"en": r["output_docs"]} and r["duplicate_rate_after"] == 0.0
     assert r["tokens"]["output"] == sum(r["sources"][n]["tokens"]["output"] for n in r["sources"])
@@ -140,8 +157,11 @@ def test_stdlib_prepare_and_bpe_tokenizer_cli(tmp_path, capsys):
     common = ["data.max_corpus_mb=0.3", "data.bpe_vocab_size=300", "model.vocab_size=300"]
     assert tokenizer_lib.main(["train", "--config", STDLIB_YAML, "--out", str(tok_path)] + common) == 0
     assert tok_path.is_file() and "trained a 300-token BPE" in capsys.readouterr().out
-    cfg = load_config(STDLIB_YAML, common + ["data.tokenizer=bpe", f"data.tokenizer_path={tok_path}",
-                                                            "run.progress=false", "data.heldout_percent=10"])
+    cfg = load_config(
+        STDLIB_YAML,
+        common
+        + ["data.tokenizer=bpe", f"data.tokenizer_path={tok_path}", "run.progress=false", "data.heldout_percent=10"],
+    )
     r = prepare(cfg, tmp_path / "out")
     assert r["output_docs"] > 0 and r["balance_ok"] and r["tokenizer"]["vocab_size"] == 300
     assert (tmp_path / "out" / "tokenizer.json").is_file()
@@ -153,8 +173,14 @@ def test_training_reads_the_mixture(prepared, micro, tmp_path):
     from open_r1_jax.training.trainer import train
 
     root, _ = prepared
-    cfg = micro("data.kind=arrayrecord", f"data.prepared_dir={root / 'out'}", "train.steps=4", "train.log_every=2",
-                "train.eval_batches=1", run_dir=tmp_path / "run")
+    cfg = micro(
+        "data.kind=arrayrecord",
+        f"data.prepared_dir={root / 'out'}",
+        "train.steps=4",
+        "train.log_every=2",
+        "train.eval_batches=1",
+        run_dir=tmp_path / "run",
+    )
     summary = train(cfg)
     assert summary["steps"] == 4 and summary["eval_tokens"] > 0
     realised = json.loads((tmp_path / "run" / "data_mixture.json").read_text())

@@ -1,4 +1,5 @@
 """The train step (accumulation, clipping, loss scaling, router bias, NaN guard) and the loop end to end."""
+
 import json
 
 import jax
@@ -7,13 +8,12 @@ import numpy as np
 import pytest
 import yaml
 
-from open_r1_jax.model import build_model
+from open_r1_jax.model import build_model, split_model
 from open_r1_jax.training import state as state_lib
-from open_r1_jax.training.trainer import TrainingDiverged, train
 from open_r1_jax.training.optim import decay_mask, make_optimizer, schedule
-from open_r1_jax.training.step import init_state, make_train_step
 from open_r1_jax.training.stages import Pretrain
-from open_r1_jax.model import split_model
+from open_r1_jax.training.step import init_state, make_train_step
+from open_r1_jax.training.trainer import TrainingDiverged, train
 
 
 def _batch(cfg, seed=0):
@@ -21,7 +21,7 @@ def _batch(cfg, seed=0):
     rng = np.random.default_rng(seed)
     tok = rng.integers(0, 256, size=(b, t + 1)).astype(np.int32)
     seg = np.ones((b, t), np.int32)
-    seg[0, t // 2:] = 2  # a packed row
+    seg[0, t // 2 :] = 2  # a packed row
     seg[1, -5:] = 0  # padding
     pos = np.where(seg == 2, np.arange(t) - t // 2, np.arange(t)).astype(np.int32)
     return {"inputs": tok[:, :-1], "targets": tok[:, 1:], "positions": pos, "segment_ids": seg}
@@ -99,8 +99,14 @@ def test_float16_loss_scale_skips_overflow_and_halves(micro):
 
 def test_train_end_to_end_writes_outputs_and_resumes(micro, tmp_path):
     run = tmp_path / "run"
-    cfg = micro("train.steps=12", "train.checkpoint_every=6", "train.eval_every=6", "run.tensorboard=true",
-                "train.lr=3e-3", run_dir=run)
+    cfg = micro(
+        "train.steps=12",
+        "train.checkpoint_every=6",
+        "train.eval_every=6",
+        "run.tensorboard=true",
+        "train.lr=3e-3",
+        run_dir=run,
+    )
     summary = train(cfg)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 13))
@@ -137,8 +143,9 @@ def test_resume_continues_exactly(micro, tmp_path):
     for a, b in zip(straight[4:], resumed[4:]):
         assert (a["loss"], a["grad_norm"], a["aux_loss"]) == (b["loss"], b["grad_norm"], b["aux_loss"])
     # the counters go on from the checkpoint: the same tokens as the straight run, more seconds than step 4's
-    assert again["tokens_seen"] == first["tokens_seen"] == sum(
-        np.count_nonzero(b["segment_ids"]) for b in _stream(cfg, 8))
+    assert (
+        again["tokens_seen"] == first["tokens_seen"] == sum(np.count_nonzero(b["segment_ids"]) for b in _stream(cfg, 8))
+    )
     assert json.loads((run / "summary.json").read_text())["tokens_seen"] == first["tokens_seen"]
     assert again["wall_seconds"] > first["wall_seconds"] * 0.5 and again["train_seconds"] > 0
 
@@ -173,8 +180,10 @@ def test_a_stage_can_freeze_parameters(micro):
     moments = [x for x in jax.tree.leaves(new["opt_state"]) if getattr(x, "shape", ()) == params["embed"].shape]
     assert not moments, "a frozen parameter must not have optimizer moments"
     full = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), make_optimizer(cfg.train), cfg))
-    _, m_all = full(init_state(params, model_state, make_optimizer(cfg.train), cfg),
-                    {k: jnp.asarray(v) for k, v in _batch(cfg).items()})
+    _, m_all = full(
+        init_state(params, model_state, make_optimizer(cfg.train), cfg),
+        {k: jnp.asarray(v) for k, v in _batch(cfg).items()},
+    )
     assert float(m["grad_norm"]) < float(m_all["grad_norm"])  # the clipping norm leaves frozen grads out
 
 

@@ -3,6 +3,7 @@
 h = (logp_c - ref_c) - (logp_r - ref_r); sigmoid: -(1-eps) logsigmoid(beta h) - eps logsigmoid(-beta h);
 ipo: (h_avg - 1/(2 beta))^2 with per-token averaged log-probs; hinge: relu(1 - beta h).
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,7 +33,12 @@ def dpo_loss(pc, pr, rc, rr, beta: float, loss: str = "sigmoid", label_smoothing
     else:
         raise ValueError(f"unknown DPO loss {loss!r}; accepted: sigmoid, ipo, hinge")
     r_c, r_r = beta * (pc - rc), beta * (pr - rr)
-    metrics = {"rewards/chosen": r_c.mean(), "rewards/rejected": r_r.mean(),
-               "rewards/accuracies": (r_c > r_r).float().mean(), "rewards/margins": (r_c - r_r).mean(),
-               "logps/chosen": pc.mean(), "logps/rejected": pr.mean()}
+    metrics = {
+        "rewards/chosen": r_c.mean(),
+        "rewards/rejected": r_r.mean(),
+        "rewards/accuracies": (r_c > r_r).float().mean(),
+        "rewards/margins": (r_c - r_r).mean(),
+        "logps/chosen": pc.mean(),
+        "logps/rejected": pr.mean(),
+    }
     return losses, metrics

@@ -2,6 +2,7 @@
 
 Legend: B batch, T time, V vocabulary, E experts.
 """
+
 from __future__ import annotations
 
 import torch

@@ -28,6 +28,7 @@ Everything is eager and fp32, and mirrors the JAX model formula for formula:
 Parameter names are those of ``open_r1_jax.name_map.to_torch_state``. This module never imports
 jax or flax.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -107,7 +108,7 @@ class TorchModelConfig:
     }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TorchModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TorchModelConfig:
         """Model section (``{"vocab_size": ..., "moe": {...}}``) or a whole config with a "model" key."""
         if isinstance(d.get("model"), dict):
             d = d["model"]
@@ -115,11 +116,14 @@ class TorchModelConfig:
         att = dict(d.pop("attention", None) or {})
         if "lsh_layers" in att:
             att["lsh_layers"] = tuple(att["lsh_layers"])
-        subs = {"attention": (AttentionConfig, att),
-                "drn": (DRNConfig, dict(d.pop("drn", None) or {})),
-                "moe": (MoEConfig, dict(d.pop("moe", None) or {}))}
-        kwargs = {name: _section(sub_cls, values, cls.JAX_ONLY[name], f"{name}.")
-                  for name, (sub_cls, values) in subs.items()}
+        subs = {
+            "attention": (AttentionConfig, att),
+            "drn": (DRNConfig, dict(d.pop("drn", None) or {})),
+            "moe": (MoEConfig, dict(d.pop("moe", None) or {})),
+        }
+        kwargs = {
+            name: _section(sub_cls, values, cls.JAX_ONLY[name], f"{name}.") for name, (sub_cls, values) in subs.items()
+        }
         top = _section(None, d, cls.JAX_ONLY[""], "", cls)
         return cls(**top, **kwargs)
 
@@ -130,8 +134,7 @@ def _section(sub_cls, values: dict, ignored: tuple, prefix: str, target=None):
     names = {f.name for f in dataclasses.fields(cls) if f.name not in ("attention", "drn", "moe")}
     unknown = sorted(set(values) - names - set(ignored))
     if unknown:
-        raise ValueError(f"unknown model config key(s) {[prefix + k for k in unknown]}; "
-                         f"accepted: {sorted(names)}")
+        raise ValueError(f"unknown model config key(s) {[prefix + k for k in unknown]}; accepted: {sorted(names)}")
     kept = {k: v for k, v in values.items() if k in names}
     return kept if target is not None else sub_cls(**kept)
 
@@ -151,8 +154,9 @@ class RMSNorm(nn.Module):
         return (y * self.weight).to(x.dtype)
 
 
-def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float, scaling: str = "none",
-           factor: float = 1.0) -> torch.Tensor:
+def rotary(
+    x: torch.Tensor, positions: torch.Tensor, theta: float, scaling: str = "none", factor: float = 1.0
+) -> torch.Tensor:
     """x [B,T,*,K], positions [B,T] -> x rotated, "rotate half" pairs (i, i + K/2).
     scaling "linear": positions / factor; "ntk": base theta * factor^(K/(K-2))."""
     k = x.shape[-1]
@@ -472,7 +476,8 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         lsh = lambda i: cfg.attention.kind == "lsh" or i in cfg.attention.lsh_layers
         self.blocks = nn.ModuleList(
-            [Block(cfg, "drn" if i < cfg.drn_layers else "moe", lsh(i)) for i in range(cfg.n_layers)])
+            [Block(cfg, "drn" if i < cfg.drn_layers else "moe", lsh(i)) for i in range(cfg.n_layers)]
+        )
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -485,8 +490,13 @@ class Transformer(nn.Module):
             else:
                 nn.init.normal_(p, 0.0, std)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                segment_ids: torch.Tensor | None = None, rotations: dict | None = None):
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+        rotations: dict | None = None,
+    ):
         """tokens [B,T] long -> (logits [B,T,V] fp32, aux dict).
 
         rotations: {layer index: [K, n_hashes, n_buckets/2] tensor} for every LSH layer (the JAX model
@@ -523,9 +533,11 @@ class Transformer(nn.Module):
         if not layer_aux:
             return {"aux_loss": torch.zeros((), dtype=torch.float32, device=self.embed.weight.device)}
         out = {k: torch.stack([a[k] for a in layer_aux]) for k in layer_aux[0]}
-        out["aux_loss"] = (moe.balance_coef * out["balance_loss"].sum()
-                           + moe.seq_balance_coef * out["seq_balance_loss"].sum()
-                           + moe.z_loss_coef * out["z_loss"].sum())
+        out["aux_loss"] = (
+            moe.balance_coef * out["balance_loss"].sum()
+            + moe.seq_balance_coef * out["seq_balance_loss"].sum()
+            + moe.z_loss_coef * out["z_loss"].sum()
+        )
         return out
 
     @torch.no_grad()

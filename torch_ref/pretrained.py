@@ -1,5 +1,6 @@
 """``torch_ref.load_pretrained(dir)``: an exported directory (``config.json`` + safetensors, single or
 sharded with a Hugging Face index) -> the ``torch_ref`` Transformer in eval mode, forward -> logits."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ from pathlib import Path
 import torch
 
 from torch_ref.model import TorchModelConfig, Transformer
+
 
 def _read_safetensors(directory: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:
     from safetensors.torch import load_file
@@ -27,7 +29,8 @@ def _read_safetensors(directory: Path) -> tuple[dict[str, torch.Tensor], list[Pa
         if not files:
             raise FileNotFoundError(
                 f"{directory}: no weights found; expected model.safetensors, or "
-                "model-0000i-of-0000N.safetensors shards with model.safetensors.index.json")
+                "model-0000i-of-0000N.safetensors shards with model.safetensors.index.json"
+            )
     state: dict[str, torch.Tensor] = {}
     for path in files:
         if not path.is_file():
@@ -61,10 +64,12 @@ def load_pretrained(directory: str | Path) -> Transformer:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{where} does not match {config_path}: missing keys {missing}; "
-                         f"unexpected keys {unexpected}")
-    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-           for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
+        raise ValueError(f"{where} does not match {config_path}: missing keys {missing}; unexpected keys {unexpected}")
+    bad = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if tuple(v.shape) != tuple(expected[k].shape)
+    ]
     if bad:
         raise ValueError(f"{where}: shape mismatch for " + "; ".join(bad))
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)

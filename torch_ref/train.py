@@ -10,6 +10,7 @@ accumulation as ``open_r1_jax.training`` (used by the training parity test and t
 - torch ``AdamW`` and optax ``adamw`` agree: eps outside the square root, bias correction from step 1,
   decoupled decay multiplied by the learning rate.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,7 @@ def lr_at(step: int, lr: float, min_lr: float, warmup: int, steps: int) -> float
 def make_optimizer(model: torch.nn.Module, train: dict) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": train["weight_decay"]},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": train["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=0.0, betas=(train["beta1"], train["beta2"]), eps=train["eps"])
 
 

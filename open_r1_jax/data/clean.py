@@ -11,6 +11,7 @@ split into the fewest windows that each fit in [min, max] (near-equal sizes); wh
 dropped, counted in ``tokens.dropped.split_tail``. ``long_docs: truncate`` keeps the first ``max``
 tokens; ``drop`` drops the document.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -69,8 +70,7 @@ class Cleaner:
         self.cfg, self.tok, self.tally = cfg, tokenizer, tally
         self.seen: dict[bytes, str] = {}  # exact-duplicate key -> first document
         self.hasher = MinHasher(cfg.minhash_bands * cfg.minhash_rows, cfg.minhash_ngram, cfg.minhash_seed)
-        self.index = NearDuplicateIndex(cfg.minhash_bands, cfg.minhash_rows, cfg.minhash_threshold,
-                                        cfg.minhash_seed)
+        self.index = NearDuplicateIndex(cfg.minhash_bands, cfg.minhash_rows, cfg.minhash_threshold, cfg.minhash_seed)
         self.langid = LanguageIdentifier() if cfg.langid else None
         self.seconds: dict[str, float] = {}  # per stage
 
@@ -125,8 +125,9 @@ class Cleaner:
                 units.append(Unit(doc.source, doc.where, doc.where, tokens, doc.text))
                 continue
             for s, e in spans:
-                units.append(Unit(doc.source, f"{doc.where}#t{s}-{e}", doc.where, tokens[s:e],
-                                  _text_of(self.tok, tokens[s:e])))
+                units.append(
+                    Unit(doc.source, f"{doc.where}#t{s}-{e}", doc.where, tokens[s:e], _text_of(self.tok, tokens[s:e]))
+                )
         return units
 
     def _exact(self, units: list[Unit]) -> list[Unit]:
@@ -134,8 +135,14 @@ class Cleaner:
         for u in units:
             key = hashlib.blake2b(normalized_text(u.text).encode("utf-8"), digest_size=16).digest()
             if key in self.seen:
-                self.tally.drop(u.source, "exact_duplicate", u.where,
-                                f"same normalised text as {self.seen[key]}", len(u.tokens), u.text)
+                self.tally.drop(
+                    u.source,
+                    "exact_duplicate",
+                    u.where,
+                    f"same normalised text as {self.seen[key]}",
+                    len(u.tokens),
+                    u.text,
+                )
             else:
                 self.seen[key] = u.where
                 kept.append(u)
@@ -148,8 +155,14 @@ class Cleaner:
         for u, sig in zip(units, self.hasher.signatures([u.text for u in units])):
             dup = self.index.check_and_add(u.where, sig)
             if dup is not None:
-                self.tally.drop(u.source, "near_duplicate", u.where,
-                                f"estimated Jaccard {dup[1]:.2f} with {dup[0]}", len(u.tokens), u.text)
+                self.tally.drop(
+                    u.source,
+                    "near_duplicate",
+                    u.where,
+                    f"estimated Jaccard {dup[1]:.2f} with {dup[0]}",
+                    len(u.tokens),
+                    u.text,
+                )
             else:
                 kept.append(u)
         return kept

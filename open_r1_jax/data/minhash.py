@@ -15,6 +15,7 @@ counts as a duplicate only when the signatures agree on at least ``threshold`` o
 ``DatasketchDuplicateCounter`` is an independent second pass (datasketch's own SHA-1 hashing and
 permutations, another seed) used to re-estimate the duplicate rate of the output.
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -39,7 +40,7 @@ def shingles(words: list[str], n: int) -> list[str]:
     """Word n-grams; a document of fewer than n words is one shingle."""
     if len(words) < n:
         return [" ".join(words)]
-    return [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
 _U64 = np.uint64
@@ -98,7 +99,7 @@ class MinHasher:
         gram = word[:n_sh].copy()
         for k in range(1, n):
             gram *= _Q
-            gram += word[k:k + n_sh]
+            gram += word[k : k + n_sh]
         per_doc = n_words - n + 1
         first = np.concatenate([[0], np.cumsum(n_words)[:-1]])
         keep = np.repeat(first - np.concatenate([[0], np.cumsum(per_doc)[:-1]]), per_doc) + np.arange(per_doc.sum())
@@ -107,11 +108,11 @@ class MinHasher:
     def signatures(self, texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), self.num_perm), np.uint32)
         for i in range(0, len(texts), self.batch):
-            h, per_doc = self._shingle_hashes(texts[i:i + self.batch])
+            h, per_doc = self._shingle_hashes(texts[i : i + self.batch])
             perm = self.a * h[None, :]  # [P, S], wraps modulo 2^32
             perm += self.b
             offsets = np.concatenate([[0], np.cumsum(per_doc)[:-1]])
-            out[i:i + len(per_doc)] = np.minimum.reduceat(perm, offsets, axis=1).T
+            out[i : i + len(per_doc)] = np.minimum.reduceat(perm, offsets, axis=1).T
         return out
 
 
@@ -163,8 +164,9 @@ class DatasketchDuplicateCounter:
     A text counts as a duplicate when an earlier text found through the LSH index has an estimated
     Jaccard >= ``threshold``; ``at`` also counts those at the stricter ``levels``."""
 
-    def __init__(self, bands: int, rows: int, ngram: int, threshold: float, seed: int,
-                 levels: tuple[float, ...] = (0.8, 0.9)):
+    def __init__(
+        self, bands: int, rows: int, ngram: int, threshold: float, seed: int, levels: tuple[float, ...] = (0.8, 0.9)
+    ):
         from datasketch import LeanMinHash, MinHash, MinHashLSH
 
         self.lean, self.ngram, self.threshold = LeanMinHash, ngram, threshold

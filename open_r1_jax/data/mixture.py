@@ -10,6 +10,7 @@ reads the held-out records of every source.
 chunks and tokens that each source contributed (the realised proportions), reports them every
 ``report_every`` batches, and keeps the counts in the iterator state so a resumed run continues them.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,10 @@ class Prepared:
 def read_manifest(directory: str | Path) -> dict:
     path = Path(directory) / "manifest.json"
     if not path.is_file():
-        raise FileNotFoundError(f"data.prepared_dir: {path} not found (expected the --out directory of a "
-                                "completed `python -m open_r1_jax.data.prepare` run)")
+        raise FileNotFoundError(
+            f"data.prepared_dir: {path} not found (expected the --out directory of a "
+            "completed `python -m open_r1_jax.data.prepare` run)"
+        )
     return json.loads(path.read_text())
 
 
@@ -47,8 +50,7 @@ def _weights(d: DataConfig, manifest: dict) -> dict[str, float]:
         return {n: float(s["weight"]) for n, s in available.items()}
     unknown = [n for n in d.mixture_names if n not in available]
     if unknown:
-        raise ConfigError(f"data.mixture_names: {unknown} not in {d.prepared_dir} "
-                          f"(it holds {sorted(available)})")
+        raise ConfigError(f"data.mixture_names: {unknown} not in {d.prepared_dir} (it holds {sorted(available)})")
     return {n: (d.mixture_weights[d.mixture_names.index(n)] if n in d.mixture_names else 0.0) for n in available}
 
 
@@ -59,8 +61,9 @@ def _load_tokenizer(info: dict, directory: Path):
 
 
 def _source(directory: Path, split: dict, seq_len: int, eos_id: int) -> RecordChunkSource:
-    return RecordChunkSource([directory / p for p in split["shards"]], np.load(directory / split["lengths"]),
-                             seq_len, eos_id)
+    return RecordChunkSource(
+        [directory / p for p in split["shards"]], np.load(directory / split["lengths"]), seq_len, eos_id
+    )
 
 
 def open_prepared(d: DataConfig, seq_len: int) -> Prepared:
@@ -75,8 +78,10 @@ def open_prepared(d: DataConfig, seq_len: int) -> Prepared:
     for n in names:
         src = _source(directory, manifest["sources"][n]["train"], seq_len, tok.eos_id)
         if len(src) == 0:
-            raise ConfigError(f"source '{n}' of {directory} has no training records but weight {weights[n]}; "
-                              "give it weight 0 or prepare it again")
+            raise ConfigError(
+                f"source '{n}' of {directory} has no training records but weight {weights[n]}; "
+                "give it weight 0 or prepare it again"
+            )
         train.append(src)
     held = [manifest["sources"][n]["heldout"] for n in manifest["sources"]]
     paths = [directory / p for h in held for p in h["shards"]]
@@ -92,8 +97,9 @@ class MixtureStats(grain.IterDataset):
     """Counts (and strips) ``source_ids`` of packed batches; ``report(names, target, chunks, tokens)``
     is called every ``report_every`` batches."""
 
-    def __init__(self, parent: grain.IterDataset, names: list[str], weights: list[float], report_every: int,
-                 report=None):
+    def __init__(
+        self, parent: grain.IterDataset, names: list[str], weights: list[float], report_every: int, report=None
+    ):
         super().__init__(parent)
         self.names, self.weights, self.report_every, self.report = names, weights, report_every, report
 
@@ -125,13 +131,22 @@ class _MixtureStatsIterator(grain.DatasetIterator):
     def realised(self) -> dict:
         """Per source: target weight and realised share of chunks and of tokens so far."""
         c, t = self.chunks.sum(), self.tokens.sum()
-        return {name: {"target": w, "chunks": float(self.chunks[i] / c) if c else 0.0,
-                       "tokens": float(self.tokens[i] / t) if t else 0.0}
-                for i, (name, w) in enumerate(zip(self.ds.names, self.ds.weights))}
+        return {
+            name: {
+                "target": w,
+                "chunks": float(self.chunks[i] / c) if c else 0.0,
+                "tokens": float(self.tokens[i] / t) if t else 0.0,
+            }
+            for i, (name, w) in enumerate(zip(self.ds.names, self.ds.weights))
+        }
 
     def get_state(self) -> dict:
-        return {"parent": self._parent.get_state(), "chunks": self.chunks.tolist(),
-                "tokens": self.tokens.tolist(), "batches": self.batches}
+        return {
+            "parent": self._parent.get_state(),
+            "chunks": self.chunks.tolist(),
+            "tokens": self.tokens.tolist(),
+            "batches": self.batches,
+        }
 
     def set_state(self, state: dict) -> None:
         self._parent.set_state(state["parent"])
@@ -141,8 +156,10 @@ class _MixtureStatsIterator(grain.DatasetIterator):
 
 
 def format_realised(realised: dict) -> str:
-    return ", ".join(f"{n} {100 * r['tokens']:.1f}% of tokens / {100 * r['chunks']:.1f}% of chunks "
-                     f"(target {100 * r['target']:.1f}%)" for n, r in realised.items())
+    return ", ".join(
+        f"{n} {100 * r['tokens']:.1f}% of tokens / {100 * r['chunks']:.1f}% of chunks (target {100 * r['target']:.1f}%)"
+        for n, r in realised.items()
+    )
 
 
 class MixtureReport:

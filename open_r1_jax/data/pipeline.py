@@ -9,6 +9,7 @@ packed first-fit into rows of ``seq_len`` (grain ``FirstFitPackIterDataset``), w
 The iterator's state (``get_state()``) is a small dict that checkpoints save for exact resume.
 ``make_mixture_dataset`` mixes several sources (grain ``MapDataset.mix``) before the same packing.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,7 +32,7 @@ class ChunkSource:
         starts, ends = [], []
         for i, d in enumerate(docs):
             o = offsets[i]
-            self.tokens[o:o + len(d)] = d
+            self.tokens[o : o + len(d)] = d
             self.tokens[o + len(d)] = eos_id
             s = np.arange(o, offsets[i + 1] - 1, seq_len)
             starts.append(s)
@@ -43,7 +44,7 @@ class ChunkSource:
         return len(self.starts)
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        seg = self.tokens[self.starts[i]:self.ends[i]]
+        seg = self.tokens[self.starts[i] : self.ends[i]]
         return {"inputs": seg[:-1], "targets": seg[1:]}
 
     @property
@@ -55,7 +56,7 @@ def tokenize(docs: list[str], tokenizer, desc: str, progress: bool = True) -> li
     if hasattr(tokenizer, "encode_batch"):
         out = []
         for i in tqdm(range(0, len(docs), 256), desc=desc, disable=not progress, leave=False):
-            out.extend(tokenizer.encode_batch(docs[i:i + 256]))
+            out.extend(tokenizer.encode_batch(docs[i : i + 256]))
         return out
     return [tokenizer.encode(d) for d in tqdm(docs, desc=desc, disable=not progress, leave=False)]
 
@@ -120,15 +121,20 @@ def _shard_and_shuffle(source, spec: PipelineSpec, seed: int, shard: int = 0, n_
 
 def _pack_and_batch(ds: grain.MapDataset, spec: PipelineSpec, keys: tuple[str, ...]) -> grain.IterDataset:
     packed = gexp.FirstFitPackIterDataset(
-        ds.to_iter_dataset(), length_struct={k: spec.seq_len for k in keys},
-        num_packing_bins=spec.packing_bins, shuffle_bins=spec.train, seed=spec.seed)
+        ds.to_iter_dataset(),
+        length_struct={k: spec.seq_len for k in keys},
+        num_packing_bins=spec.packing_bins,
+        shuffle_bins=spec.train,
+        seed=spec.seed,
+    )
     return packed.batch(spec.batch, drop_remainder=spec.train).map(_to_batch)
 
 
 def make_dataset(source: ChunkSource, spec: PipelineSpec) -> grain.IterDataset:
     """Items ``{"inputs", "targets"}`` of any random-access source (ChunkSource, RecordChunkSource)."""
-    return _sharded(lambda i, n, sp: _pack_and_batch(_shard_and_shuffle(source, sp, sp.seed, i, n), sp,
-                                                     ("inputs", "targets")), spec)
+    return _sharded(
+        lambda i, n, sp: _pack_and_batch(_shard_and_shuffle(source, sp, sp.seed, i, n), sp, ("inputs", "targets")), spec
+    )
 
 
 class _TagSource:
@@ -149,8 +155,10 @@ def make_mixture_dataset(sources: list, weights: list[float], spec: PipelineSpec
         raise ValueError("make_mixture_dataset is for training; evaluate with make_dataset")
 
     def build_one(shard, n, sp):
-        parts = [_shard_and_shuffle(src, sp, sp.seed + 1000 * i, shard, n).map(_TagSource(i))
-                 for i, src in enumerate(sources)]
+        parts = [
+            _shard_and_shuffle(src, sp, sp.seed + 1000 * i, shard, n).map(_TagSource(i))
+            for i, src in enumerate(sources)
+        ]
         mixed = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights=list(weights))
         return _pack_and_batch(mixed, sp, ("inputs", "targets", "source_ids"))
 
@@ -181,6 +189,6 @@ def fixed_batches(arrays: dict[str, np.ndarray], rows: int):
     nothing in the consumer: their masks are 0)."""
     n = len(next(iter(arrays.values())))
     for s in range(0, n, rows):
-        b = {k: v[s:s + rows] for k, v in arrays.items()}
+        b = {k: v[s : s + rows] for k, v in arrays.items()}
         short = rows - len(next(iter(b.values())))
         yield b if not short else {k: np.pad(v, ((0, short),) + ((0, 0),) * (v.ndim - 1)) for k, v in b.items()}

@@ -9,6 +9,7 @@ positions that belong to the response: the sequence log-prob is the sum over tho
 Truncation: the prompt keeps its last ``max_prompt_len`` tokens, the response is cut to fit ``max_len``;
 both are counted.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,7 +74,8 @@ def read_pairs(path: str | Path, max_bad_fraction: float, report: PairReport) ->
     if lines and len(report.bad) > max_bad_fraction * lines:
         raise PreferenceDataError(
             f"{path}: {len(report.bad)} of {lines} lines are malformed (more than dpo.max_bad_fraction = "
-            f"{max_bad_fraction}); first: {report.bad[0]}")
+            f"{max_bad_fraction}); first: {report.bad[0]}"
+        )
     if not pairs:
         raise PreferenceDataError(f"{path}: no usable preference pair")
     return pairs
@@ -101,8 +103,10 @@ def demo_pairs(heldout: bool, n: int, seed: int, max_corpus_mb: float = 4.0) -> 
     while len(pairs) < n:
         lines = files[rng.randrange(len(files))]
         start = rng.randrange(len(lines) - 4)
-        prompt, cont = "\n".join(lines[start:start + 2]) + "\n", "\n".join(lines[start + 2:start + 4]) + "\n"
-        pairs.append(Pair(prompt, cont, corrupt(cont, rng), where=f"demo:{'heldout' if heldout else 'train'}:{len(pairs)}"))
+        prompt, cont = "\n".join(lines[start : start + 2]) + "\n", "\n".join(lines[start + 2 : start + 4]) + "\n"
+        pairs.append(
+            Pair(prompt, cont, corrupt(cont, rng), where=f"demo:{'heldout' if heldout else 'train'}:{len(pairs)}")
+        )
     return pairs
 
 
@@ -110,23 +114,26 @@ def encode_pairs(pairs: list[Pair], tokenizer, cfg: DPOConfig, report: PairRepor
     """-> arrays [P, max_len] for chosen and rejected rows: ``*_inputs``, ``*_targets``, ``*_mask``
     (response targets), ``*_segment_ids`` (1 = real token)."""
     t = cfg.max_len
-    out = {f"{side}_{k}": np.zeros((len(pairs), t), np.int32)
-           for side in ("chosen", "rejected") for k in ("inputs", "targets", "mask", "segment_ids")}
+    out = {
+        f"{side}_{k}": np.zeros((len(pairs), t), np.int32)
+        for side in ("chosen", "rejected")
+        for k in ("inputs", "targets", "mask", "segment_ids")
+    }
     for i, p in enumerate(pairs):
         prompt = tokenizer.encode(p.prompt)
         if len(prompt) > cfg.max_prompt_len:
-            prompt = prompt[-cfg.max_prompt_len:]
+            prompt = prompt[-cfg.max_prompt_len :]
             report.prompt_truncated += 1
         for side, text in (("chosen", p.chosen), ("rejected", p.rejected)):
             resp = np.concatenate([tokenizer.encode(text), [tokenizer.eos_id]]).astype(np.int32)
             seq = np.concatenate([prompt, resp])
             if len(seq) > t + 1:
-                seq = seq[:t + 1]
+                seq = seq[: t + 1]
                 report.response_truncated += 1
             n = len(seq) - 1
             out[f"{side}_inputs"][i, :n] = seq[:-1]
             out[f"{side}_targets"][i, :n] = seq[1:]
-            out[f"{side}_mask"][i, len(prompt) - 1:n] = 1  # targets that are response tokens
+            out[f"{side}_mask"][i, len(prompt) - 1 : n] = 1  # targets that are response tokens
             out[f"{side}_segment_ids"][i, :n] = 1
     report.pairs += len(pairs)
     return out

@@ -13,6 +13,7 @@ tokenises them and writes, into DIR:
 
 The trainer reads DIR with ``data.kind=arrayrecord data.prepared_dir=DIR``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,7 @@ def claim_output(out: Path, overwrite: bool) -> None:
         if not overwrite:
             raise PrepareError(f"output directory {out} exists; pass --overwrite to replace it")
         if not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists()):
-            raise PrepareError(f"--overwrite: {out} is not an output of prepare (no {MARKER}); "
-                               "refusing to delete it")
+            raise PrepareError(f"--overwrite: {out} is not an output of prepare (no {MARKER}); refusing to delete it")
         shutil.rmtree(out)
     out.mkdir(parents=True)
     (out / MARKER).write_text("written by python -m open_r1_jax.data.prepare\n")
@@ -86,8 +86,7 @@ class _SourceWriter:
     """Train / held-out shards of one source. Writes one document behind, so that a source too small for
     the hash split still holds out its last document (as ``sources.load_documents`` does)."""
 
-    def __init__(self, out: Path, name: str, heldout_percent: float, per_shard: int, vocab_size: int,
-                 tally: Tally):
+    def __init__(self, out: Path, name: str, heldout_percent: float, per_shard: int, vocab_size: int, tally: Tally):
         self.name, self.percent, self.vocab_size, self.tally = name, heldout_percent, vocab_size, tally
         self.writers = {split: ShardWriter(out / name, split, per_shard) for split in ("train", "heldout")}
         self.last = None
@@ -95,7 +94,8 @@ class _SourceWriter:
     def _write(self, u, held: bool) -> None:
         meta = {"source": self.name, "doc": u.where, "lang": u.lang, "lang_score": round(u.lang_score, 4)}
         self.writers["heldout" if held else "train"].write(
-            encode_record(u.tokens, meta, vocab_size=self.vocab_size), len(u.tokens))
+            encode_record(u.tokens, meta, vocab_size=self.vocab_size), len(u.tokens)
+        )
         self.tally.keep(self.name, len(u.tokens), u.lang, held)
 
     def add(self, u) -> None:
@@ -122,8 +122,9 @@ def prepare(cfg: Config, out: str | Path, overwrite: bool = False) -> dict:
     t_tok = time.perf_counter() - t_start
     tally = Tally(histogram_edges(c.min_tokens, c.max_tokens), c.samples_per_reason)
     cleaner = Cleaner(c, tok, tally)
-    checker = DatasketchDuplicateCounter(c.check_bands, c.check_rows, c.minhash_ngram, c.check_threshold,
-                                         seed=c.minhash_seed + 7919)
+    checker = DatasketchDuplicateCounter(
+        c.check_bands, c.check_rows, c.minhash_ngram, c.check_threshold, seed=c.minhash_seed + 7919
+    )
     manifest, t_check, empty = {}, 0.0, []
     for s in sources:
         writer = _SourceWriter(out, s.name, d.heldout_percent, d.records_per_shard, tok.vocab_size, tally)
@@ -144,18 +145,35 @@ def prepare(cfg: Config, out: str | Path, overwrite: bool = False) -> dict:
         manifest[s.name] = {"weight": s.weight, "spec": s.spec, **writer.close()}
         if tally.source(s.name).output_docs == 0:
             empty.append(s.name)
-    seconds = {"tokenizer": t_tok, **cleaner.seconds, "duplicate_check": t_check,
-               "total": time.perf_counter() - t_start}
-    report = build_report(tally, weights={s.name: s.weight for s in sources},
-                          duplicate_check={"rate": checker.rate, "duplicates": checker.duplicates,
-                                           "rate_at": checker.rates_at(), "bands": c.check_bands,
-                                           "rows": c.check_rows, "threshold": c.check_threshold},
-                          seconds=seconds, tokenizer=tok_info, config=to_dict(d))
+    seconds = {
+        "tokenizer": t_tok,
+        **cleaner.seconds,
+        "duplicate_check": t_check,
+        "total": time.perf_counter() - t_start,
+    }
+    report = build_report(
+        tally,
+        weights={s.name: s.weight for s in sources},
+        duplicate_check={
+            "rate": checker.rate,
+            "duplicates": checker.duplicates,
+            "rate_at": checker.rates_at(),
+            "bands": c.check_bands,
+            "rows": c.check_rows,
+            "threshold": c.check_threshold,
+        },
+        seconds=seconds,
+        tokenizer=tok_info,
+        config=to_dict(d),
+    )
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     tally.write_samples(out / "dropped_samples.jsonl")
     _check(report, c.max_bad_fraction, empty, out)
-    (out / "manifest.json").write_text(json.dumps(
-        {"format": "open_r1_jax.prepared", "version": 1, "tokenizer": tok_info, "sources": manifest}, indent=2))
+    (out / "manifest.json").write_text(
+        json.dumps(
+            {"format": "open_r1_jax.prepared", "version": 1, "tokenizer": tok_info, "sources": manifest}, indent=2
+        )
+    )
     return report
 
 
@@ -168,15 +186,21 @@ def _check(report: dict, max_bad_fraction: float, empty: list[str], out: Path) -
     if bad > max_bad_fraction * total:
         raise PrepareError(
             f"{bad} of {total} records were malformed or unreadable, more than data.clean.max_bad_fraction "
-            f"({max_bad_fraction}); first: {'; '.join(report['errors'][:3])} (all in {out / 'report.json'})")
+            f"({max_bad_fraction}); first: {'; '.join(report['errors'][:3])} (all in {out / 'report.json'})"
+        )
     if empty:
-        raise PrepareError(f"every document of source(s) {empty} was dropped; see {out / 'report.json'} "
-                           f"and {out / 'dropped_samples.jsonl'} for why")
+        raise PrepareError(
+            f"every document of source(s) {empty} was dropped; see {out / 'report.json'} "
+            f"and {out / 'dropped_samples.jsonl'} for why"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m open_r1_jax.data.prepare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m open_r1_jax.data.prepare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", help="YAML file (configs/data/stdlib.yaml, configs/data/mixture.yaml)")
     parser.add_argument("--out", required=True, help="output directory (must not exist, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier output of prepare")

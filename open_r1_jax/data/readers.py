@@ -8,6 +8,7 @@ Nothing is dropped here: undecodable bytes are flagged (``RawDoc.bad_utf8``, the
 where they were) for the decoding stage to repair or drop, and malformed JSONL lines and unreadable
 files come out as ``BadRecord`` with ``file:line`` for the cleaner to count against the error budget.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,7 @@ def expand(spec: str, key: str) -> list[Path]:
         elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
             if not found:
-                raise FileNotFoundError(
-                    f"{key}: folder {path} holds no files ending in {sorted(TEXT_SUFFIXES)}")
+                raise FileNotFoundError(f"{key}: folder {path} holds no files ending in {sorted(TEXT_SUFFIXES)}")
             files.extend(found)
         else:
             raise FileNotFoundError(f"{key}: {path} does not exist (expected a file, a folder or 'stdlib')")
@@ -98,8 +98,7 @@ def _jsonl(source: str, path: Path, raw: bytes, key: str) -> Iterator[RawDoc | B
         yield RawDoc(source, where, doc, bad_at >= 0 or surrogates, bad_at)
 
 
-def read_source(name: str, files: list[Path], text_key: str, max_bytes: float = 0.0
-                ) -> Iterator[RawDoc | BadRecord]:
+def read_source(name: str, files: list[Path], text_key: str, max_bytes: float = 0.0) -> Iterator[RawDoc | BadRecord]:
     """Documents and bad records of one named source, in file order; stops after ``max_bytes`` (0 = all)."""
     budget = max_bytes or float("inf")
     read = 0
@@ -134,10 +133,14 @@ def named_sources(d) -> list[NamedSource]:
     if not d.mixture_names:
         return [NamedSource("default", ",".join(d.sources) or "stdlib", 1.0, "data.sources")]
     if len(d.mixture_paths) != len(d.mixture_names):
-        raise ConfigError(f"data.mixture_paths: need one path spec per name in data.mixture_names "
-                          f"({list(d.mixture_names)}), got {list(d.mixture_paths)}")
-    return [NamedSource(n, p, w, f"data.mixture_paths[{i}] ('{n}')")
-            for i, (n, p, w) in enumerate(zip(d.mixture_names, d.mixture_paths, d.mixture_weights))]
+        raise ConfigError(
+            f"data.mixture_paths: need one path spec per name in data.mixture_names "
+            f"({list(d.mixture_names)}), got {list(d.mixture_paths)}"
+        )
+    return [
+        NamedSource(n, p, w, f"data.mixture_paths[{i}] ('{n}')")
+        for i, (n, p, w) in enumerate(zip(d.mixture_names, d.mixture_paths, d.mixture_weights))
+    ]
 
 
 def iter_texts(d) -> Iterator[str]:

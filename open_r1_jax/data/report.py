@@ -5,6 +5,7 @@ document from then on; ``split_added`` counts the documents so created, so that 
 ``input_docs + split_added == output_docs + sum(dropped.values())`` (checked by ``balance_ok``).
 With ``long_docs`` other than ``split``, ``split_added`` is 0 and input equals output plus dropped.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,14 +16,22 @@ from pathlib import Path
 import numpy as np
 
 # Reasons a document is dropped, in stage order.
-REASONS = ("unreadable_file", "malformed_record", "bad_utf8", "too_short", "too_long", "exact_duplicate",
-           "near_duplicate", "language", "low_lang_score")
+REASONS = (
+    "unreadable_file",
+    "malformed_record",
+    "bad_utf8",
+    "too_short",
+    "too_long",
+    "exact_duplicate",
+    "near_duplicate",
+    "language",
+    "low_lang_score",
+)
 ERROR_REASONS = ("unreadable_file", "malformed_record")  # count against data.clean.max_bad_fraction
 
 
 def histogram_edges(min_tokens: int, max_tokens: int) -> list[int]:
-    base = {0, 32, 64, 128, 256, min_tokens, (min_tokens + max_tokens) // 2, max_tokens + 1,
-            1024, 2048, 4096, 16384}
+    base = {0, 32, 64, 128, 256, min_tokens, (min_tokens + max_tokens) // 2, max_tokens + 1, 1024, 2048, 4096, 16384}
     return sorted(base)
 
 
@@ -40,12 +49,17 @@ class SourceTally:
     dropped_tokens: Counter = field(default_factory=Counter)  # reason -> tokens (incl. cut tails)
 
     def as_dict(self) -> dict:
-        return {"input_docs": self.input_docs, "split_added": self.split_added, "output_docs": self.output_docs,
-                "train_docs": self.train_docs, "heldout_docs": self.heldout_docs,
-                "repaired_utf8": self.repaired_utf8, "dropped": dict(self.dropped),
-                "tokens": {"input": self.tokens_in, "output": self.tokens_out,
-                           "dropped": dict(self.dropped_tokens)},
-                "balance_ok": self.input_docs + self.split_added == self.output_docs + sum(self.dropped.values())}
+        return {
+            "input_docs": self.input_docs,
+            "split_added": self.split_added,
+            "output_docs": self.output_docs,
+            "train_docs": self.train_docs,
+            "heldout_docs": self.heldout_docs,
+            "repaired_utf8": self.repaired_utf8,
+            "dropped": dict(self.dropped),
+            "tokens": {"input": self.tokens_in, "output": self.tokens_out, "dropped": dict(self.dropped_tokens)},
+            "balance_ok": self.input_docs + self.split_added == self.output_docs + sum(self.dropped.values()),
+        }
 
 
 class Tally:
@@ -77,8 +91,7 @@ class Tally:
         self.languages[lang] += 1
         self.hist_out[np.searchsorted(self.edges, n_tokens, side="right") - 1] += 1
 
-    def drop(self, source: str, reason: str, where: str, detail: str = "", n_tokens: int = 0,
-             text: str = "") -> None:
+    def drop(self, source: str, reason: str, where: str, detail: str = "", n_tokens: int = 0, text: str = "") -> None:
         t = self.source(source)
         t.dropped[reason] += 1
         if n_tokens:
@@ -89,8 +102,16 @@ class Tally:
                 self.errors.append(f"{where}: {detail}")
         kept = self.samples.setdefault(reason, [])
         if len(kept) < self.samples_per_reason:
-            kept.append({"reason": reason, "source": source, "where": where, "detail": detail,
-                         "tokens": n_tokens, "text": text[:300]})
+            kept.append(
+                {
+                    "reason": reason,
+                    "source": source,
+                    "where": where,
+                    "detail": detail,
+                    "tokens": n_tokens,
+                    "text": text[:300],
+                }
+            )
 
     def write_samples(self, path: Path) -> None:
         with path.open("w") as f:
@@ -99,37 +120,57 @@ class Tally:
                     f.write(json.dumps(s, ensure_ascii=False) + "\n")
 
 
-def build_report(tally: Tally, *, weights: dict[str, float], duplicate_check: dict, seconds: dict,
-                 tokenizer: dict, config: dict) -> dict:
+def build_report(
+    tally: Tally, *, weights: dict[str, float], duplicate_check: dict, seconds: dict, tokenizer: dict, config: dict
+) -> dict:
     total = SourceTally()
     for t in tally.sources.values():
-        for k in ("input_docs", "split_added", "output_docs", "train_docs", "heldout_docs", "repaired_utf8",
-                  "tokens_in", "tokens_out"):
+        for k in (
+            "input_docs",
+            "split_added",
+            "output_docs",
+            "train_docs",
+            "heldout_docs",
+            "repaired_utf8",
+            "tokens_in",
+            "tokens_out",
+        ):
             setattr(total, k, getattr(total, k) + getattr(t, k))
         total.dropped.update(t.dropped)
         total.dropped_tokens.update(t.dropped_tokens)
     d = total.as_dict()
     edges = [int(e) for e in tally.edges[:-1]]
-    return {**d, "dropped": {r: total.dropped[r] for r in REASONS if total.dropped[r]},
-            "duplicate_rate_after": duplicate_check["rate"], "duplicates_after": duplicate_check["duplicates"],
-            "duplicate_check": duplicate_check,
-            "languages": dict(tally.languages.most_common()),
-            "token_length_histogram": {"edges": edges, "input": tally.hist_in.tolist(),
-                                       "output": tally.hist_out.tolist()},
-            "bad_records": tally.n_errors, "errors": tally.errors,
-            "sources": {n: {"weight": weights.get(n, 0.0), **t.as_dict()} for n, t in tally.sources.items()},
-            "tokenizer": tokenizer, "seconds": seconds, "config": config}
+    return {
+        **d,
+        "dropped": {r: total.dropped[r] for r in REASONS if total.dropped[r]},
+        "duplicate_rate_after": duplicate_check["rate"],
+        "duplicates_after": duplicate_check["duplicates"],
+        "duplicate_check": duplicate_check,
+        "languages": dict(tally.languages.most_common()),
+        "token_length_histogram": {"edges": edges, "input": tally.hist_in.tolist(), "output": tally.hist_out.tolist()},
+        "bad_records": tally.n_errors,
+        "errors": tally.errors,
+        "sources": {n: {"weight": weights.get(n, 0.0), **t.as_dict()} for n, t in tally.sources.items()},
+        "tokenizer": tokenizer,
+        "seconds": seconds,
+        "config": config,
+    }
 
 
 def format_table(r: dict) -> str:
     """The report's figures as a plain-text table."""
-    rows = [f"{'source':<12} {'weight':>6} {'input':>8} {'split+':>7} {'dropped':>8} {'output':>8} "
-            f"{'train':>7} {'held-out':>8} {'tokens':>11}"]
-    for name, s in list(r["sources"].items()) + [("TOTAL", {**r, "weight": sum(
-            x["weight"] for x in r["sources"].values())})]:
-        rows.append(f"{name:<12} {s['weight']:>6.2f} {s['input_docs']:>8} {s['split_added']:>7} "
-                    f"{sum(s['dropped'].values()):>8} {s['output_docs']:>8} {s['train_docs']:>7} "
-                    f"{s['heldout_docs']:>8} {s['tokens']['output']:>11,}")
+    rows = [
+        f"{'source':<12} {'weight':>6} {'input':>8} {'split+':>7} {'dropped':>8} {'output':>8} "
+        f"{'train':>7} {'held-out':>8} {'tokens':>11}"
+    ]
+    for name, s in list(r["sources"].items()) + [
+        ("TOTAL", {**r, "weight": sum(x["weight"] for x in r["sources"].values())})
+    ]:
+        rows.append(
+            f"{name:<12} {s['weight']:>6.2f} {s['input_docs']:>8} {s['split_added']:>7} "
+            f"{sum(s['dropped'].values()):>8} {s['output_docs']:>8} {s['train_docs']:>7} "
+            f"{s['heldout_docs']:>8} {s['tokens']['output']:>11,}"
+        )
     rows.append(f"balance (input + split = output + dropped): {'ok' if r['balance_ok'] else 'VIOLATED'}")
     rows.append("")
     rows.append(f"{'dropped by reason':<20} {'docs':>8} {'tokens':>11}")
@@ -145,9 +186,11 @@ def format_table(r: dict) -> str:
     rows.append(f"languages (output): {langs or '-'}")
     dc = r["duplicate_check"]
     stricter = ", ".join(f"{100 * v:.3f}% at >= {k}" for k, v in dc["rate_at"].items())
-    rows.append(f"duplicate rate after (independent MinHash pass, {dc['bands']}x{dc['rows']}, est. Jaccard >= "
-                f"{dc['threshold']}): {100 * r['duplicate_rate_after']:.3f}% ({r['duplicates_after']} of "
-                f"{r['output_docs']}); {stricter}")
+    rows.append(
+        f"duplicate rate after (independent MinHash pass, {dc['bands']}x{dc['rows']}, est. Jaccard >= "
+        f"{dc['threshold']}): {100 * r['duplicate_rate_after']:.3f}% ({r['duplicates_after']} of "
+        f"{r['output_docs']}); {stricter}"
+    )
     rows.append(f"tokens: input {r['tokens']['input']:,}, output {r['tokens']['output']:,}")
     h = r["token_length_histogram"]
     peak = max(max(h["input"]), 1)

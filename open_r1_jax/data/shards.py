@@ -11,6 +11,7 @@ Shards are written with ``group_size:1`` (one record per chunk) for fast random 
 ``<split>.lengths.npy`` file beside them holds every record's token count, so a reader can index
 training chunks without reading the records.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,13 @@ SCHEMA_VERSION = 1
 _HEAD = struct.Struct("<I")
 
 
-def encode_record(tokens: np.ndarray, meta: dict, text: str | None = None,
-                  arrays: dict[str, np.ndarray] | None = None, vocab_size: int = 1 << 31) -> bytes:
+def encode_record(
+    tokens: np.ndarray,
+    meta: dict,
+    text: str | None = None,
+    arrays: dict[str, np.ndarray] | None = None,
+    vocab_size: int = 1 << 31,
+) -> bytes:
     """One document -> bytes. ``arrays`` may add e.g. ``image`` / ``audio`` beside ``tokens``."""
     dtype = np.uint16 if vocab_size <= 1 << 16 else np.int32
     named = {"tokens": np.ascontiguousarray(tokens, dtype), **(arrays or {})}
@@ -43,7 +49,7 @@ def encode_record(tokens: np.ndarray, meta: dict, text: str | None = None,
 
 def _header(record: bytes) -> tuple[dict, int]:
     (n,) = _HEAD.unpack_from(record)
-    return json.loads(record[_HEAD.size:_HEAD.size + n]), _HEAD.size + n
+    return json.loads(record[_HEAD.size : _HEAD.size + n]), _HEAD.size + n
 
 
 def _array(record: bytes, spec: list, base: int) -> np.ndarray:
@@ -104,9 +110,12 @@ class ShardWriter:
         lengths = np.asarray(self.lengths, np.int32)
         np.save(self.directory / f"{self.split}.lengths.npy", lengths)
         root = self.directory.parent
-        return {"shards": [str(p.relative_to(root)) for p in self.paths],
-                "lengths": str((self.directory / f"{self.split}.lengths.npy").relative_to(root)),
-                "records": int(len(lengths)), "tokens": int(lengths.sum())}
+        return {
+            "shards": [str(p.relative_to(root)) for p in self.paths],
+            "lengths": str((self.directory / f"{self.split}.lengths.npy").relative_to(root)),
+            "records": int(len(lengths)),
+            "tokens": int(lengths.sum()),
+        }
 
 
 class RecordChunkSource:
@@ -138,7 +147,7 @@ class RecordChunkSource:
         seq = np.empty(len(tokens) + 1, np.int32)
         seq[:-1] = tokens
         seq[-1] = self.eos_id
-        seg = seq[self.start[i]:self.end[i]]
+        seg = seq[self.start[i] : self.end[i]]
         return {"inputs": seg[:-1], "targets": seg[1:]}
 
     @property

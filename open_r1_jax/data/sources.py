@@ -17,6 +17,7 @@ entry of ``data.sources``; the embedded corpus counts as one) is split on its ow
 ``heldout_percent`` 0 holds nothing out. Bad records are never dropped silently: undecodable bytes are
 replaced and counted, malformed JSONL lines are counted and reported with ``file:line``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -106,8 +107,7 @@ def _expand(source: str, what: str = "data.sources") -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
         if not files:
-            raise FileNotFoundError(
-                f"{what}: folder {path} holds no files ending in {sorted(TEXT_SUFFIXES)}")
+            raise FileNotFoundError(f"{what}: folder {path} holds no files ending in {sorted(TEXT_SUFFIXES)}")
         return files
     raise FileNotFoundError(f"{what}: {path} does not exist (expected a file or a folder)")
 
@@ -118,8 +118,11 @@ def _read_files(files: list[Path], cfg: DataConfig, report: SourceReport, budget
         if report.bytes >= budget:
             break
         report.files += 1
-        new = (_read_jsonl(path, cfg.text_key, report) if path.suffix == ".jsonl"
-               else [Document(str(path), _read_text(path, report))])
+        new = (
+            _read_jsonl(path, cfg.text_key, report)
+            if path.suffix == ".jsonl"
+            else [Document(str(path), _read_text(path, report))]
+        )
         for d in new:
             if d.text:
                 docs.append(d)
@@ -168,15 +171,18 @@ def load_documents(cfg: DataConfig) -> tuple[list[Document], list[Document], Sou
     ``cfg.eval_sources`` set: held-out = its documents, train = all of the sources' documents; else each
     source is split on its own (see the module docstring). ``max_corpus_mb`` limits the training sources."""
     report = SourceReport()
-    groups = ([("stdlib", stdlib_files())] if not cfg.sources
-              else [(s, _expand(s)) for s in cfg.sources])  # missing paths fail before any reading
+    groups = (
+        [("stdlib", stdlib_files())] if not cfg.sources else [(s, _expand(s)) for s in cfg.sources]
+    )  # missing paths fail before any reading
     eval_files = [p for s in cfg.eval_sources for p in _expand(s, "data.eval_sources")]
     if eval_files:
         trained = {p.resolve() for _, files in groups for p in files}
         both = [str(p) for p in eval_files if p.resolve() in trained]
         if both:
-            raise ValueError(f"data.eval_sources: {len(both)} file(s) also in data.sources, e.g. {both[0]} "
-                             "(held-out text would be trained on)")
+            raise ValueError(
+                f"data.eval_sources: {len(both)} file(s) also in data.sources, e.g. {both[0]} "
+                "(held-out text would be trained on)"
+            )
     budget = cfg.max_corpus_mb * 1e6 if cfg.max_corpus_mb else float("inf")
     per_source = [(name, _read_files(files, cfg, report, budget)) for name, files in groups]
     if not any(docs for _, docs in per_source):

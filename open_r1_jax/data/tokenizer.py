@@ -8,6 +8,7 @@ BPE (``data.bpe_vocab_size``) on the configured sources (``data.mixture_paths`` 
 empty = the embedded corpus) and writes ``tokenizer.json`` to ``--out``, else ``data.tokenizer_path``,
 else ``run.dir/tokenizer.json`` (where the trainer looks for a cached one).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,24 +46,27 @@ class BPETokenizer:
         self.vocab_size = tok.get_vocab_size()
         self.eos_id = tok.token_to_id(self.EOS)
         self.token_bytes = np.array(
-            [0 if i == self.eos_id else len(tok.decode([i]).encode("utf-8")) for i in range(self.vocab_size)],
-            np.int32)
+            [0 if i == self.eos_id else len(tok.decode([i]).encode("utf-8")) for i in range(self.vocab_size)], np.int32
+        )
 
     @classmethod
-    def train(cls, texts, vocab_size: int) -> "BPETokenizer":
+    def train(cls, texts, vocab_size: int) -> BPETokenizer:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[cls.EOS],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                      show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[cls.EOS],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
         tok.train_from_iterator(texts, trainer=trainer)
         return cls(tok)
 
     @classmethod
-    def load(cls, path: str | Path) -> "BPETokenizer":
+    def load(cls, path: str | Path) -> BPETokenizer:
         from tokenizers import Tokenizer
 
         return cls(Tokenizer.from_file(str(path)))
@@ -139,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     out.parent.mkdir(parents=True, exist_ok=True)
     tok.save(out)
-    print(f"trained a {tok.vocab_size}-token BPE on {n_docs} documents ({n_bytes / 1e6:.1f} M characters) "
-          f"in {time.perf_counter() - t0:.1f}s; wrote {out}")
+    print(
+        f"trained a {tok.vocab_size}-token BPE on {n_docs} documents ({n_bytes / 1e6:.1f} M characters) "
+        f"in {time.perf_counter() - t0:.1f}s; wrote {out}"
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ row of the softmax is empty and no NaN appears (its outputs are masked out of th
 With ``model.kernels`` resolved to ``triton`` the attention itself is ``kernels.ops.attention`` (Triton
 flash attention with segment ids) instead of ``dot_product_attention``.
 """
+
 from __future__ import annotations
 
 import jax
@@ -61,14 +62,26 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
     c = CAUSAL_BLOCK
     if t != k.shape[1] or t < 2 * c or t % c:
         return dot_product_attention(q, k, v, mask)
-    outs = [dot_product_attention(q[:, i:i + c], k[:, :i + c], v[:, :i + c], mask[..., i:i + c, :i + c])
-            for i in range(0, t, c)]
+    outs = [
+        dot_product_attention(q[:, i : i + c], k[:, : i + c], v[:, : i + c], mask[..., i : i + c, : i + c])
+        for i in range(0, t, c)
+    ]
     return jnp.concatenate(outs, axis=1)
 
 
 class Attention(nnx.Module):
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int,
-                 cfg: AttentionConfig, std: float, dtype, rngs: nnx.Rngs, kernels: str = "xla"):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        cfg: AttentionConfig,
+        std: float,
+        dtype,
+        rngs: nnx.Rngs,
+        kernels: str = "xla",
+    ):
         self.kernels = kernels  # resolved model.kernels: "triton" or "xla"
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.theta, self.dtype = cfg.rope_theta, dtype
@@ -100,8 +113,9 @@ class Attention(nnx.Module):
         shape = (batch, length, self.n_kv_heads, self.head_dim)
         return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
 
-    def decode(self, x: jax.Array, positions: jax.Array, cache: dict, index: jax.Array,
-               valid: jax.Array) -> tuple[jax.Array, dict]:
+    def decode(
+        self, x: jax.Array, positions: jax.Array, cache: dict, index: jax.Array, valid: jax.Array
+    ) -> tuple[jax.Array, dict]:
         """Cached attention of T new tokens written to slots [index, index+T) of the cache.
 
         x [B,T,D], positions [B,T], cache {"k","v": [B,S,G,K]}, index int scalar, valid [B,S] (slots that
@@ -115,8 +129,10 @@ class Attention(nnx.Module):
         k = self._rope((x @ c(self.wk)).reshape(b, t, self.n_kv_heads, self.head_dim), positions)
         v = (x @ c(self.wv)).reshape(b, t, self.n_kv_heads, self.head_dim)
         start = (0, index, 0, 0)
-        cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
-                 "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
+        cache = {
+            "k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
+            "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start),
+        }
         slots = jnp.arange(cache["k"].shape[1])
         mask = (slots[None, :] <= index + jnp.arange(t)[:, None])[None] & valid[:, None, :]  # [B,T,S]
         out = dot_product_attention(q, cache["k"], cache["v"], mask[:, None, None])

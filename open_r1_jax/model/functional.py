@@ -5,6 +5,7 @@ trained ``nnx.Param`` leaves and ``model_state`` everything else (the DeepSeek-V
 as nested pure dicts (they save and restore without nnx's ``.value`` wrappers). ``merge_model``
 rebuilds the module from them inside a traced function.
 """
+
 from __future__ import annotations
 
 from typing import Any

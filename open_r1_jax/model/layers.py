@@ -6,6 +6,7 @@ F hidden width of a feed-forward network, V vocabulary.
 Parameters carry *logical* axis names in their ``axes`` metadata (``embed``, ``mlp``, ``heads``,
 ``experts``, ``vocab``); ``open_r1_jax.parallel`` maps them to mesh axes. No device code here.
 """
+
 from __future__ import annotations
 
 import jax
@@ -38,8 +39,7 @@ class RMSNorm(nnx.Module):
         return (y * self.scale[...]).astype(x.dtype)
 
 
-def rotary(x: jax.Array, positions: jax.Array, theta: float, scaling: str = "none",
-           factor: float = 1.0) -> jax.Array:
+def rotary(x: jax.Array, positions: jax.Array, theta: float, scaling: str = "none", factor: float = 1.0) -> jax.Array:
     """Rotary embedding, "rotate half" convention (Llama / HF). x [B,T,*,K], positions [B,T].
 
     Long-context scaling (``model.attention.rope_scaling``) by ``factor``: ``linear`` divides the

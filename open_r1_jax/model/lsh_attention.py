@@ -34,6 +34,7 @@ Decoding (``LSHAttention.decode``) uses the bucket rule itself instead of chunks
 in each round, to the cached keys of its bucket (a mask over the preallocated cache), plus the same
 self fallback, and combines rounds by logsumexp.
 """
+
 from __future__ import annotations
 
 import jax
@@ -86,8 +87,16 @@ def _with_previous(x: jax.Array, fill) -> jax.Array:
     return jnp.concatenate([prev, x], axis=4)
 
 
-def lsh_attention(q: jax.Array, k: jax.Array | None, v: jax.Array, segment_ids: jax.Array,
-                  rotations: jax.Array, n_buckets: int, chunk_size: int, shared_qk: bool) -> jax.Array:
+def lsh_attention(
+    q: jax.Array,
+    k: jax.Array | None,
+    v: jax.Array,
+    segment_ids: jax.Array,
+    rotations: jax.Array,
+    n_buckets: int,
+    chunk_size: int,
+    shared_qk: bool,
+) -> jax.Array:
     """q [B,T,H,K], k [B,T,G,K] (None with shared_qk), v [B,T,G,K], segment_ids [B,T],
     rotations [K,N,U/2] -> [B,T,H,K]. Scores, softmax and the round combination in fp32."""
     b, t, h, kd = q.shape
@@ -125,8 +134,7 @@ def lsh_attention(q: jax.Array, k: jax.Array | None, v: jax.Array, segment_ids: 
     scores = jnp.concatenate([scores, jnp.full((*scores.shape[:-1], 1), SELF_VALUE, jnp.float32)], axis=-1)
     lse = jax.nn.logsumexp(scores, axis=-1)  # [B,H,N,M,C]
     probs = jnp.exp(scores - lse[..., None])
-    out = jnp.einsum("bhnmcw,bhnmwk->bhnmck", probs[..., :-1].astype(v.dtype), vw,
-                     preferred_element_type=jnp.float32)
+    out = jnp.einsum("bhnmcw,bhnmwk->bhnmck", probs[..., :-1].astype(v.dtype), vw, preferred_element_type=jnp.float32)
     out = out + probs[..., -1:] * v_self.astype(jnp.float32)  # [B,H,N,M,C,K]
 
     undo = jnp.argsort(q_order, axis=-1)  # back to time order
@@ -144,8 +152,17 @@ class LSHAttention(nnx.Module):
     so export and the torch names work unchanged.
     """
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int,
-                 cfg: AttentionConfig, std: float, dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        cfg: AttentionConfig,
+        std: float,
+        dtype,
+        rngs: nnx.Rngs,
+    ):
         self.n_heads, self.n_kv_heads, self.head_dim, self.dtype = n_heads, n_kv_heads, head_dim, dtype
         self.theta, self.rope_scaling, self.rope_factor = cfg.rope_theta, cfg.rope_scaling, cfg.rope_factor
         self.n_hashes, self.n_buckets, self.chunk_size = cfg.n_hashes, cfg.n_buckets, cfg.chunk_size
@@ -173,8 +190,7 @@ class LSHAttention(nnx.Module):
         """x [B,T,D], positions/segment_ids [B,T], rng: this layer's key -> [B,T,D]."""
         b, t, _ = x.shape
         q, k, v = self._project(x, positions)
-        out = lsh_attention(q, k, v, segment_ids, self.rotations(rng), self.n_buckets, self.chunk_size,
-                            self.shared_qk)
+        out = lsh_attention(q, k, v, segment_ids, self.rotations(rng), self.n_buckets, self.chunk_size, self.shared_qk)
         return out.reshape(b, t, -1) @ self.wo[...].astype(self.dtype)
 
     # ------------------------------------------------------------------------- decoding
@@ -183,12 +199,15 @@ class LSHAttention(nnx.Module):
         """Preallocated bucketed cache of ``length`` slots: keys [B,S,Gk,K] (Gk = H with shared QK,
         else G), values [B,S,G,K], and each key's bucket per round [B,S,Gk,N]."""
         gk = self.n_heads if self.shared_qk else self.n_kv_heads
-        return {"k": jnp.zeros((batch, length, gk, self.head_dim), self.dtype),
-                "v": jnp.zeros((batch, length, self.n_kv_heads, self.head_dim), self.dtype),
-                "buckets": jnp.zeros((batch, length, gk, self.n_hashes), jnp.int32)}
+        return {
+            "k": jnp.zeros((batch, length, gk, self.head_dim), self.dtype),
+            "v": jnp.zeros((batch, length, self.n_kv_heads, self.head_dim), self.dtype),
+            "buckets": jnp.zeros((batch, length, gk, self.n_hashes), jnp.int32),
+        }
 
-    def decode(self, x: jax.Array, positions: jax.Array, cache: dict, index: jax.Array, valid: jax.Array,
-               rng: jax.Array) -> tuple[jax.Array, dict]:
+    def decode(
+        self, x: jax.Array, positions: jax.Array, cache: dict, index: jax.Array, valid: jax.Array, rng: jax.Array
+    ) -> tuple[jax.Array, dict]:
         """Cached LSH attention of T new tokens written to slots [index, index+T).
 
         x [B,T,D], positions [B,T], cache from ``init_cache``, valid [B,S] (slots holding real tokens),
@@ -204,9 +223,11 @@ class LSHAttention(nnx.Module):
         k = length_normalise(q) if self.shared_qk else k  # [B,T,Gk,K]
         k_buckets = hash_buckets(k.transpose(0, 2, 1, 3), rot, self.n_buckets).transpose(0, 3, 1, 2)
         start = (0, index, 0, 0)
-        cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
-                 "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start),
-                 "buckets": jax.lax.dynamic_update_slice(cache["buckets"], k_buckets, start)}
+        cache = {
+            "k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
+            "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start),
+            "buckets": jax.lax.dynamic_update_slice(cache["buckets"], k_buckets, start),
+        }
         qg = q.reshape(b, t, g, h // g, kd)  # [B,T,G,R,K]
         q_buckets = hash_buckets(q.transpose(0, 2, 1, 3), rot, self.n_buckets)  # [B,H,N,T]
         q_buckets = q_buckets.reshape(b, g, h // g, self.n_hashes, t)  # [B,G,R,N,T]
@@ -231,8 +252,7 @@ class LSHAttention(nnx.Module):
         # sum over rounds first: one product with the values instead of N
         probs = jnp.sum(jnp.exp(round_scores - lse[..., None]) * weights[..., None], axis=3)  # [B,G,R,T,S]
         self_w = jnp.sum(jnp.exp(SELF_VALUE - lse) * weights, axis=3)  # [B,G,R,T]
-        out = jnp.einsum("bgrts,bsgk->btgrk", probs.astype(v.dtype), cache["v"],
-                         preferred_element_type=jnp.float32)
+        out = jnp.einsum("bgrts,bsgk->btgrk", probs.astype(v.dtype), cache["v"], preferred_element_type=jnp.float32)
         out = out + self_w.transpose(0, 3, 1, 2)[..., None] * v.reshape(b, t, g, 1, kd).astype(jnp.float32)
         out = out.astype(self.dtype).reshape(b, t, h * kd)
         return out @ self.wo[...].astype(self.dtype), cache

@@ -16,6 +16,7 @@ Dispatch of the sparse layer (``moe.dispatch``):
   With ``model.kernels`` resolved to ``triton`` the whole grouped SwiGLU, routing weight included, is
   ``kernels.ops.grouped_swiglu`` (fused Triton kernels) instead, whatever ``grouped_impl`` says.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,8 +27,8 @@ from flax import nnx
 
 from kernels import ops
 from open_r1_jax.config import DRNConfig, MoEConfig
-from open_r1_jax.model.layers import RouterBias, SwiGLU, param
 from open_r1_jax.model import routing
+from open_r1_jax.model.layers import RouterBias, SwiGLU, param
 from open_r1_jax.parallel.experts import expert_parallel_ffn
 
 
@@ -66,8 +67,9 @@ def ragged_grouped_swiglu(x_sorted, group_sizes, w_gate, w_up, w_down):
     return jax.lax.ragged_dot(jax.nn.silu(g) * u, w_down, group_sizes)
 
 
-def dropless_experts(x, experts, weights, w_gate, w_up, w_down, impl: str = "auto", block: int = 0,
-                     kernels: str = "xla"):
+def dropless_experts(
+    x, experts, weights, w_gate, w_up, w_down, impl: str = "auto", block: int = 0, kernels: str = "xla"
+):
     """x [N,D], experts/weights [N,A] -> [N,D] = sum_a weights[:,a] * expert_{experts[:,a]}(x).
     kernels: the resolved ``model.kernels`` ("triton" runs the fused Triton grouped SwiGLU)."""
     n, a = experts.shape
@@ -79,8 +81,7 @@ def dropless_experts(x, experts, weights, w_gate, w_up, w_down, impl: str = "aut
     group_sizes = jnp.bincount(flat, length=n_experts).astype(jnp.int32)
     x_sorted = x[token]
     if kernels == "triton":
-        y = ops.grouped_swiglu(x_sorted, group_sizes, w_gate, w_up, w_down, weights.reshape(-1)[order],
-                               impl="triton")
+        y = ops.grouped_swiglu(x_sorted, group_sizes, w_gate, w_up, w_down, weights.reshape(-1)[order], impl="triton")
         return jnp.zeros((n, x.shape[1]), y.dtype).at[token].add(y)
     if impl == "auto":
         impl = "ragged_dot" if jax.default_backend() == "gpu" else "blocked"
@@ -131,8 +132,16 @@ class DRNFeedForward(nnx.Module):
 class MoEFeedForward(nnx.Module):
     """Sparse top-k routed experts (+ optional shared experts) with auxiliary losses and load stats."""
 
-    def __init__(self, d_model: int, cfg: MoEConfig, std: float, dtype, rngs: nnx.Rngs, kernels: str = "xla",
-                 expert_parallel: int = 1):
+    def __init__(
+        self,
+        d_model: int,
+        cfg: MoEConfig,
+        std: float,
+        dtype,
+        rngs: nnx.Rngs,
+        kernels: str = "xla",
+        expert_parallel: int = 1,
+    ):
         self.cfg, self.dtype = cfg, dtype
         self.kernels = kernels  # resolved model.kernels: "triton" or "xla"
         self.expert_parallel = expert_parallel  # size of the mesh's expert axis (given, never read from a mesh)
@@ -150,7 +159,8 @@ class MoEFeedForward(nnx.Module):
         logits = x.astype(jnp.float32) @ self.router[...]  # [B,T,E]
         if cfg.router == "sigmoid":
             weights, experts, probs = routing.topk_sigmoid_bias(
-                logits, self.router_bias[...], cfg.top_k, cfg.renormalize)
+                logits, self.router_bias[...], cfg.top_k, cfg.renormalize
+            )
         else:
             weights, experts, probs = routing.topk_softmax(logits, cfg.top_k, cfg.renormalize)
         weights = weights * cfg.route_scale
@@ -162,12 +172,14 @@ class MoEFeedForward(nnx.Module):
             combine = jnp.sum(jax.nn.one_hot(experts, cfg.n_experts) * weights[..., None], axis=-2)
             out = dense_experts(xf, combine.reshape(b * t, -1), *w)
         else:
-            grouped = functools.partial(dropless_experts, impl=cfg.grouped_impl, block=cfg.block_size,
-                                        kernels=self.kernels)
+            grouped = functools.partial(
+                dropless_experts, impl=cfg.grouped_impl, block=cfg.block_size, kernels=self.kernels
+            )
             args = (xf, experts.reshape(b * t, -1), weights.reshape(b * t, -1), *w)
             if self.expert_parallel > 1:  # experts sharded over the mesh: token exchange in shard_map
-                out, aux["dropped"] = expert_parallel_ffn(*args, ep=self.expert_parallel,
-                                                          capacity_factor=cfg.capacity_factor, grouped=grouped)
+                out, aux["dropped"] = expert_parallel_ffn(
+                    *args, ep=self.expert_parallel, capacity_factor=cfg.capacity_factor, grouped=grouped
+                )
             else:
                 out = grouped(*args)
         out = out.reshape(b, t, d)

@@ -16,6 +16,7 @@ Auxiliary losses (raw values; coefficients are applied by the caller):
 - Router z-loss (ST-MoE): mean over tokens of logsumexp(logits)^2.
 Padding tokens (mask 0) are left out of every statistic.
 """
+
 from __future__ import annotations
 
 import jax

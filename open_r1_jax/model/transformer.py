@@ -16,6 +16,7 @@ when none is given (evaluation and generation are deterministic). With ``activat
 block is rematerialised in the backward pass under the configured policy (see ``_scan_blocks``).
 ``decode`` runs new tokens against a preallocated cache (``init_cache``) for ``open_r1_jax.generate``.
 """
+
 from __future__ import annotations
 
 import jax
@@ -45,17 +46,28 @@ class Block(nnx.Module):
         self.lsh = lsh  # LSH attention instead of full attention
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if lsh:
-            self.attn = LSHAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.attention,
-                                     cfg.init_std, dtype, rngs)
+            self.attn = LSHAttention(
+                cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.attention, cfg.init_std, dtype, rngs
+            )
         else:
-            self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.attention,
-                                  cfg.init_std, dtype, rngs, kernels=kernels)
+            self.attn = Attention(
+                cfg.d_model,
+                cfg.n_heads,
+                cfg.n_kv_heads,
+                cfg.head_dim,
+                cfg.attention,
+                cfg.init_std,
+                dtype,
+                rngs,
+                kernels=kernels,
+            )
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if kind == "drn":
             self.ffn = DRNFeedForward(cfg.d_model, cfg.drn, cfg.init_std, dtype, rngs)
         else:
-            self.ffn = MoEFeedForward(cfg.d_model, cfg.moe, cfg.init_std, dtype, rngs, kernels=kernels,
-                                      expert_parallel=expert_parallel)
+            self.ffn = MoEFeedForward(
+                cfg.d_model, cfg.moe, cfg.init_std, dtype, rngs, kernels=kernels, expert_parallel=expert_parallel
+            )
 
     def __call__(self, x, positions, mask, token_mask, segment_ids=None, rng=None):
         if self.lsh:
@@ -84,15 +96,23 @@ class Transformer(nnx.Module):
         self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std)
         lsh = lambda i: cfg.attention.kind == "lsh" or i in cfg.attention.lsh_layers
         self.blocks = nnx.List(
-            [Block(cfg, "drn" if i < cfg.drn_layers else "moe", rngs, lsh(i), expert_parallel)
-             for i in range(cfg.n_layers)])
+            [
+                Block(cfg, "drn" if i < cfg.drn_layers else "moe", rngs, lsh(i), expert_parallel)
+                for i in range(cfg.n_layers)
+            ]
+        )
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if not cfg.tie_embeddings:
             self.lm_head = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
 
-    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None, prefix_embeds: jax.Array | None = None,
-                 rng: jax.Array | None = None):
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        prefix_embeds: jax.Array | None = None,
+        rng: jax.Array | None = None,
+    ):
         """tokens [B,T] int -> (logits [B,T,V] fp32, aux).
 
         positions/segment_ids [B,T] describe packed rows (segment 0 = padding); by default one
@@ -113,10 +133,10 @@ class Transformer(nnx.Module):
             n_prefix = prefix_embeds.shape[1]
             x = jnp.concatenate([prefix_embeds.astype(self.dtype), x], axis=1)
             positions = jnp.concatenate(
-                [jnp.broadcast_to(jnp.arange(n_prefix, dtype=positions.dtype), (b, n_prefix)),
-                 positions + n_prefix], axis=1)
-            segment_ids = jnp.concatenate(
-                [jnp.broadcast_to(segment_ids[:, :1], (b, n_prefix)), segment_ids], axis=1)
+                [jnp.broadcast_to(jnp.arange(n_prefix, dtype=positions.dtype), (b, n_prefix)), positions + n_prefix],
+                axis=1,
+            )
+            segment_ids = jnp.concatenate([jnp.broadcast_to(segment_ids[:, :1], (b, n_prefix)), segment_ids], axis=1)
         n_lsh = sum(block.lsh for block in self.blocks)
         rng = self._lsh_rng(rng) if n_lsh else None
         mask = attention_mask(segment_ids) if n_lsh < len(self.blocks) else None  # full attention only
@@ -143,11 +163,14 @@ class Transformer(nnx.Module):
 
     def init_cache(self, batch: int, length: int) -> dict:
         """Decoding cache of ``length`` slots: which slots hold real tokens, and each layer's cache."""
-        return {"valid": jnp.zeros((batch, length), bool),
-                "layers": [block.attn.init_cache(batch, length) for block in self.blocks]}
+        return {
+            "valid": jnp.zeros((batch, length), bool),
+            "layers": [block.attn.init_cache(batch, length) for block in self.blocks],
+        }
 
-    def decode(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, cache: dict,
-               index: jax.Array) -> tuple[jax.Array, dict]:
+    def decode(
+        self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, cache: dict, index: jax.Array
+    ) -> tuple[jax.Array, dict]:
         """T new tokens [B,T] (positions [B,T], valid [B,T]: False for padding) written to cache slots
         [index, index+T) -> (logits [B,T,V] fp32, updated cache). LSH layers use the fixed rotations
         of the evaluation forward."""
@@ -178,7 +201,7 @@ class Transformer(nnx.Module):
             while end < len(blocks) and group(blocks[end]) == group(blocks[start]):
                 end += 1
             graphdef, first = nnx.split(blocks[start])
-            states = [first] + [nnx.split(b)[1] for b in blocks[start + 1:end]]
+            states = [first] + [nnx.split(b)[1] for b in blocks[start + 1 : end]]
             stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
             keys = None
             if blocks[start].lsh:
@@ -200,9 +223,11 @@ class Transformer(nnx.Module):
         if not layer_aux:
             return {"aux_loss": jnp.zeros((), jnp.float32)}
         out = {k: jnp.concatenate([a[k] for a in layer_aux]) for k in layer_aux[0]}
-        out["aux_loss"] = (moe.balance_coef * jnp.sum(out["balance_loss"])
-                           + moe.seq_balance_coef * jnp.sum(out["seq_balance_loss"])
-                           + moe.z_loss_coef * jnp.sum(out["z_loss"]))
+        out["aux_loss"] = (
+            moe.balance_coef * jnp.sum(out["balance_loss"])
+            + moe.seq_balance_coef * jnp.sum(out["seq_balance_loss"])
+            + moe.z_loss_coef * jnp.sum(out["z_loss"])
+        )
         return out
 
 

@@ -9,6 +9,7 @@ Otherwise the run is single-process. ``OPEN_R1_INIT_TIMEOUT`` (seconds, default 
 for the coordinator: a coordinator that never answers gives a clear error, not a hang.
 On CPU the cross-process collectives use gloo.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,8 @@ def wait_for_coordinator(address: str, timeout: float) -> None:
             if time.monotonic() >= deadline:
                 raise DistributedInitError(
                     f"could not join coordinator {address} within {timeout:g}s ({e.strerror or e}). Check that "
-                    "process 0 is running and reachable at that address, or raise OPEN_R1_INIT_TIMEOUT.") from None
+                    "process 0 is running and reachable at that address, or raise OPEN_R1_INIT_TIMEOUT."
+                ) from None
             time.sleep(0.5)
 
 
@@ -82,7 +84,13 @@ def initialize_from_env() -> bool:
     except Exception as e:  # noqa: BLE001 - re-raised with what a user can act on
         raise DistributedInitError(
             f"could not join {where} within {timeout}s: {str(e).splitlines()[0][:300]}. Check that process 0 "
-            f"is running and reachable at that address, or raise OPEN_R1_INIT_TIMEOUT.") from e
-    log.info("distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
-             jax.process_count(), jax.local_device_count(), jax.device_count())
+            f"is running and reachable at that address, or raise OPEN_R1_INIT_TIMEOUT."
+        ) from e
+    log.info(
+        "distributed: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
     return True

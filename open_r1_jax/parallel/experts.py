@@ -21,6 +21,7 @@ for any routing, at the cost of buffers (and padded compute) ep times the averag
 capacity factor cf > 0, C = ceil(cf * Nl*A / ep): rows beyond a destination's capacity are dropped
 (their contribution is zero) and counted in ``aux["dropped"]``.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,14 +55,18 @@ def _local(x, experts, weights, w_gate, w_up, w_down, *, capacity: int, grouped,
     slot_c = jnp.where(keep, slot, capacity)  # an out-of-range index: the update is discarded
     token = order // a
     send_x = jnp.zeros((ep, capacity, d), x.dtype).at[dest_sorted, slot_c].set(x[token], mode="drop")
-    send_e = jnp.full((ep, capacity), -1, jnp.int32).at[dest_sorted, slot_c].set(
-        (flat[order] % n_local_experts).astype(jnp.int32), mode="drop")
+    send_e = (
+        jnp.full((ep, capacity), -1, jnp.int32)
+        .at[dest_sorted, slot_c]
+        .set((flat[order] % n_local_experts).astype(jnp.int32), mode="drop")
+    )
     recv_x = jax.lax.all_to_all(send_x, "expert", 0, 0, tiled=True)  # [ep*C, D] rows for my experts
     recv_e = jax.lax.all_to_all(send_e, "expert", 0, 0, tiled=True)  # [ep*C], -1 = empty
     valid = recv_e >= 0
     rows = recv_x.reshape(ep * capacity, d)
-    y = grouped(rows, jnp.where(valid, recv_e, 0).reshape(-1, 1), valid.astype(rows.dtype).reshape(-1, 1),
-                w_gate, w_up, w_down)  # [ep*C, D], empty rows weighted 0
+    y = grouped(
+        rows, jnp.where(valid, recv_e, 0).reshape(-1, 1), valid.astype(rows.dtype).reshape(-1, 1), w_gate, w_up, w_down
+    )  # [ep*C, D], empty rows weighted 0
     back = jax.lax.all_to_all(y.reshape(ep, capacity, d), "expert", 0, 0, tiled=True)
     out_rows = back[dest_sorted, jnp.minimum(slot_c, capacity - 1)]  # [Nl*A, D] in sorted order
     w = (weights.reshape(-1)[order] * keep).astype(out_rows.dtype)
@@ -79,9 +84,11 @@ def expert_parallel_ffn(x, experts, weights, w_gate, w_up, w_down, *, ep: int, c
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or dict(mesh.shape).get("expert") != ep:
         have = "no mesh" if mesh.empty else f"mesh {dict(mesh.shape)}"
-        raise ValueError(f"the model was built for expert parallelism over {ep} devices (build_model(..., "
-                         f"expert_parallel={ep})) but is traced under {have}; trace it inside "
-                         f"`with jax.set_mesh(mesh)` of a mesh whose expert axis has size {ep}")
+        raise ValueError(
+            f"the model was built for expert parallelism over {ep} devices (build_model(..., "
+            f"expert_parallel={ep})) but is traced under {have}; trace it inside "
+            f"`with jax.set_mesh(mesh)` of a mesh whose expert axis has size {ep}"
+        )
     n_dev = math.prod(dict(mesh.shape)[a] for a in BATCH_AXES)
     n_local, a = x.shape[0] // n_dev, experts.shape[1]
     capacity = n_local * a if capacity_factor <= 0 else max(1, math.ceil(capacity_factor * n_local * a / ep))
@@ -91,7 +98,10 @@ def expert_parallel_ffn(x, experts, weights, w_gate, w_up, w_down, *, ep: int, c
     body = lambda *args: _local(*args, capacity=capacity, grouped=grouped, gather=gather)
     tokens = P(BATCH_AXES, None)
     fn = jax.shard_map(
-        body, mesh=mesh,
+        body,
+        mesh=mesh,
         in_specs=(tokens, tokens, tokens, P("expert", wd, None), P("expert", wd, None), P("expert", None, wd)),
-        out_specs=(tokens, P()), check_vma=False)
+        out_specs=(tokens, P()),
+        check_vma=False,
+    )
     return fn(x, experts, weights, w_gate, w_up, w_down)

@@ -8,6 +8,7 @@ all-gathers it where it is used and reduce-scatters its gradient) and ``experts 
 Optimizer moments take the sharding of their parameter, so parameters, gradients and optimizer
 state are all sharded. A dimension that the mesh axes do not divide stays replicated.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,7 +17,8 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from open_r1_jax.config import ConfigError, MeshConfig
 
@@ -33,7 +35,8 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
         raise ConfigError(
             f"mesh.data x mesh.fsdp x mesh.expert = {cfg.data} x {cfg.fsdp} x {cfg.expert} = {need}, "
             f"but {len(devices)} devices are visible ({devices[0].platform}); accepted: sizes whose "
-            f"product is {len(devices)}")
+            f"product is {len(devices)}"
+        )
     return Mesh(np.array(devices).reshape(shape), AXES)
 
 
@@ -67,15 +70,23 @@ def logical_axes(model) -> tuple[dict, dict]:
     from open_r1_jax.name_map import unflatten
 
     def axes_of(state):
-        return unflatten({tuple(str(k) if not isinstance(k, int) else k for k in path): v.get_metadata().get("axes")
-                          for path, v in nnx.to_flat_state(state)})
+        return unflatten(
+            {
+                tuple(str(k) if not isinstance(k, int) else k for k in path): v.get_metadata().get("axes")
+                for path, v in nnx.to_flat_state(state)
+            }
+        )
 
     return axes_of(nnx.state(model, nnx.Param)), axes_of(nnx.state(model, nnx.Not(nnx.Param)))
 
 
 def tree_shardings(values: dict, axes: dict, mesh: Mesh, rules: dict) -> dict:
-    return jax.tree.map(lambda ax, v: NamedSharding(mesh, logical_spec(ax, np.shape(v), rules, mesh)),
-                        axes, values, is_leaf=lambda x: x is None or isinstance(x, tuple))
+    return jax.tree.map(
+        lambda ax, v: NamedSharding(mesh, logical_spec(ax, np.shape(v), rules, mesh)),
+        axes,
+        values,
+        is_leaf=lambda x: x is None or isinstance(x, tuple),
+    )
 
 
 def state_shardings(state: dict, param_shardings: dict, rest_shardings: dict, mesh: Mesh) -> dict:
@@ -113,7 +124,8 @@ def check_batch(global_batch: int, micro_batch: int, mesh: Mesh) -> None:
     if mb % n:
         raise ConfigError(
             f"train.micro_batch ({mb}) must be divisible by the {n} devices of the data-like mesh axes "
-            f"(data x fsdp x expert = {dict(mesh.shape)}); accepted: a multiple of {n}")
+            f"(data x fsdp x expert = {dict(mesh.shape)}); accepted: a multiple of {n}"
+        )
 
 
 def per_device_bytes(tree: Any) -> int:

@@ -1,4 +1,5 @@
 """Token losses. Exact accumulation needs *sums* of token losses; callers divide by the global count."""
+
 from __future__ import annotations
 
 import jax

@@ -8,6 +8,7 @@ shared experts, and the LM head (the embedding lookup is free). The second term 
 (QK^T and PV, 4*T*H*K forward per token per layer, halved by causality, times 3 for the backward).
 Model FLOPs only: rematerialisation does not raise the count.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,10 @@ def expert_load_stats(counts: np.ndarray) -> dict[str, float]:
     if counts.size == 0:
         return {}
     mean = counts.mean(axis=-1, keepdims=True).clip(min=1e-9)
-    return {"expert_load_max_over_mean": float((counts.max(axis=-1) / mean[:, 0]).mean()),
-            "expert_load_cv": float((counts.std(axis=-1) / mean[:, 0]).mean())}
+    return {
+        "expert_load_max_over_mean": float((counts.max(axis=-1) / mean[:, 0]).mean()),
+        "expert_load_cv": float((counts.std(axis=-1) / mean[:, 0]).mean()),
+    }
 
 
 class MetricsWriter:
@@ -78,8 +81,11 @@ class MetricsWriter:
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.is_file() and jax.process_index() == 0:
             # a crashed run may have logged steps after its last checkpoint: they are redone now
-            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip()
-                    and json.loads(ln).get("step", 0) <= resume_step]
+            keep = [
+                ln
+                for ln in self.path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= resume_step
+            ]
             self.path.write_text("".join(ln + "\n" for ln in keep))
         self.file = self.path.open("a")
         self.tb = None

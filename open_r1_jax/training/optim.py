@@ -7,9 +7,10 @@
   bias is not a parameter at all (non-trainable state), so neither gradients nor decay touch it.
 - Clipping acts on the accumulated gradient of the whole global batch (it runs inside the step).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import optax
@@ -19,8 +20,8 @@ from open_r1_jax.config import TrainConfig
 
 def schedule(cfg: TrainConfig) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
-        decay_steps=cfg.steps, end_value=cfg.min_lr)
+        init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps, decay_steps=cfg.steps, end_value=cfg.min_lr
+    )
 
 
 def decay_mask(params):
@@ -31,8 +32,11 @@ def make_optimizer(cfg: TrainConfig, trainable: Callable | None = None) -> optax
     """``trainable``: params -> tree of bools (a stage's mask); frozen parameters get no update, no
     decay and no optimizer moments, and are left out of the clipping norm."""
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
-    parts.append(optax.adamw(schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay, mask=decay_mask))
+    parts.append(
+        optax.adamw(
+            schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask
+        )
+    )
     tx = optax.chain(*parts)
     if trainable is None:
         return tx

@@ -4,9 +4,10 @@ The model is first built abstractly (``nnx.eval_shape``) to read its logical axi
 jitted function builds the parameters and the optimizer state with ``out_shardings`` from
 ``mesh.rules``, so each device materialises only its shards.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import optax
@@ -14,14 +15,12 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from open_r1_jax.config import Config
-from open_r1_jax.model import build_model
+from open_r1_jax.model import build_model, split_model
 from open_r1_jax.parallel.mesh import logical_axes, parse_rules, state_shardings, tree_shardings
 from open_r1_jax.training.step import init_state
-from open_r1_jax.model import split_model
 
 
-def create_train_state(cfg: Config, tx: optax.GradientTransformation, mesh: Mesh,
-                       build: Callable | None = None):
+def create_train_state(cfg: Config, tx: optax.GradientTransformation, mesh: Mesh, build: Callable | None = None):
     """-> (graphdef, state, shardings of the state). The model is built for the mesh's expert axis
     (its MoE layers exchange tokens over it); ``build(model_cfg, seed, expert_parallel)``."""
     build = build or build_model  # looked up at call time (tests replace it)

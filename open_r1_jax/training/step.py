@@ -16,9 +16,10 @@ float16: the loss is multiplied by a dynamic scale; a step whose gradients are n
 after ``loss_scale_period`` finite steps. In every dtype a non-finite loss or gradient leaves the
 state unchanged and records the first such step in ``nonfinite_step``; the Trainer stops the run there.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -85,8 +86,11 @@ def make_grad_fn(stage, cfg: Config) -> Callable:
     grad = jax.value_and_grad(scaled_loss, has_aux=True)
 
     def grad_fn(params, model_state, batch, frozen, rng, scale):
-        extras = {"denominator": jnp.maximum(stage.count(batch), 1.0),
-                  "n_micro": jnp.asarray(n_micro, jnp.float32), "frozen": frozen}
+        extras = {
+            "denominator": jnp.maximum(stage.count(batch), 1.0),
+            "n_micro": jnp.asarray(n_micro, jnp.float32),
+            "frozen": frozen,
+        }
         micro = split_micro(batch, n_micro)
 
         def body(carry, xs):
@@ -145,7 +149,8 @@ def make_train_step(stage, tx: optax.GradientTransformation, cfg: Config) -> Cal
         else:
             new_state["loss_scale"], new_state["good_steps"] = scale, state["good_steps"]
         new_state["nonfinite_step"] = jnp.where(
-            (state["nonfinite_step"] < 0) & diverged, state["step"], state["nonfinite_step"])
+            (state["nonfinite_step"] < 0) & diverged, state["step"], state["nonfinite_step"]
+        )
         return new_state, {**metrics, "grad_norm": grad_norm, "finite": finite}
 
     return train_step

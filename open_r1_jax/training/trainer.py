@@ -9,6 +9,7 @@ iterator where it stopped, and the counters (tokens seen, train and wall seconds
 Outputs in ``run.dir``: ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per log step),
 ``tensorboard/``, ``checkpoints/<step>/`` and ``summary.json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,14 @@ class Trainer:
         config_lib.dump_yaml(cfg, self.run_dir / "config.yaml")
         self.mesh = make_mesh(cfg.mesh)
         check_batch(cfg.train.global_batch, cfg.train.micro_batch, self.mesh)
-        log.info("mesh: %s over %d %s device(s) in %d process(es); stage %s", dict(self.mesh.shape),
-                 self.mesh.size, jax.devices()[0].platform, jax.process_count(), stage.name)
+        log.info(
+            "mesh: %s over %d %s device(s) in %d process(es); stage %s",
+            dict(self.mesh.shape),
+            self.mesh.size,
+            jax.devices()[0].platform,
+            jax.process_count(),
+            stage.name,
+        )
         with jax.set_mesh(self.mesh):  # shard_map (expert parallelism) traces under this mesh
             return self._run(pretrained)
 
@@ -85,16 +92,22 @@ class Trainer:
         self.tx = make_optimizer(cfg.train, trainable)
         graphdef, state, self.shardings = create_train_state(cfg, self.tx, mesh)
         if pretrained is not None:
-            state = {**state, "params": jax.device_put(pretrained.params, self.shardings["params"]),
-                     "model_state": jax.device_put(pretrained.model_state, self.shardings["model_state"])}
+            state = {
+                **state,
+                "params": jax.device_put(pretrained.params, self.shardings["params"]),
+                "model_state": jax.device_put(pretrained.model_state, self.shardings["model_state"]),
+            }
         self.bsh = batch_sharding(mesh)
         rows = cfg.train.global_batch // jax.process_count()
         stage.setup(StageContext(self.run_dir, graphdef, state, self.put, rows))
         self.rows = rows
         n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-        log.info("model: %.2fM parameters, %.2fM active matmul parameters per token; %.1f MB of train state "
-                 "on each device", n_params / 1e6, M.active_matmul_params(cfg.model) / 1e6,
-                 per_device_bytes(state) / 1e6)
+        log.info(
+            "model: %.2fM parameters, %.2fM active matmul parameters per token; %.1f MB of train state on each device",
+            n_params / 1e6,
+            M.active_matmul_params(cfg.model) / 1e6,
+            per_device_bytes(state) / 1e6,
+        )
         return state
 
     def put(self, batch: dict) -> dict:
@@ -104,10 +117,16 @@ class Trainer:
     def _compile(self, state, first_batch):
         cfg, stage, sh = self.cfg, self.stage, self.shardings
         frozen_sh = jax.tree.map(lambda x: x.sharding, stage.frozen)
-        step = jax.jit(make_train_step(stage, self.tx, cfg), donate_argnums=0,
-                       in_shardings=(sh, self.bsh, frozen_sh), out_shardings=(sh, replicated(self.mesh)))
-        self.eval_fn = jax.jit(lambda p, s, b, f: stage.eval_fn(p, s, {**b, "frozen": f}),
-                               in_shardings=(sh["params"], sh["model_state"], self.bsh, frozen_sh))
+        step = jax.jit(
+            make_train_step(stage, self.tx, cfg),
+            donate_argnums=0,
+            in_shardings=(sh, self.bsh, frozen_sh),
+            out_shardings=(sh, replicated(self.mesh)),
+        )
+        self.eval_fn = jax.jit(
+            lambda p, s, b, f: stage.eval_fn(p, s, {**b, "frozen": f}),
+            in_shardings=(sh["params"], sh["model_state"], self.bsh, frozen_sh),
+        )
         t0 = time.perf_counter()
         compiled = step.lower(state, self.put(first_batch), stage.frozen).compile()
         log.info("train step compiled in %.1fs", time.perf_counter() - t0)
@@ -117,8 +136,11 @@ class Trainer:
         """The stage's held-out figures (``eval_`` prefixed); {} when it has no held-out data."""
         sums: dict[str, float] = {}
         for batch in self.stage.eval_batches():
-            out = jax.device_get(self.eval_fn(state["params"], state["model_state"],
-                                              self.put(pad_rows(batch, self.rows)), self.stage.frozen))
+            out = jax.device_get(
+                self.eval_fn(
+                    state["params"], state["model_state"], self.put(pad_rows(batch, self.rows)), self.stage.frozen
+                )
+            )
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         return {f"eval_{k}": v for k, v in self.stage.eval_metrics(sums).items()} if sums else {}
@@ -134,8 +156,12 @@ class Trainer:
         if start is not None:  # step 0: imported weights (export --from-torch), fresh optimizer and data
             state = ckpt.restore(start, state, stage.train_iter)
             counters.update(ckpt.counters(start))
-            log.info("resumed from %s at step %d (%d tokens seen)", ckpt.directory / str(start), start,
-                     counters["tokens_seen"])
+            log.info(
+                "resumed from %s at step %d (%d tokens seen)",
+                ckpt.directory / str(start),
+                start,
+                counters["tokens_seen"],
+            )
         start = start or 0
         wall_before = counters["wall_seconds"]
         if start >= t.steps:
@@ -148,8 +174,11 @@ class Trainer:
         compiled = self._compile(state, first)
         lr_at = schedule(t)
         dtype = DTYPES[cfg.model.dtype]
-        peak = (cfg.run.peak_tflops * 1e12 if cfg.run.peak_tflops
-                else M.measure_peak_flops(dtype if dtype != jnp.float16 else jnp.float32)) * self.mesh.size
+        peak = (
+            cfg.run.peak_tflops * 1e12
+            if cfg.run.peak_tflops
+            else M.measure_peak_flops(dtype if dtype != jnp.float16 else jnp.float32)
+        ) * self.mesh.size
         fpt = M.flops_per_token(cfg.model, t.seq_len)
         writer = M.MetricsWriter(self.run_dir, cfg.run.tensorboard, resume_step=start)
         eval_record = {}
@@ -176,19 +205,27 @@ class Trainer:
                 if not (log_now or ckpt_now or eval_now):
                     continue
                 m, counts = jax.device_get(
-                    (metrics, {k: state[k] for k in ("nonfinite_step", "skipped", "loss_scale")}))
+                    (metrics, {k: state[k] for k in ("nonfinite_step", "skipped", "loss_scale")})
+                )
                 bad = int(counts["nonfinite_step"])
                 if bad >= 0:
                     raise TrainingDiverged(
                         f"loss or gradients became non-finite at step {bad + 1}; stopped before writing a "
-                        f"checkpoint (last good checkpoint: step {last_saved})")
+                        f"checkpoint (last good checkpoint: step {last_saved})"
+                    )
                 dt = time.perf_counter() - t_window
                 counters["train_seconds"] += dt
                 counters["tokens_seen"] += tok_window
                 tps = tok_window / dt if dt > 0 else 0.0
-                record = {"step": done, **{k: float(v) for k, v in m.items() if k not in EXPERT_KEYS},
-                          "lr": float(lr_at(done - 1)), "tokens_per_sec": tps, "mfu": tps * fpt / peak,
-                          "tokens_seen": counters["tokens_seen"], "skipped_steps": int(counts["skipped"])}
+                record = {
+                    "step": done,
+                    **{k: float(v) for k, v in m.items() if k not in EXPERT_KEYS},
+                    "lr": float(lr_at(done - 1)),
+                    "tokens_per_sec": tps,
+                    "mfu": tps * fpt / peak,
+                    "tokens_seen": counters["tokens_seen"],
+                    "skipped_steps": int(counts["skipped"]),
+                }
                 if cfg.model.dtype == "float16":
                     record["loss_scale"] = float(counts["loss_scale"])
                 if "expert_counts" in m:
@@ -214,11 +251,19 @@ class Trainer:
         cfg = self.cfg
         watts = cfg.run.device_watts or M.default_device_watts()
         kwh = watts * self.mesh.size * counters["wall_seconds"] / 3.6e6 * cfg.run.pue
-        summary = {"stage": self.stage.name, "steps": cfg.train.steps, "tokens_seen": counters["tokens_seen"],
-                   "wall_seconds": counters["wall_seconds"], "train_seconds": counters["train_seconds"],
-                   "peak_memory_bytes": M.peak_memory_bytes(), "peak_flops_used_for_mfu": peak, "energy_kwh": kwh,
-                   "co2_kg": kwh * cfg.run.grid_kg_per_kwh, "skipped_steps": int(jax.device_get(state["skipped"])),
-                   **eval_record}
+        summary = {
+            "stage": self.stage.name,
+            "steps": cfg.train.steps,
+            "tokens_seen": counters["tokens_seen"],
+            "wall_seconds": counters["wall_seconds"],
+            "train_seconds": counters["train_seconds"],
+            "peak_memory_bytes": M.peak_memory_bytes(),
+            "peak_flops_used_for_mfu": peak,
+            "energy_kwh": kwh,
+            "co2_kg": kwh * cfg.run.grid_kg_per_kwh,
+            "skipped_steps": int(jax.device_get(state["skipped"])),
+            **eval_record,
+        }
         if "eval_before" in counters:
             summary["eval_before"] = counters["eval_before"]
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -5,6 +5,7 @@ or Triton's own ``tl.cdiv``/``tl.sigmoid``, is defined), so it is set here, at c
 triton (or torch, the interpreter's tensors) every kernel test is skipped with the reason; nothing
 fails at collection.
 """
+
 from __future__ import annotations
 
 import os

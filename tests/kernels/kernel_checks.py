@@ -1,4 +1,5 @@
 """Helpers of the kernel tests: the fp32 tolerance and the error measure."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """Kernel dispatch: model.kernels resolution and its log line, the jax-triton adapter (0.3.x out_shape /
 0.4.x out_type), lazy imports, and the segment ids the model hands to the flash kernel."""
+
 import logging
 import subprocess
 import sys
@@ -41,10 +42,12 @@ def _fake_jax_triton(keyword):
     calls = []
 
     if keyword == "out_type":
+
         def triton_call(*args, kernel, out_type=None, grid, num_warps=None, num_stages=None, **kwargs):
             calls.append(dict(args=args, out=out_type, grid=grid, kwargs=kwargs))
             return jnp.zeros(out_type.shape, out_type.dtype)
     else:
+
         def triton_call(*args, kernel, out_shape, grid, num_warps=None, num_stages=None, **metaparams):
             calls.append(dict(args=args, out=out_shape, grid=grid, kwargs=metaparams))
             return jnp.zeros(out_shape.shape, out_shape.dtype)
@@ -64,9 +67,11 @@ def test_adapter_speaks_both_jax_triton_versions(monkeypatch, keyword):
 
 
 def test_importing_the_project_needs_neither_triton_nor_jax_triton():
-    code = ("import sys; import open_r1_jax.model, kernels.ops, kernels; "
-            "from open_r1_jax.model import build_model; "
-            "bad = [m for m in ('triton', 'jax_triton') if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys; import open_r1_jax.model, kernels.ops, kernels; "
+        "from open_r1_jax.model import build_model; "
+        "bad = [m for m in ('triton', 'jax_triton') if m in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

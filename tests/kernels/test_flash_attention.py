@@ -1,12 +1,14 @@
 """Causal flash attention with segment ids and grouped-query heads (forward, dQ, dK, dV) against the
 jnp oracle (the model's XLA attention), through the interpreter."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]'); the kernel tests "
-                                     "run Triton's CPU interpreter")
+pytest.importorskip(
+    "triton", reason="triton is not installed (pip install -e '.[test]'); the kernel tests run Triton's CPU interpreter"
+)
 pytest.importorskip("torch", reason="torch (the Triton interpreter's tensors) is not installed")
 
 from kernel_checks import check_op, rel_err  # noqa: E402
@@ -20,7 +22,7 @@ def _segments(b, t):
     seg = np.ones((b, t), np.int32)
     if t >= 40:
         seg[0, 20:], seg[0, 37:] = 2, 3  # three packed documents, boundaries off the 16-blocks
-        seg[-1, t - 5:] = 0  # padding at the end of the last row
+        seg[-1, t - 5 :] = 0  # padding at the end of the last row
     return jnp.asarray(seg)
 
 
@@ -35,23 +37,32 @@ CASES = {
 
 def _qkv(b, t, h, g, k, dtype=jnp.float32):
     kq, kk, kv = jax.random.split(jax.random.key(5), 3)
-    return (jax.random.normal(kq, (b, t, h, k)).astype(dtype), jax.random.normal(kk, (b, t, g, k)).astype(dtype),
-            jax.random.normal(kv, (b, t, g, k)).astype(dtype))
+    return (
+        jax.random.normal(kq, (b, t, h, k)).astype(dtype),
+        jax.random.normal(kk, (b, t, g, k)).astype(dtype),
+        jax.random.normal(kv, (b, t, g, k)).astype(dtype),
+    )
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_flash_attention_matches_oracle(case):
     b, t, h, g, k, blocks = CASES[case]
     seg = _segments(b, t)
-    check_op(f"flash[{case}]", lambda q, k, v: flash_attention(q, k, v, seg, blocks),
-             lambda q, k, v: ops.attention_reference(q, k, v, seg), _qkv(b, t, h, g, k), (0, 1, 2))
+    check_op(
+        f"flash[{case}]",
+        lambda q, k, v: flash_attention(q, k, v, seg, blocks),
+        lambda q, k, v: ops.attention_reference(q, k, v, seg),
+        _qkv(b, t, h, g, k),
+        (0, 1, 2),
+    )
 
 
 def test_oracle_is_the_model_attention():
     q, k, v = _qkv(2, 40, 2, 1, 16)
     seg = _segments(2, 40)
-    np.testing.assert_array_equal(ops.attention_reference(q, k, v, seg),
-                                  dot_product_attention(q, k, v, attention_mask(seg)))
+    np.testing.assert_array_equal(
+        ops.attention_reference(q, k, v, seg), dot_product_attention(q, k, v, attention_mask(seg))
+    )
 
 
 def test_bfloat16_runs_and_is_close():

@@ -1,11 +1,13 @@
 """Fused grouped SwiGLU experts (gate/up + SiLU epilogue, down + routing-weight epilogue) and their
 Triton backward against the jnp oracle, through the interpreter."""
+
 import jax
 import jax.numpy as jnp
 import pytest
 
-pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]'); the kernel tests "
-                                     "run Triton's CPU interpreter")
+pytest.importorskip(
+    "triton", reason="triton is not installed (pip install -e '.[test]'); the kernel tests run Triton's CPU interpreter"
+)
 pytest.importorskip("torch", reason="torch (the Triton interpreter's tensors) is not installed")
 
 from kernel_checks import check_op, rel_err  # noqa: E402
@@ -36,9 +38,13 @@ def _args(rows, d, f, n_experts, dtype=jnp.float32):
 def test_fused_swiglu_matches_oracle(case):
     rows, d, f, sizes, blocks = CASES[case]
     gs = jnp.asarray(sizes, jnp.int32)
-    check_op(f"ffn[{case}]", lambda x, wg, wu, wd, s: grouped_swiglu(x, gs, wg, wu, wd, s, blocks),
-             lambda x, wg, wu, wd, s: ops.grouped_swiglu_reference(x, gs, wg, wu, wd, s),
-             _args(rows, d, f, len(sizes)), (0, 1, 2, 3, 4))
+    check_op(
+        f"ffn[{case}]",
+        lambda x, wg, wu, wd, s: grouped_swiglu(x, gs, wg, wu, wd, s, blocks),
+        lambda x, wg, wu, wd, s: ops.grouped_swiglu_reference(x, gs, wg, wu, wd, s),
+        _args(rows, d, f, len(sizes)),
+        (0, 1, 2, 3, 4),
+    )
 
 
 def test_bfloat16_runs_and_is_close():
@@ -53,4 +59,3 @@ def test_bfloat16_runs_and_is_close():
     ref = lambda x: jnp.sum(ops.grouped_swiglu_reference(x, gs, f32(wg), f32(wu), f32(wd), s))
     dx_ref = jax.jit(jax.grad(ref))(f32(x))
     assert dx.dtype == jnp.bfloat16 and rel_err(f32(dx), dx_ref) < 3e-2
-

@@ -1,11 +1,13 @@
 """Grouped matmul kernels (forward, dX, dW) against the jnp oracle, through the interpreter."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]'); the kernel tests "
-                                     "run Triton's CPU interpreter")
+pytest.importorskip(
+    "triton", reason="triton is not installed (pip install -e '.[test]'); the kernel tests run Triton's CPU interpreter"
+)
 pytest.importorskip("torch", reason="torch (the Triton interpreter's tensors) is not installed")
 
 from kernel_checks import check_op  # noqa: E402
@@ -29,8 +31,13 @@ def test_grouped_matmul_matches_oracle(case):
     x = jax.random.normal(kx, (rows, k), jnp.float32)
     w = jax.random.normal(kw, (len(sizes), k, n), jnp.float32)
     gs = jnp.asarray(sizes, jnp.int32)
-    check_op(f"gmm[{case}]", lambda x, w: grouped_matmul(x, w, gs, blocks),
-             lambda x, w: ops.grouped_matmul_reference(x, w, gs), (x, w), (0, 1))
+    check_op(
+        f"gmm[{case}]",
+        lambda x, w: grouped_matmul(x, w, gs, blocks),
+        lambda x, w: ops.grouped_matmul_reference(x, w, gs),
+        (x, w),
+        (0, 1),
+    )
 
 
 def test_tile_schedule_covers_every_row_once_within_one_expert():
@@ -50,5 +57,6 @@ def test_xla_path_matches_oracle():
     x = jax.random.normal(jax.random.key(2), (37, 16))
     w = jax.random.normal(jax.random.key(3), (3, 16, 8))
     gs = jnp.asarray([10, 0, 25], jnp.int32)
-    np.testing.assert_allclose(ops.grouped_matmul(x, w, gs, "xla"), ops.grouped_matmul_reference(x, w, gs),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        ops.grouped_matmul(x, w, gs, "xla"), ops.grouped_matmul_reference(x, w, gs), rtol=1e-5, atol=1e-5
+    )

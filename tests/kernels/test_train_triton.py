@@ -1,18 +1,22 @@
 """The model trains with model.kernels=triton (Triton interpreter on CPU) with the losses of xla."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]'); the kernel tests "
-                                     "run Triton's CPU interpreter")
+pytest.importorskip(
+    "triton", reason="triton is not installed (pip install -e '.[test]'); the kernel tests run Triton's CPU interpreter"
+)
 pytest.importorskip("torch", reason="torch (the Triton interpreter's tensors) is not installed")
 
-from open_r1_jax.model import build_model  # noqa: E402
+from open_r1_jax.model import (
+    build_model,  # noqa: E402
+    split_model,  # noqa: E402
+)
 from open_r1_jax.training.optim import make_optimizer  # noqa: E402
-from open_r1_jax.training.step import init_state, make_train_step  # noqa: E402
 from open_r1_jax.training.stages import Pretrain  # noqa: E402
-from open_r1_jax.model import split_model  # noqa: E402
+from open_r1_jax.training.step import init_state, make_train_step  # noqa: E402
 
 
 def _batches(cfg, n):
@@ -45,8 +49,13 @@ def _train(cfg, batches):
 
 def test_three_steps_match_xla(micro):
     batches = _batches(micro(), 1) * 3  # one batch thrice: the loss must fall
-    common = ("model.moe.n_shared_experts=1", "model.moe.router=sigmoid", "train.micro_batch=2",
-              "train.lr=3e-3", "train.warmup_steps=0")
+    common = (
+        "model.moe.n_shared_experts=1",
+        "model.moe.router=sigmoid",
+        "train.micro_batch=2",
+        "train.lr=3e-3",
+        "train.warmup_steps=0",
+    )
     s_xla, m_xla = _train(micro("model.kernels=xla", *common), batches)
     s_tri, m_tri = _train(micro("model.kernels=triton", *common), batches)
     for a, b in zip(m_tri, m_xla):

@@ -7,6 +7,7 @@ parameters to the single-device run, and the per-device bytes of parameters and 
 Gradients are compared because Adam's update hides a constant gradient scale (a psum-versus-mean bug
 in a backward pass would leave the parameters after AdamW almost unchanged).
 """
+
 import json
 import sys
 
@@ -16,16 +17,32 @@ import numpy as np
 from open_r1_jax.config import load_config
 from open_r1_jax.parallel.mesh import batch_sharding, make_mesh, per_device_bytes
 from open_r1_jax.training.optim import make_optimizer
+from open_r1_jax.training.stages import Pretrain
 from open_r1_jax.training.state import create_train_state
 from open_r1_jax.training.step import make_grad_fn, make_train_step
-from open_r1_jax.training.stages import Pretrain
 
 BASE = [
-    "model.d_model=32", "model.n_layers=3", "model.drn_layers=1", "model.n_heads=4", "model.n_kv_heads=2",
-    "model.head_dim=8", "model.max_seq_len=32", "model.drn.n_experts=2", "model.drn.expert_ffn_dim=32",
-    "model.moe.n_experts=8", "model.moe.top_k=2", "model.moe.expert_ffn_dim=32", "model.moe.router=sigmoid",
-    "model.moe.n_shared_experts=1", "model.moe.seq_balance_coef=0.01", "train.seq_len=16",
-    "train.global_batch=16", "train.micro_batch=8", "train.steps=10", "train.warmup_steps=1", "train.lr=6e-4",
+    "model.d_model=32",
+    "model.n_layers=3",
+    "model.drn_layers=1",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.head_dim=8",
+    "model.max_seq_len=32",
+    "model.drn.n_experts=2",
+    "model.drn.expert_ffn_dim=32",
+    "model.moe.n_experts=8",
+    "model.moe.top_k=2",
+    "model.moe.expert_ffn_dim=32",
+    "model.moe.router=sigmoid",
+    "model.moe.n_shared_experts=1",
+    "model.moe.seq_balance_coef=0.01",
+    "train.seq_len=16",
+    "train.global_batch=16",
+    "train.micro_batch=8",
+    "train.steps=10",
+    "train.warmup_steps=1",
+    "train.lr=6e-4",
 ]
 
 
@@ -35,7 +52,7 @@ def batches(n, b, t, seed=0):
     for _ in range(n):
         tok = rng.integers(0, 256, size=(b, t + 1)).astype(np.int32)
         seg = np.ones((b, t), np.int32)
-        seg[::3, t // 2:] = 2
+        seg[::3, t // 2 :] = 2
         seg[1::4, -3:] = 0
         pos = np.where(seg == 2, np.arange(t) - t // 2, np.arange(t)).astype(np.int32)
         out.append({"inputs": tok[:, :-1], "targets": tok[:, 1:], "positions": pos, "segment_ids": seg})
@@ -53,11 +70,15 @@ def run(mesh_overrides, extra=()):
         stage = Pretrain(cfg).bind(graphdef)
         first = {k: jax.device_put(v, bsh) for k, v in batches(1, cfg.train.global_batch, cfg.train.seq_len)[0].items()}
         accumulate = make_grad_fn(stage, cfg)
-        grad_fn = jax.jit(lambda p, s, b: accumulate(p, s, b, None, jax.random.key(0), 1.0)[0],
-                          in_shardings=(sh["params"], sh["model_state"], bsh))
+        grad_fn = jax.jit(
+            lambda p, s, b: accumulate(p, s, b, None, jax.random.key(0), 1.0)[0],
+            in_shardings=(sh["params"], sh["model_state"], bsh),
+        )
         grads = grad_fn(state["params"], state["model_state"], first)
         grads = jax.device_get(grads)
-        step = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), in_shardings=(sh, bsh), out_shardings=(sh, None))
+        step = jax.jit(
+            make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), in_shardings=(sh, bsh), out_shardings=(sh, None)
+        )
         losses, dropped = [], 0
         for batch in batches(3, cfg.train.global_batch, cfg.train.seq_len):
             state, m = step(state, {k: jax.device_put(v, bsh) for k, v in batch.items()})
@@ -65,8 +86,11 @@ def run(mesh_overrides, extra=()):
             dropped += int(m.get("dropped", 0))
         params = jax.device_get(state["params"])
         mu = state["opt_state"][1][0].mu
-        sizes = {"params": per_device_bytes(state["params"]), "mu": per_device_bytes(mu),
-                 "params_total": sum(x.nbytes for x in jax.tree.leaves(params))}
+        sizes = {
+            "params": per_device_bytes(state["params"]),
+            "mu": per_device_bytes(mu),
+            "params_total": sum(x.nbytes for x in jax.tree.leaves(params)),
+        }
         w = state["params"]["blocks"][1]["ffn"]["experts"]["w_gate"]
         sizes["expert_w_gate_spec"] = str(w.sharding.spec)
     return losses, params, sizes, dropped, grads
@@ -77,8 +101,12 @@ if __name__ == "__main__":
         losses, _, _, dropped, _ = run(["mesh.expert=8"], ["model.moe.capacity_factor=0.5"])
         print(json.dumps({"mesh": "expert8_capacity0.5", "losses": losses, "dropped": dropped}))
         sys.exit(0)
-    meshes = {"data8": ["mesh.data=8"], "fsdp8": ["mesh.fsdp=8"],
-              "d2f2e2": ["mesh.data=2", "mesh.fsdp=2", "mesh.expert=2"], "expert8": ["mesh.expert=8"]}
+    meshes = {
+        "data8": ["mesh.data=8"],
+        "fsdp8": ["mesh.fsdp=8"],
+        "d2f2e2": ["mesh.data=2", "mesh.fsdp=2", "mesh.expert=2"],
+        "expert8": ["mesh.expert=8"],
+    }
     extra = sys.argv[1:]
     ref_losses, ref_params, _, _, ref_grads = run([], extra)
     rel = lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30))
@@ -88,6 +116,20 @@ if __name__ == "__main__":
         param_rel = max(rel(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))
         grad_rel = max(rel(a, b) for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)))
         loss_rel = max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses))
-        print(json.dumps({"mesh": name, "losses": losses, "ref_losses": ref_losses, "loss_rel": loss_rel,
-                          "param_rel": param_rel, "grad_rel": grad_rel, "grad_norm": norm(grads),
-                          "ref_grad_norm": norm(ref_grads), "dropped": dropped, **sizes}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "mesh": name,
+                    "losses": losses,
+                    "ref_losses": ref_losses,
+                    "loss_rel": loss_rel,
+                    "param_rel": param_rel,
+                    "grad_rel": grad_rel,
+                    "grad_norm": norm(grads),
+                    "ref_grad_norm": norm(ref_grads),
+                    "dropped": dropped,
+                    **sizes,
+                }
+            ),
+            flush=True,
+        )

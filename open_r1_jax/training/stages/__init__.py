@@ -1,4 +1,5 @@
 """Training stages: each one small file; ``train.stage`` picks one by name (see ``base.Stage``)."""
+
 from open_r1_jax.training.stages.base import Stage, StageContext
 from open_r1_jax.training.stages.dpo import DPO
 from open_r1_jax.training.stages.pretrain import Pretrain

@@ -37,11 +37,13 @@ The Trainer calls, in this order:
 Class attributes: ``name``; ``updates_router_bias`` (apply the DeepSeek-V3 bias update after each
 step; DPO keeps the policy's biases); ``eval_at_start`` (evaluate the initial weights at step 0).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import jax
 import numpy as np
@@ -75,7 +77,7 @@ class Stage:
         """An ``open_r1_jax.pretrained.PretrainedModel`` to start from, or None (seeded init)."""
         return None
 
-    def bind(self, graphdef) -> "Stage":
+    def bind(self, graphdef) -> Stage:
         """Attach the model structure (what ``setup`` does first); -> self. For steps built without
         the Trainer (tests, benchmarks): ``make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg)``."""
         self.graphdef = graphdef

@@ -17,6 +17,7 @@ its weights in every step (``model``). Batch: ``{chosen,rejected}_{inputs,target
 is the mean over real pairs (padding pairs have empty masks). MoE auxiliary losses are added as in
 pretraining; router biases stay frozen.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,8 +41,14 @@ log = logging.getLogger("open_r1_jax")
 def pair_metrics(pc, pr, rc, rr, beta: float) -> dict:
     """Per-pair TRL metrics [P] from policy (p*) and reference (r*) sequence log-probs [P]."""
     r_c, r_r = beta * (pc - rc), beta * (pr - rr)
-    return {"rewards/chosen": r_c, "rewards/rejected": r_r, "rewards/accuracies": (r_c > r_r).astype(jnp.float32),
-            "rewards/margins": r_c - r_r, "logps/chosen": pc, "logps/rejected": pr}
+    return {
+        "rewards/chosen": r_c,
+        "rewards/rejected": r_r,
+        "rewards/accuracies": (r_c > r_r).astype(jnp.float32),
+        "rewards/margins": r_c - r_r,
+        "logps/chosen": pc,
+        "logps/rejected": pr,
+    }
 
 
 def dpo_loss(pc, pr, rc, rr, cfg: DPOConfig, n_c=None, n_r=None):
@@ -90,10 +97,13 @@ class DPO(Stage):
         runtime = {k: getattr(self.cfg.model, k) for k in MODEL_RUNTIME_KEYS}
         self.cfg = dataclasses.replace(self.cfg, model=dataclasses.replace(pre.config, **runtime))
         if self.cfg.dpo.max_len > pre.config.max_seq_len:
-            raise ConfigError(f"dpo.max_len ({self.cfg.dpo.max_len}) must be <= the policy's model.max_seq_len "
-                              f"({pre.config.max_seq_len})")
-        log.info("dpo: policy and reference from %s; loss %s, beta %g", pre.source, self.cfg.dpo.loss,
-                 self.cfg.dpo.beta)
+            raise ConfigError(
+                f"dpo.max_len ({self.cfg.dpo.max_len}) must be <= the policy's model.max_seq_len "
+                f"({pre.config.max_seq_len})"
+            )
+        log.info(
+            "dpo: policy and reference from %s; loss %s, beta %g", pre.source, self.cfg.dpo.loss, self.cfg.dpo.beta
+        )
         return pre
 
     def setup(self, ctx: StageContext) -> None:
@@ -106,8 +116,10 @@ class DPO(Stage):
         if d.reference == "precomputed":
             ref = jax.jit(lambda p, s, b: sequence_logps(self.graphdef, p, s, b)[:2])
             for arrays in filter(None, (train, self.held)):
-                outs = [jax.device_get(ref(policy, ctx.state["model_state"], ctx.put(b)))
-                        for b in fixed_batches(arrays, ctx.rows)]
+                outs = [
+                    jax.device_get(ref(policy, ctx.state["model_state"], ctx.put(b)))
+                    for b in fixed_batches(arrays, ctx.rows)
+                ]
                 n = len(arrays["chosen_inputs"])
                 arrays["ref_chosen"] = np.concatenate([o[0] for o in outs])[:n].astype(np.float32)
                 arrays["ref_rejected"] = np.concatenate([o[1] for o in outs])[:n].astype(np.float32)

@@ -4,6 +4,7 @@ Batch: ``inputs``, ``targets``, ``positions``, ``segment_ids`` [B,T] int32 (segm
 The loss is the mean NLL over the global batch's real tokens (+ MoE aux losses); evaluation reports
 held-out loss, perplexity and bits per byte (tokenizer-independent).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,5 +72,9 @@ class Pretrain(Stage):
         if sums["tokens"] == 0:
             return {}
         loss = sums["nll"] / sums["tokens"]
-        return {"loss": loss, "ppl": math.exp(min(loss, 80.0)),
-                "bits_per_byte": sums["nll"] / math.log(2) / max(sums["bytes"], 1.0), "tokens": int(sums["tokens"])}
+        return {
+            "loss": loss,
+            "ppl": math.exp(min(loss, 80.0)),
+            "bits_per_byte": sums["nll"] / math.log(2) / max(sums["bytes"], 1.0),
+            "tokens": int(sums["tokens"]),
+        }
