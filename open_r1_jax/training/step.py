@@ -107,11 +107,12 @@ def make_grad_fn(stage, cfg: Config) -> Callable:
     return grad_fn
 
 
-def make_train_step(stage, tx: optax.GradientTransformation, cfg: Config) -> Callable:
+def make_train_step(stage, tx: optax.GradientTransformation, cfg: Config, return_grads: bool = False) -> Callable:
     """-> step(state, batch, frozen=None) -> (state, metrics), for the stage's loss (see stages/base.py).
 
     ``frozen``: the stage's weights that are read but never trained (a DPO reference model), passed as
-    an argument so that they are not baked into the compiled step as constants.
+    an argument so that they are not baked into the compiled step as constants. ``return_grads``: add
+    the accumulated gradient (before clipping) to the metrics as ``grads`` (equivalence tests).
     """
     t = cfg.train
     fp16 = cfg.model.dtype == "float16"
@@ -151,6 +152,7 @@ def make_train_step(stage, tx: optax.GradientTransformation, cfg: Config) -> Cal
         new_state["nonfinite_step"] = jnp.where(
             (state["nonfinite_step"] < 0) & diverged, state["step"], state["nonfinite_step"]
         )
-        return new_state, {**metrics, "grad_norm": grad_norm, "finite": finite}
+        metrics = {**metrics, "grad_norm": grad_norm, "finite": finite}
+        return new_state, {**metrics, "grads": grads} if return_grads else metrics
 
     return train_step

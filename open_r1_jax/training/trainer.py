@@ -26,6 +26,7 @@ from tqdm import tqdm
 from open_r1_jax import config as config_lib
 from open_r1_jax.checkpoint import Checkpointer
 from open_r1_jax.config import Config
+from open_r1_jax.config_checks import ignored_keys
 from open_r1_jax.model import build_model, split_model
 from open_r1_jax.model.layers import DTYPES
 from open_r1_jax.parallel.mesh import batch_sharding, check_batch, make_mesh, per_device_bytes, replicated
@@ -63,7 +64,7 @@ class Trainer:
 
     def run(self) -> dict:
         stage = self.stage
-        for key, why in config_lib.ignored_keys(stage.cfg):
+        for key, why in ignored_keys(stage.cfg):
             log.warning("config: %s is set but ignored: %s", key, why)
         pretrained = stage.initial_weights()  # may replace stage.cfg.model with the weights' architecture
         cfg = self.cfg = stage.cfg

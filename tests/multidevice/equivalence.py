@@ -19,7 +19,7 @@ from open_r1_jax.parallel.mesh import batch_sharding, make_mesh, per_device_byte
 from open_r1_jax.training.optim import make_optimizer
 from open_r1_jax.training.stages import Pretrain
 from open_r1_jax.training.state import create_train_state
-from open_r1_jax.training.step import make_grad_fn, make_train_step
+from open_r1_jax.training.step import make_train_step
 
 BASE = [
     "model.d_model=32",
@@ -67,21 +67,15 @@ def run(mesh_overrides, extra=()):
         tx = make_optimizer(cfg.train)
         graphdef, state, sh = create_train_state(cfg, tx, mesh)
         bsh = batch_sharding(mesh)
-        stage = Pretrain(cfg).bind(graphdef)
-        first = {k: jax.device_put(v, bsh) for k, v in batches(1, cfg.train.global_batch, cfg.train.seq_len)[0].items()}
-        accumulate = make_grad_fn(stage, cfg)
-        grad_fn = jax.jit(
-            lambda p, s, b: accumulate(p, s, b, None, jax.random.key(0), 1.0)[0],
-            in_shardings=(sh["params"], sh["model_state"], bsh),
-        )
-        grads = grad_fn(state["params"], state["model_state"], first)
-        grads = jax.device_get(grads)
         step = jax.jit(
-            make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), in_shardings=(sh, bsh), out_shardings=(sh, None)
+            make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg, return_grads=True),
+            in_shardings=(sh, bsh),
+            out_shardings=(sh, None),
         )
-        losses, dropped = [], 0
+        losses, dropped, grads = [], 0, None
         for batch in batches(3, cfg.train.global_batch, cfg.train.seq_len):
             state, m = step(state, {k: jax.device_put(v, bsh) for k, v in batch.items()})
+            grads = jax.device_get(m["grads"]) if grads is None else grads  # the first step's, before clipping
             losses.append(float(m["loss"]))
             dropped += int(m.get("dropped", 0))
         params = jax.device_get(state["params"])
