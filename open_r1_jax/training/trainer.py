@@ -173,14 +173,7 @@ class Trainer:
 
         first = next(stage.train_iter)
         compiled = self._compile(state, first)
-        lr_at = schedule(t)
-        dtype = DTYPES[cfg.model.dtype]
-        peak = (
-            cfg.run.peak_tflops * 1e12
-            if cfg.run.peak_tflops
-            else M.measure_peak_flops(dtype if dtype != jnp.float16 else jnp.float32)
-        ) * self.mesh.size
-        fpt = M.flops_per_token(cfg.model, t.seq_len)
+        self.lr_at, self.peak, self.fpt = schedule(t), self._peak_flops(), M.flops_per_token(cfg.model, t.seq_len)
         writer = M.MetricsWriter(self.run_dir, cfg.run.tensorboard, resume_step=start)
         eval_record = {}
         if stage.eval_at_start and start == 0:
@@ -205,37 +198,15 @@ class Trainer:
                 eval_now = done == t.steps or (t.eval_every and done % t.eval_every == 0)
                 if not (log_now or ckpt_now or eval_now):
                     continue
-                m, counts = jax.device_get(
-                    (metrics, {k: state[k] for k in ("nonfinite_step", "skipped", "loss_scale")})
-                )
-                bad = int(counts["nonfinite_step"])
-                if bad >= 0:
-                    raise TrainingDiverged(
-                        f"loss or gradients became non-finite at step {bad + 1}; stopped before writing a "
-                        f"checkpoint (last good checkpoint: step {last_saved})"
-                    )
                 dt = time.perf_counter() - t_window
                 counters["train_seconds"] += dt
                 counters["tokens_seen"] += tok_window
-                tps = tok_window / dt if dt > 0 else 0.0
-                record = {
-                    "step": done,
-                    **{k: float(v) for k, v in m.items() if k not in EXPERT_KEYS},
-                    "lr": float(lr_at(done - 1)),
-                    "tokens_per_sec": tps,
-                    "mfu": tps * fpt / peak,
-                    "tokens_seen": counters["tokens_seen"],
-                    "skipped_steps": int(counts["skipped"]),
-                }
-                if cfg.model.dtype == "float16":
-                    record["loss_scale"] = float(counts["loss_scale"])
-                if "expert_counts" in m:
-                    record.update(M.expert_load_stats(np.asarray(m["expert_counts"])), dropped_rows=int(m["dropped"]))
+                record = self._record(done, state, metrics, counters, tok_window / dt if dt > 0 else 0.0, last_saved)
                 if eval_now:
                     eval_record = self.evaluate(state)
                     record.update(eval_record)
                 writer.write(record)
-                pbar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+                pbar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_sec']:,.0f}", refresh=False)
                 if ckpt_now:
                     counters["wall_seconds"] = wall_before + time.perf_counter() - self.t_start
                     ckpt.save(done, state, stage.train_iter, config_lib.to_dict(cfg), counters=counters)
@@ -246,7 +217,40 @@ class Trainer:
             writer.close()
             ckpt.close()
         counters["wall_seconds"] = wall_before + time.perf_counter() - self.t_start
-        return self._summary(counters, eval_record, peak, state)
+        return self._summary(counters, eval_record, self.peak, state)
+
+    def _peak_flops(self) -> float:
+        """Peak FLOP/s of the mesh for MFU: run.peak_tflops per device, else a matmul measured here."""
+        cfg = self.cfg
+        if cfg.run.peak_tflops:
+            return cfg.run.peak_tflops * 1e12 * self.mesh.size
+        dtype = DTYPES[cfg.model.dtype]
+        return M.measure_peak_flops(dtype if dtype != jnp.float16 else jnp.float32) * self.mesh.size
+
+    def _record(self, done: int, state, metrics, counters: dict, tps: float, last_saved) -> dict:
+        """The metrics line of a log point (one host transfer); stops the run on a non-finite step."""
+        keys = ("nonfinite_step", "skipped", "loss_scale")
+        m, counts = jax.device_get((metrics, {k: state[k] for k in keys}))
+        bad = int(counts["nonfinite_step"])
+        if bad >= 0:
+            raise TrainingDiverged(
+                f"loss or gradients became non-finite at step {bad + 1}; stopped before writing a "
+                f"checkpoint (last good checkpoint: step {last_saved})"
+            )
+        record = {
+            "step": done,
+            **{k: float(v) for k, v in m.items() if k not in EXPERT_KEYS},
+            "lr": float(self.lr_at(done - 1)),
+            "tokens_per_sec": tps,
+            "mfu": tps * self.fpt / self.peak,
+            "tokens_seen": counters["tokens_seen"],
+            "skipped_steps": int(counts["skipped"]),
+        }
+        if self.cfg.model.dtype == "float16":
+            record["loss_scale"] = float(counts["loss_scale"])
+        if "expert_counts" in m:
+            record.update(M.expert_load_stats(np.asarray(m["expert_counts"])), dropped_rows=int(m["dropped"]))
+        return record
 
     def _summary(self, counters: dict, eval_record: dict, peak: float, state) -> dict:
         cfg = self.cfg
