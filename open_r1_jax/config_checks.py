@@ -93,8 +93,10 @@ def validate_train(t: TrainConfig) -> None:
         )
     if not 0 < t.lr or not 0 <= t.min_lr <= t.lr:
         raise ConfigError(f"train.lr/min_lr: need 0 < lr and 0 <= min_lr <= lr (got {t.lr}, {t.min_lr})")
-    if t.warmup_steps > t.steps:
-        raise ConfigError(f"train.warmup_steps ({t.warmup_steps}) must be <= train.steps ({t.steps})")
+    if t.warmup_steps >= t.steps:  # the cosine after the warmup needs at least one step (optax raises)
+        raise ConfigError(
+            f"train.warmup_steps ({t.warmup_steps}) must be < train.steps ({t.steps}); accepted: 0..{t.steps - 1}"
+        )
 
 
 def validate_mesh(mesh: MeshConfig) -> None:

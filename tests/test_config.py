@@ -147,6 +147,12 @@ def test_removed_and_ignored_keys_are_named():
     assert {k for k, _ in ignored_keys(dpo)} == {"model.d_model", "data.max_corpus_mb"}  # dtype is a runtime key
 
 
+def test_warmup_must_leave_a_decay_step():
+    with pytest.raises(ConfigError, match=r"train.warmup_steps \(2\) must be < train.steps \(2\); accepted: 0..1"):
+        load_config(None, ["train.steps=2", "train.warmup_steps=2"])
+    assert load_config(None, ["train.steps=2", "train.warmup_steps=1"]).train.warmup_steps == 1
+
+
 def test_model_section_validates_alone():
     from open_r1_jax.config import model_from_dict
 

@@ -198,3 +198,11 @@ def test_nan_stops_the_run_without_a_checkpoint(micro, tmp_path, monkeypatch):
     with pytest.raises(TrainingDiverged, match="non-finite at step 1"):
         train(micro("train.checkpoint_every=1", run_dir=run))
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.isdigit()]
+
+
+def test_no_heldout_data_trains_without_evaluation(micro, tmp_path):
+    """data.heldout_percent 0 and no data.eval_sources: nothing is held out, so nothing is evaluated
+    (the run used to fail at its first evaluation, after the training steps)."""
+    summary = train(micro("data.heldout_percent=0", "train.steps=2", "train.warmup_steps=1", run_dir=tmp_path / "run"))
+    assert summary["steps"] == 2 and "eval_loss" not in summary
+    assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
