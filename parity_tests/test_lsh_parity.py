@@ -24,7 +24,7 @@ from open_r1_jax.model.lsh_attention import lsh_attention, lsh_rotations
 from open_r1_jax.name_map import to_torch_state
 from open_r1_jax.training import losses as jax_losses
 from torch_ref import losses as torch_losses
-from torch_ref.model import lsh_attention as torch_lsh_attention
+from torch_ref.lsh_attention import lsh_attention as torch_lsh_attention
 from torch_ref.model import rotary as torch_rotary
 
 TOL = 1e-5
