@@ -219,3 +219,17 @@ def test_bpe_trains_offline_and_caches(tmp_path):
     again = build_tokenizer("bpe", [], 300, cache)  # loaded from the cache, not retrained
     assert isinstance(again, BPETokenizer) and list(again.encode("def foo(x):")) == list(ids)
     assert json.loads(cache.read_text())["model"]["type"] == "BPE"
+
+
+def test_shuffled_batches_give_each_process_its_own_rows():
+    """DPO's training stream: process i of n reads rows i::n only, every one of them once per epoch."""
+    from open_r1_jax.data.pipeline import shuffled_batches
+
+    arrays = {"id": np.arange(12, dtype=np.int32)[:, None]}
+    seen = []
+    for shard in range(3):
+        it = shuffled_batches(arrays, rows=2, seed=0, shard=shard, n_shards=3)
+        rows = np.concatenate([next(it)["id"][:, 0] for _ in range(2)])  # one epoch: 4 rows
+        assert sorted(rows) == list(range(shard, 12, 3))
+        seen += list(rows)
+    assert sorted(seen) == list(range(12))

@@ -178,9 +178,11 @@ class ArrayRows:
         return {k: v[i] for k, v in self.arrays.items()}
 
 
-def shuffled_batches(arrays: dict[str, np.ndarray], rows: int, seed: int):
-    """Endless iterator of ``rows``-row batches, reshuffled every epoch; its state is checkpointable."""
-    ds = grain.MapDataset.source(ArrayRows(arrays)).seed(seed).shuffle().repeat().batch(rows)
+def shuffled_batches(arrays: dict[str, np.ndarray], rows: int, seed: int, shard: int = 0, n_shards: int = 1):
+    """Endless iterator of ``rows``-row batches of rows ``shard::n_shards`` (one shard per process, so
+    processes never feed the same rows), reshuffled every epoch; its state is checkpointable."""
+    ds = grain.MapDataset.source(ArrayRows(arrays))[shard::n_shards]
+    ds = ds.seed(seed).shuffle().repeat().batch(rows)
     return iter(ds.to_iter_dataset())
 
 

@@ -126,7 +126,9 @@ class DPO(Stage):
             log.info("dpo: reference log-probs precomputed for %d pairs", len(train["chosen_inputs"]))
         else:  # a copy: the train step donates (and overwrites) the policy's buffers
             self.frozen = jax.tree.map(jnp.copy, policy)
-        self.train_iter = shuffled_batches(train, ctx.rows, self.cfg.train.seed)
+        self.train_iter = shuffled_batches(
+            train, ctx.rows, self.cfg.train.seed, jax.process_index(), jax.process_count()
+        )
 
     def count(self, batch):
         return jnp.sum(_real(batch))
