@@ -161,11 +161,7 @@ def ignored_keys(cfg: Config) -> list[tuple[str, str]]:
             "train.stage 'dpo' takes the architecture from dpo.init_from",
         )
         flag(
-            [
-                k
-                for k in ("train.seq_len", "train.eval_batches")
-                if getattr(t, k.split(".")[1]) != getattr(TrainConfig(), k.split(".")[1])
-            ],
+            [k for k in _changed(t, TrainConfig(), "train.") if k in ("train.seq_len", "train.eval_batches")],
             "DPO rows are dpo.max_len tokens and its evaluation reads every held-out pair",
         )
     else:
@@ -196,11 +192,7 @@ def ignored_keys(cfg: Config) -> list[tuple[str, str]]:
         flag(["model.moe.capacity_factor"], "it limits the expert-parallel exchange; mesh.expert is 1")
     if m.dtype != "float16":
         flag(
-            [
-                k
-                for k in ("train.loss_scale", "train.loss_scale_period")
-                if getattr(t, k.split(".")[1]) != getattr(TrainConfig(), k.split(".")[1])
-            ],
+            [k for k in _changed(t, TrainConfig(), "train.") if k in ("train.loss_scale", "train.loss_scale_period")],
             f"dynamic loss scaling is for model.dtype float16 (got {m.dtype})",
         )
     if m.attention.kind != "lsh" and not m.attention.lsh_layers:

@@ -186,11 +186,17 @@ def shuffled_batches(arrays: dict[str, np.ndarray], rows: int, seed: int, shard:
     return iter(ds.to_iter_dataset())
 
 
+def pad_rows(batch: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """Zero rows appended to a short batch (consumers must count them for nothing: their masks are 0)."""
+    n = next(iter(batch.values())).shape[0]
+    if n == rows:
+        return batch
+    return {k: np.pad(v, ((0, rows - n),) + ((0, 0),) * (v.ndim - 1)) for k, v in batch.items()}
+
+
 def fixed_batches(arrays: dict[str, np.ndarray], rows: int):
     """One ordered pass in ``rows``-row batches; the last one is zero-padded (zero rows must count for
     nothing in the consumer: their masks are 0)."""
     n = len(next(iter(arrays.values())))
     for s in range(0, n, rows):
-        b = {k: v[s : s + rows] for k, v in arrays.items()}
-        short = rows - len(next(iter(b.values())))
-        yield b if not short else {k: np.pad(v, ((0, short),) + ((0, 0),) * (v.ndim - 1)) for k, v in b.items()}
+        yield pad_rows({k: v[s : s + rows] for k, v in arrays.items()}, rows)

@@ -40,5 +40,9 @@ def make_optimizer(cfg: TrainConfig, trainable: Callable | None = None) -> optax
     tx = optax.chain(*parts)
     if trainable is None:
         return tx
-    labels = lambda params: jax.tree.map(lambda t: "train" if t else "frozen", trainable(params))
+
+    def labels(params):
+        mask = trainable(params)  # None: everything trains
+        return jax.tree.map(lambda t: "train" if mask is None or t else "frozen", params if mask is None else mask)
+
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

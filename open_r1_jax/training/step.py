@@ -98,6 +98,7 @@ def make_grad_fn(stage, cfg: Config) -> Callable:
             (_, metrics), g = grad(params, model_state, {**mb, **extras}, jax.random.fold_in(rng, i), scale)
             return jax.tree.map(jnp.add, carry, (g, metrics)), None
 
+        # the scan's carry starts at zeros shaped like (grads, metrics): one abstract trace, no compute
         first = jax.tree.map(lambda x: x[0], micro)
         shapes = jax.eval_shape(grad, params, model_state, {**first, **extras}, rng, scale)
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[1], shapes[0][1]))

@@ -20,14 +20,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from tqdm import tqdm
 
 from open_r1_jax import config as config_lib
 from open_r1_jax.checkpoint import Checkpointer
 from open_r1_jax.config import Config
 from open_r1_jax.config_checks import ignored_keys
-from open_r1_jax.model import build_model, split_model
+from open_r1_jax.data.pipeline import pad_rows
 from open_r1_jax.model.layers import DTYPES
 from open_r1_jax.parallel.mesh import batch_sharding, check_batch, make_mesh, per_device_bytes, replicated
 from open_r1_jax.training import metrics as M
@@ -47,14 +46,6 @@ class TrainingDiverged(RuntimeError):
 def train(cfg: Config, stage: Stage | None = None) -> dict:
     """Run the stage ``train.stage`` (or ``stage``) of ``cfg``; -> the summary written to summary.json."""
     return Trainer(cfg, stage).run()
-
-
-def pad_rows(batch: dict, rows: int) -> dict:
-    """Zero rows appended to a short host batch (they must count for nothing in the stage's sums)."""
-    n = next(iter(batch.values())).shape[0]
-    if n == rows:
-        return batch
-    return {k: np.pad(v, ((0, rows - n),) + ((0, 0),) * (v.ndim - 1)) for k, v in batch.items()}
 
 
 class Trainer:
@@ -88,9 +79,8 @@ class Trainer:
 
     def _build(self, pretrained) -> dict:
         cfg, stage, mesh = self.cfg, self.stage, self.mesh
-        abstract_params = split_model(nnx.eval_shape(lambda: build_model(cfg.model, cfg.train.seed)))[1]
-        trainable = stage.trainable if stage.trainable(abstract_params) is not None else None
-        self.tx = make_optimizer(cfg.train, trainable)
+        masked = type(stage).trainable is not Stage.trainable  # the stage freezes some parameters
+        self.tx = make_optimizer(cfg.train, stage.trainable if masked else None)
         graphdef, state, self.shardings = create_train_state(cfg, self.tx, mesh)
         if pretrained is not None:
             state = {

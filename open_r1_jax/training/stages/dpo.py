@@ -51,8 +51,8 @@ def pair_metrics(pc, pr, rc, rr, beta: float) -> dict:
     }
 
 
-def dpo_loss(pc, pr, rc, rr, cfg: DPOConfig, n_c=None, n_r=None):
-    """Per-pair losses [P] and the TRL metrics' means, from sequence log-probs [P] (n_*: response tokens)."""
+def pair_losses(pc, pr, rc, rr, cfg: DPOConfig, n_c=None, n_r=None):
+    """Per-pair losses [P] from sequence log-probs [P] (n_*: response tokens, for IPO)."""
     h = (pc - rc) - (pr - rr)
     if cfg.loss == "sigmoid":
         eps = cfg.label_smoothing
@@ -62,7 +62,13 @@ def dpo_loss(pc, pr, rc, rr, cfg: DPOConfig, n_c=None, n_r=None):
         losses = jnp.square(h_avg - 1 / (2 * cfg.beta))
     else:
         losses = jax.nn.relu(1 - cfg.beta * h)
-    return losses, {k: jnp.mean(v) for k, v in pair_metrics(pc, pr, rc, rr, cfg.beta).items()}
+    return losses
+
+
+def dpo_loss(pc, pr, rc, rr, cfg: DPOConfig, n_c=None, n_r=None):
+    """Per-pair losses [P] and the means of the TRL metrics over the pairs."""
+    metrics = pair_metrics(pc, pr, rc, rr, cfg.beta)
+    return pair_losses(pc, pr, rc, rr, cfg, n_c, n_r), {k: jnp.mean(v) for k, v in metrics.items()}
 
 
 def sequence_logps(graphdef, params, model_state, batch, rng=None):
@@ -144,7 +150,7 @@ class DPO(Stage):
             rc, rr, _, _, _ = sequence_logps(self.graphdef, ref, model_state, batch, rng)
         else:
             rc, rr = batch["ref_chosen"], batch["ref_rejected"]
-        losses, _ = dpo_loss(pc, pr, rc, rr, self.cfg.dpo, n_c, n_r)
+        losses = pair_losses(pc, pr, rc, rr, self.cfg.dpo, n_c, n_r)
         return losses, pair_metrics(pc, pr, rc, rr, self.cfg.dpo.beta), aux_loss
 
     def loss_fn(self, params, model_state, batch, rng):
