@@ -1,21 +1,24 @@
-"""``python -m open_r1_jax.export``: JAX checkpoints <-> PyTorch safetensors in the Hugging Face layout.
+"""``python -m open_r1_jax.export``: JAX checkpoints <-> Hugging Face transformers model folders.
 
     python -m open_r1_jax.export --run DIR [--step N] --out DIR [--dtype float32|bfloat16] [--max-shard-size 5GB]
     python -m open_r1_jax.export --checkpoint DIR/checkpoints/N --out DIR [...]
-    python -m open_r1_jax.export --from-torch DIR --out DIR
+    python -m open_r1_jax.export --from-hf HF_DIR --out RUN_DIR
 
-Export writes ``config.json`` (the resolved config of the run, ``open_r1_jax.config.to_dict``; both
-``torch_ref.load_pretrained`` and ``open_r1_jax.load_pretrained`` rebuild the model from its "model"
-section) and ``model.safetensors``, or, when the weights exceed ``--max-shard-size``,
-``model-0000i-of-0000N.safetensors`` shards with ``model.safetensors.index.json``
-(``{"metadata": {"total_size": bytes}, "weight_map": {name: file}}``). Tensor names and layouts are
-``torch_ref``'s ``state_dict`` through ``open_r1_jax.name_map``; the router biases are included. Each
-safetensors header carries ``{"format": "pt"}``. Only JSON and safetensors are written: no pickle.
+Export writes a folder that ``AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)`` and
+``AutoTokenizer.from_pretrained(out)`` open (``open_r1_jax/hf/files.py`` lists the files): config.json
+with model_type, architectures and auto_map, the self-contained remote code, tokenizer files,
+generation_config.json, and ``model.safetensors``, or, when the weights exceed ``--max-shard-size``,
+``model-0000i-of-0000N.safetensors`` shards with ``model.safetensors.index.json``. Tensor names and
+layouts are ``torch_ref``'s ``state_dict`` through ``open_r1_jax.name_map`` (router biases included);
+each safetensors header carries ``{"format": "pt"}``. Only JSON, Python and safetensors are written.
 
-``--from-torch`` reads such a directory (written by export, or by PyTorch: ``safetensors.torch.save_file``
-of a ``torch_ref`` state_dict next to a config.json) and writes a run directory holding a params-only
-checkpoint ``checkpoints/0/{model,config}``: ``load_pretrained``, ``export --run`` and fine-tuning
-(``python -m open_r1_jax.train run.dir=OUT ...``, fresh optimizer) start from it.
+``--from-hf`` (alias ``--from-torch``) reads a transformers checkpoint of the Llama or Mixtral family,
+an export, or torch_ref safetensors (``open_r1_jax/hf/imports.py``), and writes a run directory
+holding a params-only checkpoint ``checkpoints/0/{model,config}``: ``load_pretrained``, ``export
+--run``, ``train.init_from`` and ``dpo.init_from`` start from it.
+
+Every check runs before anything is written, and the output is written into a hidden sibling folder
+that is moved to ``--out`` only when complete: a failure leaves ``--out`` as it was.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -116,8 +120,7 @@ def write_safetensors(tensors: dict[str, np.ndarray], out: Path, max_shard_size:
             size = 0
         shards[-1][key] = arr
         size += arr.nbytes
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = _umask()
 
     def save(shard: dict, name: str) -> None:
         save_file(shard, str(out / name), metadata={"format": "pt"})
@@ -162,32 +165,28 @@ def read_safetensors(directory: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def read_config(directory: Path) -> dict:
-    path = directory / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (export writes the resolved config there)")
-    try:
-        raw = json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from e
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object (a config with a 'model' section, or a model section)")
-    return raw
-
-
-def _prepare_out(out: Path, overwrite: bool) -> None:
+def _staged(out: Path, overwrite: bool) -> Path:
+    """A fresh sibling folder to write into; ``_publish`` moves it to ``out``. An error before that
+    leaves ``out`` as it was (nothing half-written)."""
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"--out {out}: already exists; choose a new folder, or pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"--out {out}: exists and is not empty; pass --overwrite to replace its "
-                "config.json, model*.safetensors, index and checkpoints/"
-            )
-        for p in [out / "config.json", out / INDEX, *out.glob("model*.safetensors")]:
-            p.unlink(missing_ok=True)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+
+def _publish(stage: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    stage.rename(out)
+    os.chmod(out, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; use the umask as mkdir does
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ----------------------------------------------------------------------------- the two directions
@@ -201,48 +200,68 @@ def export(
     max_shard_size: str | int = "5GB",
     overwrite: bool = False,
 ) -> dict:
-    """Checkpoint (run dir, checkpoints/ or checkpoints/<step>) -> config.json + safetensors in ``out``."""
+    """Checkpoint (run dir, checkpoints/ or checkpoints/<step>) -> a transformers model folder ``out``."""
     from open_r1_jax.checkpoint import read_weights
+    from open_r1_jax.data.tokenizer import tokenizer_for
+    from open_r1_jax.hf import files
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype: got {dtype!r}; accepted: {sorted(DTYPES)}")
     limit = parse_size(max_shard_size)
-    config, weights, where, step = read_weights(source, step)
-    tensors = torch_tensors(weights, dtype)
     out = Path(out)
-    _prepare_out(out, overwrite)
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    files = write_safetensors(tensors, out, limit)
+    config, weights, where, step = read_weights(source, step)
+    section = config["model"] if isinstance(config.get("model"), dict) else config
+    files.check_exportable(section)
+    tokenizer = tokenizer_for(where)
+    tensors = torch_tensors(weights, dtype)
+    stage = _staged(out, overwrite)
+    try:
+        hf = files.hf_config(section, dtype, tokenizer.eos_id)
+        (stage / "config.json").write_text(json.dumps(hf, indent=2))
+        written = ["config.json", *write_safetensors(tensors, stage, limit), *files.write_code(stage)]
+        written += [*files.write_tokenizer(stage, tokenizer, section.get("max_seq_len", 2048))]
+        written.append(files.write_generation_config(stage, tokenizer.eos_id))
+        _publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return {
         "step": step,
         "source": str(where),
         "out": str(out),
         "dtype": dtype,
-        "files": ["config.json", *files],
+        "files": written,
         "tensors": len(tensors),
         "bytes": int(sum(a.nbytes for a in tensors.values())),
     }
 
 
-def import_torch(source: str | Path, out: str | Path, overwrite: bool = False) -> dict:
-    """torch_ref safetensors + config.json -> run directory with a params-only checkpoint at step 0."""
+def import_model(source: str | Path, out: str | Path, overwrite: bool = False) -> dict:
+    """A model folder (transformers Llama / Mixtral, an export, torch_ref safetensors) -> a run directory
+    holding a params-only checkpoint at step 0 (and the folder's tokenizer.json, if any)."""
     from open_r1_jax.checkpoint import Checkpointer, abstract_model
+    from open_r1_jax.hf.imports import read_model_dir
 
     source, out = Path(source), Path(out)
-    config = read_config(source)
-    if not isinstance(config.get("model"), dict):
-        config = {"model": config}  # a bare model section (torch_ref's TorchModelConfig fields)
-    like = abstract_model(config)
-    weights = from_torch_tensors(read_safetensors(source), like)
-    _prepare_out(out, overwrite)
+    section, tensors = read_model_dir(source)
+    like = abstract_model({"model": section})
+    weights = from_torch_tensors(tensors, like)
     weights = jax.tree.map(lambda a, s: jax.device_put(a, s.sharding), weights, like)
-    with Checkpointer(out / "checkpoints") as ckpt:
-        ckpt.save_params(0, weights["params"], weights["model_state"], config)
+    stage = _staged(out, overwrite)
+    try:
+        with Checkpointer(stage / "checkpoints") as ckpt:
+            ckpt.save_params(0, weights["params"], weights["model_state"], {"model": section, "source": str(source)})
+        copied = [n for n in ("tokenizer.json",) if (source / n).is_file()]
+        for name in copied:
+            shutil.copyfile(source / name, stage / name)
+        _publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return {
         "source": str(source),
         "out": str(out),
         "checkpoint": str(out / "checkpoints" / "0"),
         "tensors": len(jax.tree.leaves(weights)),
+        "copied": copied,
     }
 
 
@@ -255,18 +274,23 @@ def main(argv: list[str] | None = None) -> int:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run directory (its latest checkpoint, or --step)")
     src.add_argument("--checkpoint", help="one checkpoint folder, e.g. runs/x/checkpoints/200")
-    src.add_argument("--from-torch", dest="from_torch", help="safetensors + config.json to convert back to JAX")
-    parser.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite)")
+    src.add_argument(
+        "--from-hf",
+        "--from-torch",
+        dest="from_hf",
+        help="model folder to import as a run: transformers Llama / Mixtral, an export, torch_ref safetensors",
+    )
+    parser.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--step", type=int, help="checkpoint step of --run (default: the latest)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of the written weights")
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors file, e.g. 5GB, 500MiB")
-    parser.add_argument("--overwrite", action="store_true", help="replace the weights in a non-empty --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder entirely")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
-        if args.from_torch:
-            summary = import_torch(args.from_torch, args.out, args.overwrite)
+        if args.from_hf:
+            summary = import_model(args.from_hf, args.out, args.overwrite)
         else:
             summary = export(
                 args.run or args.checkpoint, args.out, args.step, args.dtype, args.max_shard_size, args.overwrite

@@ -1,7 +1,8 @@
-"""Export CLI: Hugging Face safetensors layout, sharding, refusals, --from-torch, load_pretrained.
+"""Export CLI: Hugging Face folder layout, sharding, refusals, --from-hf / --from-torch, load_pretrained.
 
 Numerical parity with torch_ref (logits, the JAX -> torch -> JAX round trip) is in
-parity_tests/test_export_parity.py.
+parity_tests/test_export_parity.py; with transformers (export and Llama / Mixtral imports) in
+parity_tests/test_hf_parity.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from micro import MICRO
 import open_r1_jax
 from open_r1_jax import export as export_lib
 from open_r1_jax.checkpoint import Checkpointer
-from open_r1_jax.config import Config, load_config, to_dict
+from open_r1_jax.config import MODEL_RUNTIME_KEYS, Config, load_config, to_dict
 from open_r1_jax.model import build_model, split_model
 from open_r1_jax.training.optim import make_optimizer
 from open_r1_jax.training.step import init_state
@@ -65,8 +66,20 @@ def test_export_layout_refusal_and_overwrite(run, tmp_path, capsys):
     run_dir, cfg, states = run
     out = tmp_path / "out"
     assert export_lib.main(["--run", str(run_dir), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
-    assert json.loads((out / "config.json").read_text()) == to_dict(cfg)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "configuration_sandwich.py",
+        "generation_config.json",
+        "model.safetensors",
+        "modeling_sandwich.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    hf = json.loads((out / "config.json").read_text())
+    assert hf["model_type"] == "open_r1_sandwich" and hf["architectures"] == ["SandwichForCausalLM"]
+    assert hf["auto_map"]["AutoModelForCausalLM"] == "modeling_sandwich.SandwichForCausalLM"
+    want = {k: v for k, v in to_dict(cfg)["model"].items() if k not in MODEL_RUNTIME_KEYS}
+    assert {k: hf[k] for k in want} == want and hf["dtype"] == "float32" and hf["eos_token_id"] == 256
     header = _header(out / "model.safetensors")
     assert header.pop("__metadata__") == {"format": "pt"}
     assert "blocks.1.ffn.router_bias" in header and "blocks.1.ffn.shared.gate_proj.weight" in header
@@ -75,7 +88,7 @@ def test_export_layout_refusal_and_overwrite(run, tmp_path, capsys):
     _same({"p": got.params, "m": got.model_state}, {"p": states[1]["params"], "m": states[1]["model_state"]})
 
     assert export_lib.main(["--run", str(run_dir), "--out", str(out)]) == 1
-    assert "not empty; pass --overwrite" in capsys.readouterr().err
+    assert "already exists; choose a new folder, or pass --overwrite" in capsys.readouterr().err
     assert (
         export_lib.main(["--run", str(run_dir), "--step", "2", "--out", str(out), "--overwrite", "--dtype", "bfloat16"])
         == 0
@@ -110,8 +123,10 @@ def test_sharded_export_round_trips(run, tmp_path):
         sizes[name] = sum(v["data_offsets"][1] - v["data_offsets"][0] for v in header.values())
         assert sizes[name] <= 20_000 or len(header) == 1
     assert index["metadata"]["total_size"] == sum(sizes.values())
-    for p in out.iterdir():  # JSON and safetensors only: no pickle
-        assert p.suffix in (".json", ".safetensors"), p
+    for p in out.iterdir():  # JSON, Python source and safetensors only: no pickle
+        assert p.suffix in (".json", ".safetensors", ".py"), p
+        if p.suffix == ".py":
+            continue
         json.loads(p.read_text()) if p.suffix == ".json" else _header(p)
     got = open_r1_jax.load_pretrained(out)
     _same({"p": got.params, "m": got.model_state}, {"p": states[0]["params"], "m": states[0]["model_state"]})
@@ -134,13 +149,14 @@ def test_from_torch_writes_a_params_only_run(run, tmp_path, capsys):
     save_file(tensors, str(exported / "model.safetensors"), metadata={"format": "pt"})
     assert export_lib.main(["--from-torch", str(exported), "--out", str(tmp_path / "bad")]) == 1
     assert "blocks.0.attn.q_proj.weight: shape (3, 3)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back", "exported"]  # nothing written, no partial folder
 
 
 def test_params_only_checkpoint_restores_into_a_fresh_optimizer(run, tmp_path):
     run_dir, cfg, states = run
     exported, back = tmp_path / "exported", tmp_path / "back"
     export_lib.export(run_dir, exported)
-    export_lib.import_torch(exported, back)
+    export_lib.import_model(exported, back)
     _, params, model_state = split_model(build_model(cfg.model, 1))
     fresh = init_state(params, model_state, make_optimizer(cfg.train), cfg)
     with Checkpointer(back / "checkpoints") as ckpt:

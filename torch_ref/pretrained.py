@@ -3,6 +3,7 @@ sharded with a Hugging Face index) -> the ``torch_ref`` Transformer in eval mode
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def load_pretrained(directory: str | Path) -> Transformer:
         raw = json.loads(config_path.read_text())
     except ValueError as e:
         raise ValueError(f"{config_path}: not valid JSON: {e}") from e
+    if raw.get("model_type") == "open_r1_sandwich":  # a transformers export: the model keys, less HF's own
+        known = {f.name for f in dataclasses.fields(TorchModelConfig)} | {"max_seq_len", "init_std"}
+        raw = {k: v for k, v in raw.items() if k in known}
     try:
         cfg = TorchModelConfig.from_dict(raw)
     except (TypeError, ValueError) as e:
