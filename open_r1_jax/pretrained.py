@@ -1,8 +1,9 @@
 """``open_r1_jax.load_pretrained(path)``: trained weights as a callable JAX model.
 
-``path`` is a run directory (its latest checkpoint, or ``step``), a ``checkpoints/<step>`` folder, or an
-exported directory (``config.json`` + safetensors from ``python -m open_r1_jax.export``, or written by
-PyTorch from a ``torch_ref`` state_dict). Only the model item of a checkpoint is read (no optimizer).
+``path`` is a run directory (its latest checkpoint, or ``step``), a ``checkpoints/<step>`` folder, or a
+model folder (``config.json`` + safetensors): an export (``python -m open_r1_jax.export``), a
+transformers Llama or Mixtral checkpoint, or a ``torch_ref`` state_dict written by PyTorch.
+Only the model item of a checkpoint is read (no optimizer).
 
     model = load_pretrained("runs/tiny")
     logits = model(tokens)            # tokens [B,T] int -> logits [B,T,V] fp32
@@ -53,16 +54,17 @@ class PretrainedModel:
 def load_pretrained(path: str | Path, step: int | None = None) -> PretrainedModel:
     """Run directory / checkpoint folder / exported directory -> PretrainedModel (weights on one device)."""
     from open_r1_jax.checkpoint import abstract_model, model_config, read_weights
-    from open_r1_jax.export import from_torch_tensors, read_config, read_safetensors
+    from open_r1_jax.export import from_torch_tensors
+    from open_r1_jax.hf.imports import read_model_dir
 
     path = Path(path)
     if (path / "config.json").is_file() and not (path / "checkpoints").is_dir():
         if step is not None:
-            raise ValueError(f"{path} is an exported directory (one set of weights); step={step} does not apply")
-        config = read_config(path)
-        like = abstract_model(config)
-        weights = from_torch_tensors(read_safetensors(path), like)
+            raise ValueError(f"{path} is a model folder (one set of weights); step={step} does not apply")
+        section, tensors = read_model_dir(path)
+        like = abstract_model({"model": section})
+        weights = from_torch_tensors(tensors, like)
         weights = jax.tree.map(lambda a, s: jax.device_put(a, s.sharding), weights, like)
-        return PretrainedModel(model_config(config), weights["params"], weights["model_state"], str(path))
+        return PretrainedModel(model_config(section), weights["params"], weights["model_state"], str(path))
     config, weights, where, step = read_weights(path, step)
     return PretrainedModel(model_config(config), weights["params"], weights["model_state"], str(where), step)
