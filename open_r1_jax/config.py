@@ -152,6 +152,9 @@ class TrainConfig:
     eps: float = 1e-8  # AdamW epsilon
     clip_norm: float = 1.0  # global-norm clipping of the accumulated gradient (0 = off)
     seed: int = 0  # seeds parameters and data order
+    # start from these weights (run, checkpoint, export, transformers Llama/Mixtral folder): their
+    # architecture replaces model (runtime keys such as model.dtype stay), fresh optimizer; empty = seeded init
+    init_from: str = ""
     log_every: int = 10  # steps between metric lines
     eval_every: int = 100  # steps between held-out evaluations (0 = only at the end)
     eval_batches: int = 4  # held-out batches per evaluation
@@ -163,7 +166,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DPOConfig:
-    init_from: str = ""  # policy's starting weights: a run dir, checkpoint dir or exported dir (required)
+    init_from: str = ""  # policy's starting weights: as train.init_from (required)
     beta: float = 0.1  # DPO temperature
     loss: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"  # sigmoid (DPO), IPO, or hinge (SLiC)
     label_smoothing: float = 0.0  # conservative DPO for the sigmoid loss (TRL <= 0.28 behaviour)

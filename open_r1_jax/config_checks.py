@@ -250,8 +250,10 @@ def _validate_dpo(cfg: Config) -> None:
     if cfg.train.stage == "dpo" and not d.init_from:
         raise ConfigError(
             "dpo.init_from: required with train.stage 'dpo' (a pretraining run directory, a "
-            "checkpoint directory or an exported directory)"
+            "checkpoint directory, an export or a transformers Llama / Mixtral folder)"
         )
+    if cfg.train.stage == "dpo" and cfg.train.init_from:
+        raise ConfigError("train.init_from: not used by train.stage 'dpo'; its starting weights are dpo.init_from")
     _positive("dpo.beta", d.beta)
     if not 0 <= d.label_smoothing < 0.5:
         raise ConfigError(f"dpo.label_smoothing: got {d.label_smoothing}; accepted: 0 <= x < 0.5")

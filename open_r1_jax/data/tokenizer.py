@@ -84,14 +84,17 @@ class BPETokenizer:
         return self.tok.decode([int(i) for i in ids])
 
 
-def tokenizer_for(path: Path):
-    """The tokenizer a run (or checkpoint / export inside it) was trained with: the nearest
-    ``tokenizer.json`` in ``path`` or up to three folders above it, else the byte tokenizer."""
+def tokenizer_file(path: Path) -> Path | None:
+    """The nearest ``tokenizer.json`` in ``path`` (a run, or a checkpoint / export inside one) or up to
+    three folders above it; None means the byte tokenizer."""
     path = Path(path)
-    for d in (path, *path.parents[:3]):
-        if (d / "tokenizer.json").is_file():
-            return BPETokenizer.load(d / "tokenizer.json")
-    return ByteTokenizer()
+    return next((d / "tokenizer.json" for d in (path, *path.parents[:3]) if (d / "tokenizer.json").is_file()), None)
+
+
+def tokenizer_for(path: Path):
+    """The tokenizer a run (or checkpoint / export inside it) was trained with (``tokenizer_file``)."""
+    found = tokenizer_file(path)
+    return BPETokenizer.load(found) if found else ByteTokenizer()
 
 
 def build_tokenizer(kind: str, texts: list[str], vocab_size: int, cache: Path | None):

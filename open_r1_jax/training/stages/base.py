@@ -9,8 +9,9 @@ To add a stage, write one small file in ``training/stages/`` with a subclass of 
 to ``STAGES`` in ``training/stages/__init__.py`` (and the name to ``train.stage`` in ``config.py``).
 The Trainer calls, in this order:
 
-1. ``initial_weights()``: weights to start from (e.g. a pretrained run), or None for a fresh seeded
-   model. A stage that starts from weights may replace ``self.cfg.model`` with their architecture.
+1. ``initial_weights()``: weights to start from, or None for a fresh seeded model. The default reads
+   ``train.init_from`` through ``start_from``, which also replaces ``self.cfg.model`` with the
+   weights' architecture.
 2. ``setup(ctx)``: build the data. Set ``self.train_iter`` (an iterator of host batches: dicts of
    numpy arrays whose first axis has this process's ``global_batch / process_count`` rows; a grain
    iterator, so that checkpoints save where the stream stopped). ``ctx`` gives the run directory, the
@@ -40,6 +41,8 @@ step; DPO keeps the policy's biases); ``eval_at_start`` (evaluate the initial we
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +51,9 @@ from typing import Any, ClassVar
 import jax
 import numpy as np
 
-from open_r1_jax.config import Config
+from open_r1_jax.config import MODEL_RUNTIME_KEYS, Config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,8 +79,20 @@ class Stage:
         self.frozen: Any = None
 
     def initial_weights(self):
-        """An ``open_r1_jax.pretrained.PretrainedModel`` to start from, or None (seeded init)."""
-        return None
+        """An ``open_r1_jax.pretrained.PretrainedModel`` to start from (``train.init_from``), or None
+        (seeded init)."""
+        return self.start_from(self.cfg.train.init_from) if self.cfg.train.init_from else None
+
+    def start_from(self, path: str):
+        """Load ``path`` (run, checkpoint, export or transformers folder) and take its architecture:
+        ``self.cfg.model`` becomes the weights' model, with this config's runtime keys (dtype, kernels, remat)."""
+        from open_r1_jax.pretrained import load_pretrained
+
+        pre = load_pretrained(path)
+        runtime = {k: getattr(self.cfg.model, k) for k in MODEL_RUNTIME_KEYS}
+        self.cfg = dataclasses.replace(self.cfg, model=dataclasses.replace(pre.config, **runtime))
+        log.info("%s: starting from %r", self.name, pre)
+        return pre
 
     def bind(self, graphdef) -> Stage:
         """Attach the model structure (what ``setup`` does first); -> self. For steps built without

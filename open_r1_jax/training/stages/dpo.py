@@ -20,7 +20,6 @@ pretraining; router biases stay frozen.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from open_r1_jax.config import MODEL_RUNTIME_KEYS, ConfigError, DPOConfig
+from open_r1_jax.config import ConfigError, DPOConfig
 from open_r1_jax.data.pipeline import fixed_batches, shuffled_batches
 from open_r1_jax.data.preference import load_pairs
 from open_r1_jax.data.tokenizer import tokenizer_for
@@ -96,20 +95,14 @@ class DPO(Stage):
     eval_at_start = True  # the "before" figures: policy == reference, so every reward is 0
 
     def initial_weights(self):
-        from open_r1_jax.pretrained import load_pretrained
-
-        pre = load_pretrained(self.cfg.dpo.init_from)
-        # the architecture comes with the weights; how to compute (dtype, kernels, remat) from this config
-        runtime = {k: getattr(self.cfg.model, k) for k in MODEL_RUNTIME_KEYS}
-        self.cfg = dataclasses.replace(self.cfg, model=dataclasses.replace(pre.config, **runtime))
+        pre = self.start_from(self.cfg.dpo.init_from)
         if self.cfg.dpo.max_len > pre.config.max_seq_len:
             raise ConfigError(
                 f"dpo.max_len ({self.cfg.dpo.max_len}) must be <= the policy's model.max_seq_len "
                 f"({pre.config.max_seq_len})"
             )
-        log.info(
-            "dpo: policy and reference from %s; loss %s, beta %g", pre.source, self.cfg.dpo.loss, self.cfg.dpo.beta
-        )
+        d = self.cfg.dpo
+        log.info("dpo: policy and reference from %s; loss %s, beta %g", pre.source, d.loss, d.beta)
         return pre
 
     def setup(self, ctx: StageContext) -> None:

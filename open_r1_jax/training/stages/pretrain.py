@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
+from open_r1_jax.config import ConfigError
 from open_r1_jax.data.pipeline import make_dataset
 from open_r1_jax.data.text import build_text_data
+from open_r1_jax.data.tokenizer import BPETokenizer, tokenizer_file
 from open_r1_jax.model import merge_model
 from open_r1_jax.training.losses import summed_nll
 from open_r1_jax.training.stages.base import Stage, StageContext
@@ -24,6 +27,34 @@ KEYS = ("inputs", "targets", "positions", "segment_ids")
 
 class Pretrain(Stage):
     name = "pretrain"
+
+    def initial_weights(self):
+        """``train.init_from`` (continued pretraining), checked against this config's sequence length
+        and tokenizer: text tokenised otherwise than the weights were trained on would train silently."""
+        pre = super().initial_weights()
+        if pre is None:
+            return None
+        t, d = self.cfg.train, self.cfg.data
+        if t.seq_len > pre.config.max_seq_len:
+            raise ConfigError(
+                f"train.seq_len ({t.seq_len}) must be <= model.max_seq_len of {t.init_from} ({pre.config.max_seq_len})"
+            )
+        theirs = tokenizer_file(Path(t.init_from))
+        if theirs is None and d.tokenizer != "byte":
+            raise ConfigError(
+                f"data.tokenizer: {t.init_from} was trained on bytes (no tokenizer.json); set data.tokenizer=byte"
+            )
+        if theirs is not None and (d.tokenizer != "bpe" or Path(d.tokenizer_path or "-").resolve() != theirs.resolve()):
+            raise ConfigError(
+                f"data.tokenizer / data.tokenizer_path: {t.init_from} comes with {theirs}; "
+                f"set data.tokenizer=bpe data.tokenizer_path={theirs}"
+            )
+        if theirs is not None and BPETokenizer.load(theirs).eos_id is None:
+            raise ConfigError(
+                f"data.tokenizer_path: {theirs} has no {BPETokenizer.EOS} token, the end-of-document token the "
+                "data pipeline appends (continued pretraining with another tokenizer's special tokens is not supported)"
+            )
+        return pre
 
     def setup(self, ctx: StageContext) -> None:
         super().setup(ctx)
