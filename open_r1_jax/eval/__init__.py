@@ -1,0 +1,1 @@
+"""Evaluation: multiple-choice data built from held-out text (``mc_data``)."""
