@@ -192,6 +192,18 @@ def _umask() -> int:
 # ----------------------------------------------------------------------------- the two directions
 
 
+def read_model_weights(directory: str | Path) -> tuple[dict, dict]:
+    """A model folder (``hf.imports.read_model_dir``) -> (model section, ``{"params", "model_state"}``
+    placed as ``abstract_model`` places them): what ``load_pretrained`` and ``--from-hf`` both read."""
+    from open_r1_jax.checkpoint import abstract_model
+    from open_r1_jax.hf.imports import read_model_dir
+
+    section, tensors = read_model_dir(directory)
+    like = abstract_model({"model": section})
+    weights = from_torch_tensors(tensors, like)
+    return section, jax.tree.map(lambda a, s: jax.device_put(a, s.sharding), weights, like)
+
+
 def export(
     source: str | Path,
     out: str | Path,
@@ -238,14 +250,10 @@ def export(
 def import_model(source: str | Path, out: str | Path, overwrite: bool = False) -> dict:
     """A model folder (transformers Llama / Mixtral, an export, torch_ref safetensors) -> a run directory
     holding a params-only checkpoint at step 0 (and the folder's tokenizer.json, if any)."""
-    from open_r1_jax.checkpoint import Checkpointer, abstract_model
-    from open_r1_jax.hf.imports import read_model_dir
+    from open_r1_jax.checkpoint import Checkpointer
 
     source, out = Path(source), Path(out)
-    section, tensors = read_model_dir(source)
-    like = abstract_model({"model": section})
-    weights = from_torch_tensors(tensors, like)
-    weights = jax.tree.map(lambda a, s: jax.device_put(a, s.sharding), weights, like)
+    section, weights = read_model_weights(source)
     stage = _staged(out, overwrite)
     try:
         with Checkpointer(stage / "checkpoints") as ckpt:

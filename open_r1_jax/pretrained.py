@@ -53,18 +53,14 @@ class PretrainedModel:
 
 def load_pretrained(path: str | Path, step: int | None = None) -> PretrainedModel:
     """Run directory / checkpoint folder / exported directory -> PretrainedModel (weights on one device)."""
-    from open_r1_jax.checkpoint import abstract_model, model_config, read_weights
-    from open_r1_jax.export import from_torch_tensors
-    from open_r1_jax.hf.imports import read_model_dir
+    from open_r1_jax.checkpoint import model_config, read_weights
+    from open_r1_jax.export import read_model_weights
 
     path = Path(path)
     if (path / "config.json").is_file() and not (path / "checkpoints").is_dir():
         if step is not None:
             raise ValueError(f"{path} is a model folder (one set of weights); step={step} does not apply")
-        section, tensors = read_model_dir(path)
-        like = abstract_model({"model": section})
-        weights = from_torch_tensors(tensors, like)
-        weights = jax.tree.map(lambda a, s: jax.device_put(a, s.sharding), weights, like)
+        section, weights = read_model_weights(path)
         return PretrainedModel(model_config(section), weights["params"], weights["model_state"], str(path))
     config, weights, where, step = read_weights(path, step)
     return PretrainedModel(model_config(config), weights["params"], weights["model_state"], str(where), step)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+from tokenizers import Tokenizer
 
 from open_r1_jax.config import ConfigError
 from open_r1_jax.data.pipeline import make_dataset
@@ -49,7 +50,7 @@ class Pretrain(Stage):
                 f"data.tokenizer / data.tokenizer_path: {t.init_from} comes with {theirs}; "
                 f"set data.tokenizer=bpe data.tokenizer_path={theirs}"
             )
-        if theirs is not None and BPETokenizer.load(theirs).eos_id is None:
+        if theirs is not None and Tokenizer.from_file(str(theirs)).token_to_id(BPETokenizer.EOS) is None:
             raise ConfigError(
                 f"data.tokenizer_path: {theirs} has no {BPETokenizer.EOS} token, the end-of-document token the "
                 "data pipeline appends (continued pretraining with another tokenizer's special tokens is not supported)"
