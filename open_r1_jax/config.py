@@ -332,6 +332,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def build_section(cls: type, overrides: list[str]) -> Any:
+    """A dataclass tree of another command (e.g. the evaluator's) from its dotted overrides, with the
+    same checks and messages as the training config."""
+    return _build(cls, parse_overrides(overrides))
+
+
 def from_dict(data: dict[str, Any]) -> Config:
     cfg = _build(Config, data)
     _checks.validate(cfg)

@@ -26,7 +26,7 @@ import open_r1_jax
 from open_r1_jax import export as export_lib
 from open_r1_jax.checkpoint import Checkpointer
 from open_r1_jax.config import load_config, to_dict
-from open_r1_jax.data.tokenizer import BPETokenizer, ByteTokenizer
+from open_r1_jax.data.tokenizer import BPETokenizer, ByteTokenizer, tokenizer_for
 from open_r1_jax.model import build_model, split_model
 
 transformers = pytest.importorskip("transformers")
@@ -158,6 +158,17 @@ def test_bpe_tokenizer_export(exported, tmp_path):
         assert tok(text).input_ids == bpe.encode(text).tolist()
         assert tok.decode(bpe.encode(text), skip_special_tokens=True) == bpe.decode(bpe.encode(text))
     assert tok.eos_token_id == bpe.eos_id == json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"]
+    np.testing.assert_array_equal(tokenizer_for(tmp_path / "hf").token_bytes, bpe.token_bytes)
+
+
+def test_byte_tokenizer_export_reads_back_as_bytes(exported):
+    """The exported byte tokenizer, read by this project (load_pretrained / DPO / eval of an export),
+    encodes and counts bytes as ByteTokenizer does (bits per byte stay comparable)."""
+    _, _, hf = exported
+    byte, back = ByteTokenizer(), tokenizer_for(hf)
+    text = "héllo\x00 wörld ☃ \n\t"
+    assert back.encode(text).tolist() == byte.encode(text).tolist() and back.eos_id == byte.eos_id
+    np.testing.assert_array_equal(back.token_bytes, byte.token_bytes)
 
 
 # ----------------------------------------------------------------------------- imports
@@ -291,8 +302,11 @@ def test_existing_out_is_refused(hf_models, tmp_path, capsys):
 # ----------------------------------------------------------------------------- lm-eval on an export
 
 
-def test_lm_eval_scores_the_export_as_the_model_does(exported, tmp_path):
-    """lm-eval's hf model on the shipped task (20 of its questions) == the same scoring done by hand."""
+def test_lm_eval_and_open_r1_jax_eval_agree_on_the_export(exported, tmp_path):
+    """lm-eval's hf model on the shipped task (20 of its questions) and ``python -m open_r1_jax.eval``
+    on the same file and export: the same accuracy (the issue allows 0.2 points for ties)."""
+    from open_r1_jax.eval import cli
+
     name, _, hf = exported
     if name != "softmax":
         pytest.skip("one model is enough for the lm-eval run")
@@ -307,27 +321,14 @@ def test_lm_eval_scores_the_export_as_the_model_does(exported, tmp_path):
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]["next_line"]
+    theirs = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]["next_line"]
 
-    model = _load(hf)
-    byte = ByteTokenizer()
-    correct = 0
-    for row in map(json.loads, rows):
-        subject = row["subject"].replace("_", " ")
-        context = f"The following are multiple choice questions (with answers) about {subject}.\n\n"
-        context += (
-            row["question"].strip() + "".join(f"\n{x}. {c}" for x, c in zip("ABCD", row["choices"])) + "\nAnswer:"
-        )
-        ctx = byte.encode(context).tolist()
-        scores = []
-        for letter in "ABCD":
-            cont = byte.encode(" " + letter).tolist()
-            with torch.no_grad():
-                logp = torch.log_softmax(model(torch.tensor([ctx + cont])).logits[0], -1)
-            scores.append(sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont)))
-        correct += int(np.argmax(scores) == row["answer"])
-    print(f"lm-eval next_line acc on 20 questions: {results['acc,none']:.2f} (by hand {correct / 20:.2f})")
-    assert results["acc,none"] == pytest.approx(correct / 20)
+    argv = ["--run", str(hf), "--tasks", "mc", "--out", str(tmp_path / "ours"), "--no-progress"]
+    assert cli.main([*argv, f"mc.file={tmp_path / 'mc.jsonl'}"]) == 0
+    ours = json.loads((tmp_path / "ours" / "results.json").read_text())["tasks"]["mc"]["metrics"]["acc"]
+    print(f"next_line, 20 questions: lm-eval acc {theirs['acc,none']:.2f}, open_r1_jax.eval acc {ours['value']:.2f}")
+    assert ours["n"] == 20 and abs(ours["value"] - theirs["acc,none"]) <= 0.002
+    assert ours["stderr"] == pytest.approx(theirs["acc_stderr,none"])
 
 
 # ----------------------------------------------------------------------------- starting points

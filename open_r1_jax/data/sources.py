@@ -131,6 +131,13 @@ def _read_files(files: list[Path], cfg: DataConfig, report: SourceReport, budget
     return docs
 
 
+def read_documents(specs: list[str], text_key: str = "text", what: str = "files") -> tuple[list[Document], SourceReport]:
+    """Every document of some files / folders / JSONL files (no split), with the report of what was read."""
+    report = SourceReport()
+    files = [p for s in specs for p in _expand(s, what)]
+    return _read_files(files, DataConfig(text_key=text_key), report, float("inf")), report
+
+
 def tail_split(docs: list[Document], percent: float) -> tuple[list[Document], list[Document]]:
     """-> (train, held-out): the last ``percent`` % of the documents' characters (in order) are held out,
     at least one character on each side; the document holding the cut is split into ``name[:N]`` and

@@ -45,9 +45,12 @@ class BPETokenizer:
         self.tok = tok
         self.vocab_size = tok.get_vocab_size()
         self.eos_id = tok.token_to_id(self.EOS)
-        self.token_bytes = np.array(
-            [0 if i == self.eos_id else len(tok.decode([i]).encode("utf-8")) for i in range(self.vocab_size)], np.int32
-        )
+        special = set(tok.get_added_tokens_decoder())
+        # A byte-level token's string has one stand-in character per byte; decoding a lone byte >= 128
+        # would give U+FFFD (3 bytes) and bits-per-byte would be wrong.
+        byte_level = type(tok.decoder).__name__ == "ByteLevel"
+        size = lambda i: len(tok.id_to_token(i)) if byte_level else len(tok.decode([i]).encode("utf-8"))
+        self.token_bytes = np.array([0 if i in special else size(i) for i in range(self.vocab_size)], np.int32)
 
     @classmethod
     def train(cls, texts, vocab_size: int) -> BPETokenizer:

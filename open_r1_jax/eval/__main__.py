@@ -1,0 +1,5 @@
+import sys
+
+from open_r1_jax.eval.cli import main
+
+sys.exit(main())

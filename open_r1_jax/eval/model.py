@@ -1,0 +1,105 @@
+"""The model under evaluation: any folder ``load_pretrained`` reads, its tokenizer, and batched scoring.
+
+Legend: B rows per call, T tokens per row (a multiple of ``ALIGN``), V vocabulary.
+
+Scoring compiles once per (B, T): rows are right-padded to a multiple of ``ALIGN`` (segment 0, which
+real tokens never attend to) and short batches are padded with empty rows. ``loglikelihood`` follows
+lm-eval-harness: context + continuation cut on the left to ``max_len + 1`` tokens (``max_len`` =
+``model.max_seq_len``, as lm-eval's ``max_position_embeddings``), and the summed log-probability of the
+continuation. Requests whose inputs agree up to the continuation's last token (the four answer
+letters of a multiple-choice question) share one forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+ALIGN = 64
+
+
+class EvalModel:
+    def __init__(self, path: str | Path, step: int | None = None, progress: bool = True, **attention):
+        """``attention``: keys of ``model.attention`` that need no new weights (e.g. kind="lsh")."""
+        from open_r1_jax.data.tokenizer import tokenizer_for
+        from open_r1_jax.pretrained import PretrainedModel, load_pretrained
+
+        pre = load_pretrained(path, step)
+        if attention:
+            from open_r1_jax.checkpoint import model_config
+            from open_r1_jax.config import to_dict
+
+            cfg = dataclasses.replace(pre.config, attention=dataclasses.replace(pre.config.attention, **attention))
+            pre = PretrainedModel(model_config(to_dict(cfg)), pre.params, pre.model_state, pre.source, pre.step)
+        self.pre, self.path, self.progress = pre, Path(path), progress
+        self.config = pre.config
+        self.tokenizer = tokenizer_for(Path(path))
+        if self.tokenizer.vocab_size > self.config.vocab_size:
+            raise ValueError(
+                f"{path}: the tokenizer has {self.tokenizer.vocab_size} tokens, "
+                f"model.vocab_size is {self.config.vocab_size}"
+            )
+        graphdef = pre.graphdef
+
+        def score(params, model_state, tokens, segment_ids, last):
+            """tokens/segment_ids [B,T], last [B] -> (log p(tokens[:, j+1]) at j [B,T-1], log-softmax at last [B,V])."""
+            from open_r1_jax.model import merge_model
+
+            logits, _ = merge_model(graphdef, params, model_state)(tokens, None, segment_ids)
+            lse = jax.nn.logsumexp(logits, axis=-1)  # [B,T]
+            target = jnp.take_along_axis(logits[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0] - lse[:, :-1]
+            row = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]  # [B,V]
+            return target, row - jnp.take_along_axis(lse, last[:, None], axis=1)
+
+        self._score = jax.jit(score)
+
+    def forward_logits(self, tokens: np.ndarray) -> np.ndarray:
+        return np.asarray(self.pre(tokens))
+
+    def score_rows(self, rows: list[list[int]], batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Token rows -> per row (log p of each next token [len-1], log-softmax after the last token [V])."""
+        out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(rows)  # type: ignore[list-item]
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # similar lengths share a shape
+        bar = tqdm(total=len(rows), desc="scoring", disable=not self.progress, leave=False)
+        for start in range(0, len(order), batch):
+            idx = order[start : start + batch]
+            t = -(-max(len(rows[i]) for i in idx) // ALIGN) * ALIGN
+            tokens = np.zeros((batch, t), np.int32)
+            seg = np.zeros((batch, t), np.int32)
+            last = np.zeros(batch, np.int32)
+            for r, i in enumerate(idx):
+                tokens[r, : len(rows[i])], seg[r, : len(rows[i])], last[r] = rows[i], 1, len(rows[i]) - 1
+            target, row = jax.device_get(self._score(self.pre.params, self.pre.model_state, tokens, seg, last))
+            for r, i in enumerate(idx):
+                out[i] = (target[r, : len(rows[i]) - 1], row[r])
+            bar.update(len(idx))
+        bar.close()
+        return out
+
+    def loglikelihood(self, requests: list[tuple[list[int], list[int]]], batch: int = 16) -> list[float]:
+        """(context ids, continuation ids) -> summed log-probability of the continuation (lm-eval's rule)."""
+        max_len = self.config.max_seq_len
+        inputs, keys = [], {}
+        for ctx, cont in requests:
+            if not cont:
+                raise ValueError("loglikelihood: an empty continuation")
+            whole = (list(ctx) + list(cont))[-(max_len + 1) :]
+            inp = tuple(whole[:-1])
+            if inp not in keys:
+                keys[inp] = len(inputs)
+                inputs.append(list(inp))
+        scored = self.score_rows(inputs, batch)
+        out = []
+        for ctx, cont in requests:
+            whole = (list(ctx) + list(cont))[-(max_len + 1) :]
+            target, row = scored[keys[tuple(whole[:-1])]]
+            n = len(whole) - 1  # positions of the input; the continuation's tokens are predicted at the last len(cont)
+            k = min(len(cont), n)
+            earlier = float(np.sum(target[n - k : n - 1])) if k > 1 else 0.0
+            out.append(earlier + float(row[whole[-1]]))
+        return out
