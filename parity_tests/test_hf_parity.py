@@ -318,6 +318,7 @@ def test_lm_eval_and_open_r1_jax_eval_agree_on_the_export(exported, tmp_path):
         *("--model_args", f"pretrained={hf},trust_remote_code=True,dtype=float32"),
         *("--tasks", "next_line", "--include_path", str(ROOT / "evals" / "tasks")),
         *("--metadata", json.dumps({"mc_file": str(tmp_path / "mc.jsonl")}), "--output_path", str(tmp_path / "out")),
+        "--log_samples",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -325,10 +326,19 @@ def test_lm_eval_and_open_r1_jax_eval_agree_on_the_export(exported, tmp_path):
 
     argv = ["--run", str(hf), "--tasks", "mc", "--out", str(tmp_path / "ours"), "--no-progress"]
     assert cli.main([*argv, f"mc.file={tmp_path / 'mc.jsonl'}"]) == 0
-    ours = json.loads((tmp_path / "ours" / "results.json").read_text())["tasks"]["mc"]["metrics"]["acc"]
+    mc_res = json.loads((tmp_path / "ours" / "results.json").read_text())["tasks"]["mc"]
+    ours = mc_res["metrics"]["acc"]
     print(f"next_line, 20 questions: lm-eval acc {theirs['acc,none']:.2f}, open_r1_jax.eval acc {ours['value']:.2f}")
     assert ours["n"] == 20 and abs(ours["value"] - theirs["acc,none"]) <= 0.002
     assert ours["stderr"] == pytest.approx(theirs["acc_stderr,none"])
+    # per question: the same four log-likelihoods (accuracy alone could agree by chance on 20 questions)
+    samples = [
+        json.loads(x) for x in next((tmp_path / "out").rglob("samples_next_line_*.jsonl")).read_text().split("\n") if x
+    ]
+    samples.sort(key=lambda x: x["doc_id"])
+    theirs_ll = np.array([[float(r[0]) for r in x["filtered_resps"]] for x in samples])
+    ours_ll = np.array([q["loglikelihoods"] for q in mc_res["questions"]])
+    np.testing.assert_allclose(ours_ll, theirs_ll, rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- starting points

@@ -171,8 +171,9 @@ def test_mc_questions_are_deterministic_and_answerable():
         context = q["question"].split("\n")[:-1]
         truth = q["choices"][q["answer"]]
         assert len(set(q["choices"])) == 4
-        text = next(t for n, t in docs if mc_data._subject(n) == q["subject"] and "\n".join(context) in t)
-        assert "\n".join([*context, truth]) in "\n".join(ln.rstrip() for ln in text.splitlines() if ln.strip())
+        lines = ["\n".join(ln.rstrip() for ln in t.splitlines() if ln.strip()) for n, t in docs
+                 if mc_data._subject(n) == q["subject"]]  # fmt: skip
+        assert any("\n".join([*context, truth]) in text for text in lines)
 
 
 def test_default_suite_runs_and_writes_its_outputs(run_dir, tmp_path):

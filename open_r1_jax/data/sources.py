@@ -131,7 +131,9 @@ def _read_files(files: list[Path], cfg: DataConfig, report: SourceReport, budget
     return docs
 
 
-def read_documents(specs: list[str], text_key: str = "text", what: str = "files") -> tuple[list[Document], SourceReport]:
+def read_documents(
+    specs: list[str], text_key: str = "text", what: str = "files"
+) -> tuple[list[Document], SourceReport]:
     """Every document of some files / folders / JSONL files (no split), with the report of what was read."""
     report = SourceReport()
     files = [p for s in specs for p in _expand(s, what)]

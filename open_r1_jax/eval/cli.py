@@ -50,9 +50,9 @@ def _mc(model, cfg) -> dict:
         built = mc_data.build(mc_data.heldout_documents(), m.n + m.shots, cfg.seed)
         dev, rows, source, bad = built[: m.shots], built[m.shots :], "next-line questions from held-out text", []
     out = mc.score(model, rows, dev, m.shots, m.batch)
-    per = out.pop("per_subject")
-    return {"metrics": out, "per_subject": per, "config": {"data": source, "shots": m.shots}, "bad_lines": bad,
-            "target": {"acc": "> 0.65 (seed: MMLU accuracy)"}}  # fmt: skip
+    per, questions = out.pop("per_subject"), out.pop("questions")
+    return {"metrics": out, "per_subject": per, "questions": questions, "config": {"data": source, "shots": m.shots},
+            "bad_lines": bad, "target": {"acc": "> 0.65 (seed: MMLU accuracy)"}}  # fmt: skip
 
 
 def run_task(name: str, model, lsh_model, cfg, args, started: float) -> dict:

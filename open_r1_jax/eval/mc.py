@@ -115,11 +115,16 @@ def pick_shots(dev: list[dict], subject: str, k: int) -> list[dict]:
     return chosen
 
 
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """lm-eval's split: encode the whole string, the context alone, and cut (BPE merges across the seam)."""
-    whole = tokenizer.encode(context + continuation).tolist()
-    ctx = tokenizer.encode(context).tolist()
-    return ctx, whole[len(ctx) :]
+def encode_requests(tokenizer, contexts: list[str]) -> list[tuple[list[int], list[int]]]:
+    """(context, " X") for each context and letter, split as lm-eval splits them: encode the whole string
+    and the context alone, and cut (BPE may merge across the seam). One batched call per kind of string."""
+    ctx_ids = tokenizer.encode_batch(contexts)
+    whole_ids = tokenizer.encode_batch([c + f" {x}" for c in contexts for x in LETTERS])
+    out = []
+    for i, whole in enumerate(whole_ids):
+        ctx = ctx_ids[i // len(LETTERS)].tolist()
+        out.append((ctx, whole.tolist()[len(ctx) :]))
+    return out
 
 
 def stderr(values: list[float]) -> float:
@@ -132,19 +137,18 @@ def stderr(values: list[float]) -> float:
 
 
 def score(model, rows: list[dict], dev: list[dict], shots: int, batch: int) -> dict:
-    """Predictions and accuracies: ``acc`` (micro), ``acc_macro``, ``per_subject``; each with stderr and n."""
-    requests, spans = [], []
-    for row in rows:
-        ctx = prompt(row, pick_shots(dev, row["subject"], shots))
-        spans.append(len(requests))
-        requests += [encode_pair(model.tokenizer, ctx, f" {x}") for x in LETTERS]
-    ll = model.loglikelihood(requests, batch)
-    correct = []
+    """Accuracies: ``acc`` (micro), ``acc_macro``, ``per_subject`` (each with stderr and n), and per question
+    ``questions`` (the four log-likelihoods, the prediction, the answer) in file order."""
+    contexts = [prompt(row, pick_shots(dev, row["subject"], shots)) for row in rows]
+    ll = model.loglikelihood(encode_requests(model.tokenizer, contexts), batch)
+    correct, questions = [], []
     by_subject: dict[str, list[float]] = {}
-    for row, s in zip(rows, spans):
-        scores = ll[s : s + 4]
-        ok = float(max(range(4), key=scores.__getitem__) == row["answer"])
+    for q, row in enumerate(rows):
+        scores = ll[4 * q : 4 * q + 4]
+        pred = max(range(4), key=scores.__getitem__)
+        ok = float(pred == row["answer"])
         correct.append(ok)
+        questions.append({"loglikelihoods": scores, "prediction": pred, "answer": row["answer"]})
         by_subject.setdefault(row["subject"], []).append(ok)
     per = {k: {"value": sum(v) / len(v), "stderr": stderr(v), "n": len(v)} for k, v in sorted(by_subject.items())}
     macro_se = math.sqrt(sum(p["stderr"] ** 2 for p in per.values() if not math.isnan(p["stderr"]))) / len(per)
@@ -152,4 +156,5 @@ def score(model, rows: list[dict], dev: list[dict], shots: int, batch: int) -> d
         "acc": {"value": sum(correct) / len(correct), "stderr": stderr(correct), "n": len(correct)},
         "acc_macro": {"value": sum(p["value"] for p in per.values()) / len(per), "stderr": macro_se, "n": len(per)},
         "per_subject": per,
+        "questions": questions,
     }

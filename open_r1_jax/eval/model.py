@@ -66,6 +66,14 @@ class EvalModel:
         out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(rows)  # type: ignore[list-item]
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # similar lengths share a shape
         bar = tqdm(total=len(rows), desc="scoring", disable=not self.progress, leave=False)
+
+        def collect(idx, result):
+            target, row = jax.device_get(result)
+            for r, i in enumerate(idx):
+                out[i] = (target[r, : len(rows[i]) - 1], row[r])
+            bar.update(len(idx))
+
+        pending = None  # the batch in flight: the next one is prepared and dispatched before it is read
         for start in range(0, len(order), batch):
             idx = order[start : start + batch]
             t = -(-max(len(rows[i]) for i in idx) // ALIGN) * ALIGN
@@ -74,10 +82,12 @@ class EvalModel:
             last = np.zeros(batch, np.int32)
             for r, i in enumerate(idx):
                 tokens[r, : len(rows[i])], seg[r, : len(rows[i])], last[r] = rows[i], 1, len(rows[i]) - 1
-            target, row = jax.device_get(self._score(self.pre.params, self.pre.model_state, tokens, seg, last))
-            for r, i in enumerate(idx):
-                out[i] = (target[r, : len(rows[i]) - 1], row[r])
-            bar.update(len(idx))
+            result = self._score(self.pre.params, self.pre.model_state, tokens, seg, last)
+            if pending:
+                collect(*pending)
+            pending = (idx, result)
+        if pending:
+            collect(*pending)
         bar.close()
         return out
 

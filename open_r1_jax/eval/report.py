@@ -44,12 +44,22 @@ def _training_curve(path: Path) -> list[dict]:
     return []
 
 
-def plots(results: dict, model_path: Path, out: Path) -> list[str]:
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plots(results: dict, model_path: Path, out: Path) -> list[str]:
+    records = _training_curve(model_path)
+    tasks = results["tasks"]
+    wanted = records or any(k in tasks for k in ("long", "latency", "code"))
+    if not wanted:
+        return []  # matplotlib takes half a second to import
+    plt = _pyplot()
     written = []
 
     def save(fig, name):
@@ -58,7 +68,6 @@ def plots(results: dict, model_path: Path, out: Path) -> list[str]:
         plt.close(fig)
         written.append(name)
 
-    records = _training_curve(model_path)
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     held = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
     if train:
@@ -69,7 +78,6 @@ def plots(results: dict, model_path: Path, out: Path) -> list[str]:
         ax.set(xlabel="step", ylabel="loss (nats / token)", title="training")
         ax.legend()
         save(fig, "training_loss.png")
-    tasks = results["tasks"]
     if "by_position" in tasks.get("long", {}):
         bp = tasks["long"]["by_position"]
         fig, ax = plt.subplots(figsize=(6, 4))
