@@ -7,7 +7,8 @@ real tokens never attend to) and short batches are padded with empty rows. ``log
 lm-eval-harness: context + continuation cut on the left to ``max_len + 1`` tokens (``max_len`` =
 ``model.max_seq_len``, as lm-eval's ``max_position_embeddings``), and the summed log-probability of the
 continuation. Requests whose inputs agree up to the continuation's last token (the four answer
-letters of a multiple-choice question) share one forward pass.
+letters of a multiple-choice question) share one forward pass, and that pass computes the LM head
+and the log-softmax only at the K positions that predict continuation tokens (``logits_at``).
 """
 
 from __future__ import annotations
@@ -56,7 +57,15 @@ class EvalModel:
             row = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]  # [B,V]
             return target, row - jnp.take_along_axis(lse, last[:, None], axis=1)
 
+        def score_at(params, model_state, tokens, segment_ids, at):
+            """tokens/segment_ids [B,T], at [B,K] -> log-softmax at those positions [B,K,V]."""
+            from open_r1_jax.model import merge_model
+
+            logits, _ = merge_model(graphdef, params, model_state)(tokens, None, segment_ids, logits_at=at)
+            return jax.nn.log_softmax(logits, axis=-1)
+
         self._score = jax.jit(score)
+        self._score_at = jax.jit(score_at)
 
     def forward_logits(self, tokens: np.ndarray) -> np.ndarray:
         return np.asarray(self.pre(tokens))
@@ -91,10 +100,43 @@ class EvalModel:
         bar.close()
         return out
 
+    def score_positions(self, rows: list[list[int]], k: int, batch: int) -> list[np.ndarray]:
+        """Token rows -> per row the log-softmax [k,V] after each of its last ``k`` tokens (rows shorter
+        than ``k`` repeat their first position). One compilation per (batch, padded length)."""
+        out: list[np.ndarray] = [None] * len(rows)  # type: ignore[list-item]
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # similar lengths share a shape
+        bar = tqdm(total=len(rows), desc="scoring", disable=not self.progress, leave=False)
+
+        def collect(idx, result):
+            result = np.asarray(result)
+            for r, i in enumerate(idx):
+                out[i] = result[r]
+            bar.update(len(idx))
+
+        pending = None  # the batch in flight: the next one is prepared and dispatched before it is read
+        for start in range(0, len(order), batch):
+            idx = order[start : start + batch]
+            t = -(-max(len(rows[i]) for i in idx) // ALIGN) * ALIGN
+            tokens = np.zeros((batch, t), np.int32)
+            seg = np.zeros((batch, t), np.int32)
+            at = np.zeros((batch, k), np.int32)
+            for r, i in enumerate(idx):
+                n = len(rows[i])
+                tokens[r, :n], seg[r, :n] = rows[i], 1
+                at[r] = np.maximum(np.arange(n - k, n), 0)
+            result = self._score_at(self.pre.params, self.pre.model_state, tokens, seg, at)
+            if pending:
+                collect(*pending)
+            pending = (idx, result)
+        if pending:
+            collect(*pending)
+        bar.close()
+        return out
+
     def loglikelihood(self, requests: list[tuple[list[int], list[int]]], batch: int = 16) -> list[float]:
         """(context ids, continuation ids) -> summed log-probability of the continuation (lm-eval's rule)."""
         max_len = self.config.max_seq_len
-        inputs, keys = [], {}
+        inputs, keys, wholes = [], {}, []
         for ctx, cont in requests:
             if not cont:
                 raise ValueError("loglikelihood: an empty continuation")
@@ -103,13 +145,14 @@ class EvalModel:
             if inp not in keys:
                 keys[inp] = len(inputs)
                 inputs.append(list(inp))
-        scored = self.score_rows(inputs, batch)
+            wholes.append((whole, keys[inp], min(len(cont), len(whole) - 1)))
+        k_max = max(k for _, _, k in wholes)
+        scored = self.score_positions(inputs, k_max, batch)
         out = []
-        for ctx, cont in requests:
-            whole = (list(ctx) + list(cont))[-(max_len + 1) :]
-            target, row = scored[keys[tuple(whole[:-1])]]
-            n = len(whole) - 1  # positions of the input; the continuation's tokens are predicted at the last len(cont)
-            k = min(len(cont), n)
-            earlier = float(np.sum(target[n - k : n - 1])) if k > 1 else 0.0
-            out.append(earlier + float(row[whole[-1]]))
+        for whole, row, k in wholes:
+            # the continuation's k tokens are predicted at the input's last k positions: rows
+            # k_max - k ... k_max - 1 of the scored positions
+            logp = scored[row]
+            targets = whole[len(whole) - k :]
+            out.append(float(sum(logp[k_max - k + j, tok] for j, tok in enumerate(targets))))
         return out

@@ -112,6 +112,7 @@ class Transformer(nnx.Module):
         segment_ids: jax.Array | None = None,
         prefix_embeds: jax.Array | None = None,
         rng: jax.Array | None = None,
+        logits_at: jax.Array | None = None,
     ):
         """tokens [B,T] int -> (logits [B,T,V] fp32, aux).
 
@@ -119,6 +120,8 @@ class Transformer(nnx.Module):
         document per row. prefix_embeds [B,P,D] (multimodal adapters) are prepended to unpacked rows.
         rng: a PRNG key for the LSH rotations (training passes a fresh one per step); None = the fixed
         ``key(attention.lsh_seed)``. Unused without LSH layers.
+        logits_at [B,K] int: only the logits at these text positions, [B,K,V] (scoring that reads a few
+        positions skips the LM head and its [B,T,V] output elsewhere).
         aux: ``aux_loss`` (coefficient-weighted sum over MoE layers), per-layer ``balance_loss``,
         ``seq_balance_loss``, ``z_loss`` [L], ``expert_counts`` [L,E] and ``expert_ids`` [L,B,T,A].
         """
@@ -150,7 +153,10 @@ class Transformer(nnx.Module):
                 x, aux = block(x, positions, mask, token_mask, segment_ids, key)
                 if aux:
                     layer_aux.append(jax.tree.map(lambda a: a[None], aux))
-        return self._logits(x[:, n_prefix:]), self._collect(layer_aux)
+        x = x[:, n_prefix:]
+        if logits_at is not None:
+            x = jnp.take_along_axis(x, logits_at[..., None], axis=1)  # [B,K,D]
+        return self._logits(x), self._collect(layer_aux)
 
     def _lsh_rng(self, rng):
         return jax.random.key(self.cfg.attention.lsh_seed) if rng is None else rng
