@@ -27,13 +27,14 @@ from open_r1_jax.checkpoint import Checkpointer
 from open_r1_jax.config import Config
 from open_r1_jax.config_checks import ignored_keys
 from open_r1_jax.data.pipeline import pad_rows
+from open_r1_jax.model import lora
 from open_r1_jax.model.layers import DTYPES
 from open_r1_jax.parallel.mesh import batch_sharding, check_batch, make_mesh, per_device_bytes, replicated
 from open_r1_jax.training import metrics as M
 from open_r1_jax.training.optim import make_optimizer, schedule
 from open_r1_jax.training.stages import STAGES, Stage, StageContext
 from open_r1_jax.training.state import create_train_state
-from open_r1_jax.training.step import make_train_step
+from open_r1_jax.training.step import make_train_step, model_params
 
 log = logging.getLogger("open_r1_jax")
 EXPERT_KEYS = ("expert_counts", "dropped", "finite")  # step metrics that are not plain scalars to log
@@ -79,26 +80,40 @@ class Trainer:
 
     def _build(self, pretrained) -> dict:
         cfg, stage, mesh = self.cfg, self.stage, self.mesh
-        masked = type(stage).trainable is not Stage.trainable  # the stage freezes some parameters
+        # the stage freezes some parameters, or LoRA trains only its adapters
+        masked = cfg.lora.rank > 0 or type(stage).trainable is not Stage.trainable
         self.tx = make_optimizer(cfg.train, stage.trainable if masked else None)
         graphdef, state, self.shardings = create_train_state(cfg, self.tx, mesh)
         if pretrained is not None:
+            params = {**pretrained.params, **{k: v for k, v in state["params"].items() if k == lora.KEY}}
             state = {
                 **state,
-                "params": jax.device_put(pretrained.params, self.shardings["params"]),
+                "params": jax.device_put(params, self.shardings["params"]),
                 "model_state": jax.device_put(pretrained.model_state, self.shardings["model_state"]),
             }
+        model_view = {**state, "params": model_params(state["params"], cfg)}  # what stages see: adapters folded
         self.bsh = batch_sharding(mesh)
         rows = cfg.train.global_batch // jax.process_count()
-        stage.setup(StageContext(self.run_dir, graphdef, state, self.put, rows))
+        stage.setup(StageContext(self.run_dir, graphdef, model_view, self.put, rows))
         self.rows = rows
         n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+        self.state_bytes = per_device_bytes(state)
         log.info(
             "model: %.2fM parameters, %.2fM active matmul parameters per token; %.1f MB of train state on each device",
             n_params / 1e6,
             M.active_matmul_params(cfg.model) / 1e6,
-            per_device_bytes(state) / 1e6,
+            self.state_bytes / 1e6,
         )
+        if lora.KEY in state["params"]:
+            n_lora = lora.count(state["params"])
+            log.info(
+                "lora: %d adapter parameters (%.2f%% of %d), rank %d, targets %s; only they train",
+                n_lora,
+                100 * n_lora / (n_params - n_lora),
+                n_params - n_lora,
+                cfg.lora.rank,
+                ",".join(cfg.lora.targets),
+            )
         return state
 
     def put(self, batch: dict) -> dict:
@@ -115,7 +130,7 @@ class Trainer:
             out_shardings=(sh, replicated(self.mesh)),
         )
         self.eval_fn = jax.jit(
-            lambda p, s, b, f: stage.eval_fn(p, s, {**b, "frozen": f}),
+            lambda p, s, b, f: stage.eval_fn(model_params(p, cfg), s, {**b, "frozen": f}),
             in_shardings=(sh["params"], sh["model_state"], self.bsh, frozen_sh),
         )
         t0 = time.perf_counter()
@@ -188,6 +203,9 @@ class Trainer:
                 eval_now = done == t.steps or (t.eval_every and done % t.eval_every == 0)
                 if not (log_now or ckpt_now or eval_now):
                     continue
+                # steps are dispatched asynchronously: wait until this window's steps have *run*, or
+                # the window would time their dispatch only (tokens/s, MFU and train_seconds too high)
+                jax.block_until_ready(metrics)
                 dt = time.perf_counter() - t_window
                 counters["train_seconds"] += dt
                 counters["tokens_seen"] += tok_window
@@ -242,6 +260,11 @@ class Trainer:
             record.update(M.expert_load_stats(np.asarray(m["expert_counts"])), dropped_rows=int(m["dropped"]))
         return record
 
+    def _trainable_count(self, params: dict) -> int:
+        mask = self.stage.trainable(params)
+        sizes = jax.tree.leaves(jax.tree.map(lambda x: x.size, params))
+        return int(sum(sizes) if mask is None else sum(n for n, t in zip(sizes, jax.tree.leaves(mask)) if t))
+
     def _summary(self, counters: dict, eval_record: dict, peak: float, state) -> dict:
         cfg = self.cfg
         watts = cfg.run.device_watts or M.default_device_watts()
@@ -257,6 +280,8 @@ class Trainer:
             "energy_kwh": kwh,
             "co2_kg": kwh * cfg.run.grid_kg_per_kwh,
             "skipped_steps": int(jax.device_get(state["skipped"])),
+            "train_state_bytes_per_device": self.state_bytes,
+            "trainable_params": self._trainable_count(state["params"]),
             **eval_record,
         }
         if "eval_before" in counters:
