@@ -38,6 +38,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from open_r1_jax.model import lora
+
 log = logging.getLogger("open_r1_jax")
 
 MODEL_KEYS = ("params", "model_state")  # the "model" item
@@ -262,12 +264,24 @@ def open_checkpoint(path: str | Path, step: int | None = None) -> tuple[Checkpoi
     return ckpt, ckpt.resolve_step(step)
 
 
-def read_weights(path: str | Path, step: int | None = None) -> tuple[dict, dict, Path, int]:
+def read_weights(path: str | Path, step: int | None = None, adapters: str = "merge") -> tuple[dict, dict, Path, int]:
     """Params-only read of a run / checkpoints folder / step folder -> (config dict, {"params",
-    "model_state"}, the step's folder, step). Reads no optimizer state."""
+    "model_state"}, the step's folder, step). Reads no optimizer state.
+
+    LoRA runs (``model/lora.py``): ``adapters="merge"`` folds the adapters into the base (the run's
+    model, what export / eval / generate use), ``"drop"`` returns the base alone, ``"keep"`` the
+    params as saved (``params["lora"]`` beside the base)."""
+    if adapters not in ("merge", "drop", "keep"):
+        raise ValueError(f"adapters: got {adapters!r}; accepted: merge, drop, keep")
     ckpt, step = open_checkpoint(path, step)
     with ckpt:
-        return ckpt.config(step), ckpt.restore_params(step), ckpt.directory / str(step), step
+        config, weights = ckpt.config(step), ckpt.restore_params(step)
+    params = weights["params"]
+    if adapters == "merge":
+        params = lora.merge(params, config)
+    elif adapters == "drop":
+        params = {k: v for k, v in params.items() if k != lora.KEY}
+    return config, {**weights, "params": params}, ckpt.directory / str(step), step
 
 
 def _key(k) -> str:
@@ -301,6 +315,12 @@ def abstract_model(model_cfg: dict, sharding=None) -> dict:
 
     cfg = model_config(model_cfg)
     params, model_state = jax.eval_shape(lambda: split_model(build_model(cfg, 0))[1:])
+    if int((model_cfg.get("lora") or {}).get("rank", 0)):  # a LoRA run's checkpoint also holds its adapters
+        from open_r1_jax.config import lora_from_dict
+
+        lo = lora_from_dict(model_cfg["lora"])
+        paths = lora.target_paths(cfg, lo)
+        params = {**params, lora.KEY: jax.eval_shape(lambda: lora.init(params, paths, lo.rank, jax.random.key(0)))}
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),

@@ -138,7 +138,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    stage: Literal["pretrain", "dpo"] = "pretrain"  # training stage (dpo: see the dpo section)
+    stage: Literal["pretrain", "sft", "dpo", "distill"] = "pretrain"  # training stage (see its section)
     steps: int = 200  # optimizer steps
     seq_len: int = 128  # tokens per sequence (T)
     global_batch: int = 16  # sequences per optimizer step
@@ -181,6 +181,45 @@ class DPOConfig:
 
 
 @dataclass(frozen=True)
+class SFTConfig:
+    # JSONL of {"prompt", "completion"} or {"messages": [{"role", "content"}, ...]} (TRL's layouts);
+    # empty = the embedded demo (signature + docstring -> function, from the stdlib corpus)
+    train_path: str = ""
+    eval_path: str = ""  # held-out JSONL; empty = demo examples from held-out files (or none with train_path)
+    # Jinja chat template for "messages" rows (as transformers' tokenizer_config.json); empty = the
+    # tokenizer's own (tokenizer_config.json beside train.init_from), else open_r1_jax.data.chat.DEFAULT_TEMPLATE
+    chat_template: str = ""
+    max_bad_fraction: float = 0.01  # malformed lines tolerated (share of lines) before the run fails
+    demo_examples: int = 3000  # embedded demo: training examples
+    demo_eval_examples: int = 128  # embedded demo: held-out examples
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    rank: int = 0  # adapter rank r; 0 = LoRA off (full fine-tuning)
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / rank (PEFT's lora_alpha)
+    # PEFT's lora_dropout drops the adapter's *input* per token; adapters here are folded into their
+    # matrix (model/lora.py), which cannot express that (PEFT's own ParamWrapper refuses it too): must be 0
+    dropout: float = 0.0
+    # adapted matrices: q_proj, k_proj, v_proj, o_proj (attention), experts (routed MoE experts),
+    # shared (shared experts), drn (DRN experts), lm_head
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    seed: int = 0  # initialisation of the A matrices (B starts at zero, so training starts at the base model)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    teacher: str = ""  # frozen teacher: a run, checkpoint, export or transformers folder (required)
+    alpha: float = 0.5  # loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy
+    temperature: float = 2.0  # T: both distributions are softened by it
+    # precompute the teacher's top-k log-probs of every training chunk once (no teacher forward per
+    # step); with cache_top_k >= vocab the cache is exact, below it the KL is over the teacher's top k
+    cache_teacher: bool = False
+    cache_top_k: int = 0  # 0 = the whole vocabulary
+    cache_max_gb: float = 4.0  # refuse a cache larger than this (tokens x k x 6 bytes)
+
+
+@dataclass(frozen=True)
 class MeshConfig:
     data: int = 1  # data-parallel axis size
     fsdp: int = 1  # fully-sharded (ZeRO-3) axis size
@@ -207,6 +246,9 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     run: RunConfig = field(default_factory=RunConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 # ----------------------------------------------------------------------------- building from dicts
@@ -367,6 +409,11 @@ def replace(cfg: Any, **changes: Any) -> Any:
     for k, v in changes.items():
         _set_dotted(data, k, v)
     return from_dict(data)
+
+
+def lora_from_dict(section: dict[str, Any]) -> LoRAConfig:
+    """A ``LoRAConfig`` from the lora section of a saved config."""
+    return _build(LoRAConfig, section, prefix="lora.")
 
 
 def model_from_dict(section: dict[str, Any]) -> ModelConfig:

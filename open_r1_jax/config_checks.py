@@ -16,11 +16,14 @@ from open_r1_jax.config import (
     Config,
     ConfigError,
     DataConfig,
+    DistillConfig,
     DPOConfig,
     DRNConfig,
+    LoRAConfig,
     MeshConfig,
     ModelConfig,
     MoEConfig,
+    SFTConfig,
     TrainConfig,
 )
 
@@ -38,6 +41,9 @@ def validate(cfg: Config) -> None:
     validate_data(cfg.data)
     validate_mesh(cfg.mesh)
     _validate_dpo(cfg)
+    _validate_sft(cfg)
+    _validate_distill(cfg)
+    _validate_lora(cfg)
     m, t, d = cfg.model, cfg.train, cfg.data
     _validate_lsh_length(m.attention, t)
     if t.seq_len > m.max_seq_len:
@@ -166,6 +172,18 @@ def ignored_keys(cfg: Config) -> list[tuple[str, str]]:
         )
     else:
         flag(_changed(cfg.dpo, DPOConfig(), "dpo."), f"train.stage is '{t.stage}', not 'dpo'")
+    if t.stage != "sft":
+        flag(_changed(cfg.sft, SFTConfig(), "sft."), f"train.stage is '{t.stage}', not 'sft'")
+    if t.stage != "distill":
+        flag(_changed(cfg.distill, DistillConfig(), "distill."), f"train.stage is '{t.stage}', not 'distill'")
+    if t.stage == "sft":
+        flag(
+            [k for k in _changed(d, dd, "data.") if k not in ("data.packing_bins",)],
+            "train.stage 'sft' reads instruction data (sft.*), tokenised as train.init_from's data (bytes without it)",
+        )
+    if cfg.lora.rank == 0:
+        flag([k for k in _changed(cfg.lora, LoRAConfig(), "lora.") if k != "lora.rank"], "lora.rank is 0 (LoRA off)")
+    if t.stage in ("pretrain", "distill"):
         corpus_only = (
             "sources",
             "eval_sources",
@@ -288,3 +306,44 @@ def _validate_lsh_length(a: AttentionConfig, t: TrainConfig) -> None:
             f"train.seq_len ({t.seq_len}) must be a multiple of model.attention.chunk_size "
             f"({a.chunk_size}) with LSH attention (or <= it); other lengths are padded at a cost"
         )
+
+
+def _validate_sft(cfg: Config) -> None:
+    s = cfg.sft
+    if not 0 <= s.max_bad_fraction <= 1:
+        raise ConfigError(f"sft.max_bad_fraction: got {s.max_bad_fraction}; accepted: 0 <= x <= 1")
+    for key in ("demo_examples", "demo_eval_examples"):
+        _positive(f"sft.{key}", getattr(s, key))
+
+
+def _validate_distill(cfg: Config) -> None:
+    d = cfg.distill
+    if cfg.train.stage == "distill" and not d.teacher:
+        raise ConfigError(
+            "distill.teacher: required with train.stage 'distill' (a run directory, a checkpoint, an export "
+            "or a transformers Llama / Mixtral folder)"
+        )
+    if not 0 <= d.alpha <= 1:
+        raise ConfigError(f"distill.alpha: got {d.alpha}; accepted: 0 <= x <= 1")
+    _positive("distill.temperature", d.temperature)
+    _positive("distill.cache_top_k", d.cache_top_k, allow_zero=True)
+    _positive("distill.cache_max_gb", d.cache_max_gb)
+
+
+def _validate_lora(cfg: Config) -> None:
+    from open_r1_jax.model.lora import TARGETS
+
+    lo = cfg.lora
+    _positive("lora.rank", lo.rank, allow_zero=True)
+    _positive("lora.alpha", lo.alpha)
+    if lo.dropout != 0:
+        raise ConfigError(
+            f"lora.dropout: got {lo.dropout}; accepted: 0. Adapters are folded into their matrix "
+            "(open_r1_jax/model/lora.py), which cannot drop the adapter's input per token as PEFT's "
+            "lora_dropout does (PEFT's own ParamWrapper refuses it for the same reason)"
+        )
+    unknown = [t for t in lo.targets if t not in TARGETS]
+    if unknown or not lo.targets:
+        raise ConfigError(f"lora.targets: got {list(lo.targets)}; accepted: a non-empty list of {', '.join(TARGETS)}")
+    if len(set(lo.targets)) != len(lo.targets):
+        raise ConfigError(f"lora.targets: {list(lo.targets)} names a target twice")

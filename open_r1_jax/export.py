@@ -211,8 +211,10 @@ def export(
     dtype: str = "float32",
     max_shard_size: str | int = "5GB",
     overwrite: bool = False,
+    adapters: str = "merge",
 ) -> dict:
-    """Checkpoint (run dir, checkpoints/ or checkpoints/<step>) -> a transformers model folder ``out``."""
+    """Checkpoint (run dir, checkpoints/ or checkpoints/<step>) -> a transformers model folder ``out``.
+    A LoRA run exports its adapters folded in (``adapters="merge"``) or its base alone (``"drop"``)."""
     from open_r1_jax.checkpoint import read_weights
     from open_r1_jax.data.tokenizer import tokenizer_for
     from open_r1_jax.hf import files
@@ -221,7 +223,7 @@ def export(
         raise ValueError(f"--dtype: got {dtype!r}; accepted: {sorted(DTYPES)}")
     limit = parse_size(max_shard_size)
     out = Path(out)
-    config, weights, where, step = read_weights(source, step)
+    config, weights, where, step = read_weights(source, step, adapters)
     section = config["model"] if isinstance(config.get("model"), dict) else config
     files.check_exportable(section)
     tokenizer = tokenizer_for(where)

@@ -440,8 +440,8 @@ class Transformer(nn.Module):
             if aux:
                 layer_aux.append(aux)
         x = self.final_norm(x)
-        head = self.embed.weight if self.cfg.tie_embeddings else self.lm_head.weight  # [V,D]
-        logits = (x @ head.T).float()
+        # the head module is called (not its weight read) so that a LoRA wrapper applies (torch_ref/lora.py)
+        logits = (x @ self.embed.weight.T if self.cfg.tie_embeddings else self.lm_head(x)).float()
         aux = self._collect(layer_aux)
         return (logits, aux) if self.return_aux else logits
 

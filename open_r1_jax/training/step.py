@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from open_r1_jax.config import Config
-from open_r1_jax.model import routing
+from open_r1_jax.model import lora, routing
 
 Batch = dict[str, jax.Array]
 
@@ -70,40 +70,58 @@ def mask_frozen(grads: dict, trainable) -> dict:
     return jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
 
 
+def model_params(params: dict, cfg: Config) -> dict:
+    """What the stages' losses see: the model's params, with LoRA adapters (if any) folded in."""
+    return lora.fold(params, lora.scale(cfg.lora)) if lora.KEY in params else params
+
+
 def make_grad_fn(stage, cfg: Config) -> Callable:
     """-> fn(params, model_state, batch, frozen, rng, scale) -> (summed grads, summed metrics).
 
     The gradient of the global objective (times ``scale``), accumulated over the micro-batches of
     ``batch``; the metrics are the stage's, summed over micro-batches (so means over the global batch).
+    Only the leaves the stage trains (``stage.trainable``) are differentiated and accumulated, so a
+    LoRA step computes no weight gradient of the frozen base; frozen leaves get zero gradients.
     """
     t = cfg.train
     n_micro = t.global_batch // (t.micro_batch or t.global_batch)
 
-    def scaled_loss(params, model_state, mb, rng, scale):
-        loss, metrics = stage.loss_fn(params, model_state, mb, rng)
-        return loss * scale, metrics
-
-    grad = jax.value_and_grad(scaled_loss, has_aux=True)
-
     def grad_fn(params, model_state, batch, frozen, rng, scale):
+        leaves, treedef = jax.tree.flatten(params)
+        mask = stage.trainable(params)
+        keep = [True] * len(leaves) if mask is None else jax.tree.leaves(mask)
+        train_leaves = [x for x, k in zip(leaves, keep) if k]
+        frozen_leaves = [x for x, k in zip(leaves, keep) if not k]
+
+        def layout(tr, fr):  # the two lists of leaves -> the params tree
+            it_t, it_f = iter(tr), iter(fr)
+            return jax.tree.unflatten(treedef, [next(it_t) if k else next(it_f) for k in keep])
+
+        def scaled_loss(train_leaves, mb, rng):
+            loss, metrics = stage.loss_fn(model_params(layout(train_leaves, frozen_leaves), cfg), model_state, mb, rng)
+            return loss * scale, metrics
+
+        grad = jax.value_and_grad(scaled_loss, has_aux=True)
+
         extras = {
             "denominator": jnp.maximum(stage.count(batch), 1.0),
             "n_micro": jnp.asarray(n_micro, jnp.float32),
             "frozen": frozen,
         }
         micro = split_micro(batch, n_micro)
+        args = lambda mb, r: (train_leaves, {**mb, **extras}, r)
 
         def body(carry, xs):
             mb, i = xs
-            (_, metrics), g = grad(params, model_state, {**mb, **extras}, jax.random.fold_in(rng, i), scale)
+            (_, metrics), g = grad(*args(mb, jax.random.fold_in(rng, i)))
             return jax.tree.map(jnp.add, carry, (g, metrics)), None
 
         # the scan's carry starts at zeros shaped like (grads, metrics): one abstract trace, no compute
         first = jax.tree.map(lambda x: x[0], micro)
-        shapes = jax.eval_shape(grad, params, model_state, {**first, **extras}, rng, scale)
+        shapes = jax.eval_shape(lambda mb: grad(*args(mb, rng)), first)
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[1], shapes[0][1]))
         (grads, metrics), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(n_micro)))
-        return grads, metrics
+        return layout(grads, [jnp.zeros_like(x) for x in frozen_leaves]), metrics
 
     return grad_fn
 

@@ -109,6 +109,11 @@ class Experts(nn.Module):
         self.w_up = nn.Parameter(torch.empty(n_experts, d_model, ffn_dim))
         self.w_down = nn.Parameter(torch.empty(n_experts, ffn_dim, d_model))
 
+    def forward(self, x, combine=None, weights=None, experts=None):
+        """``dense`` with ``combine``, else ``sparse``. Callers go through forward (not the methods)
+        so that wrappers of this module's parameters apply (PEFT's LoRA ``ParamWrapper``)."""
+        return self.dense(x, combine) if combine is not None else self.sparse(x, weights, experts)
+
     def dense(self, x, combine):
         """Every expert on every token. x [N,D], combine [N,E] -> [N,D]."""
         g = torch.einsum("nd,edf->nef", x, self.w_gate)
@@ -137,7 +142,7 @@ class DRNFeedForward(nn.Module):
     def forward(self, x):
         b, t, d = x.shape
         probs = torch.softmax(F.linear(x.float(), self.router.weight.float()), dim=-1)  # [B,T,E]
-        return self.experts.dense(x.reshape(b * t, d), probs.reshape(b * t, -1)).view(b, t, d)
+        return self.experts(x.reshape(b * t, d), combine=probs.reshape(b * t, -1)).view(b, t, d)
 
 
 class MoEFeedForward(nn.Module):
@@ -169,7 +174,7 @@ class MoEFeedForward(nn.Module):
             eps = 0.0
         if m["renormalize"]:
             weights = weights / (weights.sum(dim=-1, keepdim=True) + eps)
-        out = self.experts.sparse(x.reshape(b * t, d), weights * m["route_scale"], experts).view(b, t, d)
+        out = self.experts(x.reshape(b * t, d), weights=weights * m["route_scale"], experts=experts).view(b, t, d)
         if m["n_shared_experts"]:
             out = out + self.shared(x)
         return out
@@ -263,8 +268,8 @@ class SandwichForCausalLM(SandwichPreTrainedModel, GenerationMixin):
         x = self.final_norm(x)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        head = self.embed.weight if self.config.tie_embeddings else self.lm_head.weight  # [V,D]
-        logits = (x @ head.T).float()
+        # the head module is called (not its weight read) so that wrappers such as PEFT's LoRA apply
+        logits = (x @ self.embed.weight.T if self.config.tie_embeddings else self.lm_head(x)).float()
         loss = None
         if labels is not None:
             v = logits.shape[-1]

@@ -33,7 +33,9 @@ The Trainer calls, in this order:
    adds them over the batches and ``eval_metrics(sums)`` turns them into the logged figures (the
    Trainer prefixes ``eval_``).
 6. ``trainable(params)``: a tree of Python bools shaped like ``params`` (False = frozen: no gradient,
-   no update, no decay), or None to train everything (the default). LoRA returns a mask.
+   no update, no decay), or None to train everything. The default trains only the LoRA adapters
+   when ``params`` has them (``lora.rank`` > 0, ``model/lora.py``), else everything. The losses
+   always see the model's params, adapters folded in (``training/step.py: model_params``).
 
 Class attributes: ``name``; ``updates_router_bias`` (apply the DeepSeek-V3 bias update after each
 step; DPO keeps the policy's biases); ``eval_at_start`` (evaluate the initial weights at step 0).
@@ -52,6 +54,7 @@ import jax
 import numpy as np
 
 from open_r1_jax.config import MODEL_RUNTIME_KEYS, Config
+from open_r1_jax.model import lora
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,8 @@ class Stage:
         self.bind(ctx.graphdef)
 
     def trainable(self, params: dict):
-        return None
+        """With LoRA (``lora.rank`` > 0) only the adapters train; otherwise everything (None)."""
+        return lora.mask(params) if lora.KEY in params else None
 
     def count(self, batch: dict) -> jax.Array:
         raise NotImplementedError
