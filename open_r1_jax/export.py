@@ -216,6 +216,7 @@ def export(
     """Checkpoint (run dir, checkpoints/ or checkpoints/<step>) -> a transformers model folder ``out``.
     A LoRA run exports its adapters folded in (``adapters="merge"``) or its base alone (``"drop"``)."""
     from open_r1_jax.checkpoint import read_weights
+    from open_r1_jax.data.chat import template_for
     from open_r1_jax.data.tokenizer import tokenizer_for
     from open_r1_jax.hf import files
 
@@ -233,7 +234,8 @@ def export(
         hf = files.hf_config(section, dtype, tokenizer.eos_id)
         (stage / "config.json").write_text(json.dumps(hf, indent=2))
         written = ["config.json", *write_safetensors(tensors, stage, limit), *files.write_code(stage)]
-        written += [*files.write_tokenizer(stage, tokenizer, section.get("max_seq_len", 2048))]
+        template = template_for(where)
+        written += [*files.write_tokenizer(stage, tokenizer, section.get("max_seq_len", 2048), template)]
         written.append(files.write_generation_config(stage, tokenizer.eos_id))
         _publish(stage, out)
     finally:
@@ -260,7 +262,7 @@ def import_model(source: str | Path, out: str | Path, overwrite: bool = False) -
     try:
         with Checkpointer(stage / "checkpoints") as ckpt:
             ckpt.save_params(0, weights["params"], weights["model_state"], {"model": section, "source": str(source)})
-        copied = [n for n in ("tokenizer.json",) if (source / n).is_file()]
+        copied = [n for n in ("tokenizer.json", "tokenizer_config.json") if (source / n).is_file()]
         for name in copied:
             shutil.copyfile(source / name, stage / name)
         _publish(stage, out)

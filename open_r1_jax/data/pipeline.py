@@ -68,8 +68,9 @@ def _to_batch(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "positions": packed["inputs_positions"].astype(np.int32),
         "segment_ids": packed["inputs_segment_ids"].astype(np.int32),
     }
-    if "source_ids" in packed:  # mixtures: which source each token came from
-        batch["source_ids"] = packed["source_ids"].astype(np.int32)
+    for key in ("source_ids", "loss_mask"):  # mixtures: the source of each token; SFT: trained targets
+        if key in packed:
+            batch[key] = packed[key].astype(np.int32)
     return batch
 
 
@@ -130,11 +131,10 @@ def _pack_and_batch(ds: grain.MapDataset, spec: PipelineSpec, keys: tuple[str, .
     return packed.batch(spec.batch, drop_remainder=spec.train).map(_to_batch)
 
 
-def make_dataset(source: ChunkSource, spec: PipelineSpec) -> grain.IterDataset:
-    """Items ``{"inputs", "targets"}`` of any random-access source (ChunkSource, RecordChunkSource)."""
-    return _sharded(
-        lambda i, n, sp: _pack_and_batch(_shard_and_shuffle(source, sp, sp.seed, i, n), sp, ("inputs", "targets")), spec
-    )
+def make_dataset(source, spec: PipelineSpec, keys: tuple[str, ...] = ("inputs", "targets")) -> grain.IterDataset:
+    """Items with ``keys`` (``inputs``, ``targets``; SFT adds ``loss_mask``) of any random-access
+    source (ChunkSource, RecordChunkSource, instruct.ItemSource), packed and batched."""
+    return _sharded(lambda i, n, sp: _pack_and_batch(_shard_and_shuffle(source, sp, sp.seed, i, n), sp, keys), spec)
 
 
 class _TagSource:

@@ -97,8 +97,9 @@ def byte_tokenizer_json():
     return tok
 
 
-def write_tokenizer(out: Path, tokenizer, max_len: int) -> list[str]:
-    """``tokenizer.json`` (the run's BPE, or the byte tokenizer) and ``tokenizer_config.json``."""
+def write_tokenizer(out: Path, tokenizer, max_len: int, chat_template: str = "") -> list[str]:
+    """``tokenizer.json`` (the run's BPE, or the byte tokenizer) and ``tokenizer_config.json`` (with the
+    run's chat template, if it was trained with one: ``open_r1_jax/data/chat.py``)."""
     tok = getattr(tokenizer, "tok", None) or byte_tokenizer_json()
     tok.save(str(out / "tokenizer.json"))
     config = {
@@ -109,6 +110,8 @@ def write_tokenizer(out: Path, tokenizer, max_len: int) -> list[str]:
         "add_bos_token": False,
         "clean_up_tokenization_spaces": False,
     }
+    if chat_template:
+        config["chat_template"] = chat_template
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return list(TOKENIZER_FILES)
 

@@ -3,7 +3,8 @@
 from open_r1_jax.training.stages.base import Stage, StageContext
 from open_r1_jax.training.stages.dpo import DPO
 from open_r1_jax.training.stages.pretrain import Pretrain
+from open_r1_jax.training.stages.sft import SFT
 
-STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (Pretrain, DPO)}
+STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (Pretrain, SFT, DPO)}
 
-__all__ = ["DPO", "STAGES", "Pretrain", "Stage", "StageContext"]
+__all__ = ["DPO", "SFT", "STAGES", "Pretrain", "Stage", "StageContext"]

@@ -8,7 +8,6 @@ held-out loss, perplexity and bits per byte (tokenizer-independent).
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -20,7 +19,7 @@ from open_r1_jax.data.pipeline import make_dataset
 from open_r1_jax.data.text import build_text_data
 from open_r1_jax.data.tokenizer import BPETokenizer, tokenizer_file
 from open_r1_jax.model import merge_model
-from open_r1_jax.training.losses import summed_nll
+from open_r1_jax.training.losses import lm_metrics, summed_nll
 from open_r1_jax.training.stages.base import Stage, StageContext
 
 KEYS = ("inputs", "targets", "positions", "segment_ids")
@@ -101,12 +100,4 @@ class Pretrain(Stage):
         return {"nll": nll, "tokens": n_tok, "bytes": n_bytes}
 
     def eval_metrics(self, sums):
-        if sums["tokens"] == 0:
-            return {}
-        loss = sums["nll"] / sums["tokens"]
-        return {
-            "loss": loss,
-            "ppl": math.exp(min(loss, 80.0)),
-            "bits_per_byte": sums["nll"] / math.log(2) / max(sums["bytes"], 1.0),
-            "tokens": int(sums["tokens"]),
-        }
+        return lm_metrics(sums)
