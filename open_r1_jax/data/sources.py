@@ -1,7 +1,9 @@
-"""Document sources: the embedded default corpus, text files, folders and JSONL files.
+"""Document sources: the embedded default corpus, text files, folders, JSONL files, synthetic domains.
 
 The embedded corpus is the Python standard library's source (``sysconfig``'s ``stdlib`` path,
 without ``site-packages``): present wherever Python is, so the main job needs no download.
+``synthetic:NAME`` names a generated domain (``data/synthetic.py``); ``read_documents`` (evaluation
+files) reads only its held-out documents.
 
 Held-out text never overlaps training text. With ``data.eval_sources`` the held-out documents are
 exactly those files (every document of ``data.sources`` is training data). Otherwise each source (each
@@ -135,9 +137,20 @@ def read_documents(
     specs: list[str], text_key: str = "text", what: str = "files"
 ) -> tuple[list[Document], SourceReport]:
     """Every document of some files / folders / JSONL files (no split), with the report of what was read."""
+    from open_r1_jax.data import synthetic
+
     report = SourceReport()
-    files = [p for s in specs for p in _expand(s, what)]
-    return _read_files(files, DataConfig(text_key=text_key), report, float("inf")), report
+    files = [p for s in specs if not synthetic.is_synthetic(s) for p in _expand(s, what)]
+    docs = _read_files(files, DataConfig(text_key=text_key), report, float("inf"))
+    for s in filter(synthetic.is_synthetic, specs):  # held-out documents only: evaluation never scores trained text
+        docs += _count(split_source(synthetic.documents(s, what), DataConfig.heldout_percent)[1], report)
+    return docs, report
+
+
+def _count(docs: list[Document], report: SourceReport) -> list[Document]:
+    report.documents += len(docs)
+    report.bytes += sum(len(d.text.encode()) for d in docs)
+    return docs
 
 
 def tail_split(docs: list[Document], percent: float) -> tuple[list[Document], list[Document]]:
@@ -179,13 +192,17 @@ def load_documents(cfg: DataConfig) -> tuple[list[Document], list[Document], Sou
     """-> (train documents, held-out documents, report). Empty ``cfg.sources``: the stdlib corpus.
     ``cfg.eval_sources`` set: held-out = its documents, train = all of the sources' documents; else each
     source is split on its own (see the module docstring). ``max_corpus_mb`` limits the training sources."""
+    from open_r1_jax.data import synthetic
+
     report = SourceReport()
     groups = (
-        [("stdlib", stdlib_files())] if not cfg.sources else [(s, _expand(s)) for s in cfg.sources]
+        [("stdlib", stdlib_files())]
+        if not cfg.sources
+        else [(s, None if synthetic.is_synthetic(s) else _expand(s)) for s in cfg.sources]
     )  # missing paths fail before any reading
     eval_files = [p for s in cfg.eval_sources for p in _expand(s, "data.eval_sources")]
     if eval_files:
-        trained = {p.resolve() for _, files in groups for p in files}
+        trained = {p.resolve() for _, files in groups for p in files or ()}
         both = [str(p) for p in eval_files if p.resolve() in trained]
         if both:
             raise ValueError(
@@ -193,7 +210,11 @@ def load_documents(cfg: DataConfig) -> tuple[list[Document], list[Document], Sou
                 "(held-out text would be trained on)"
             )
     budget = cfg.max_corpus_mb * 1e6 if cfg.max_corpus_mb else float("inf")
-    per_source = [(name, _read_files(files, cfg, report, budget)) for name, files in groups]
+
+    def read(name, files):  # a synthetic domain is generated whole (it is small), files within the budget
+        return _count(synthetic.documents(name), report) if files is None else _read_files(files, cfg, report, budget)
+
+    per_source = [(name, read(name, files)) for name, files in groups]
     if not any(docs for _, docs in per_source):
         raise ValueError(f"data.sources: no non-empty documents found in {list(cfg.sources) or 'stdlib'}")
     if cfg.eval_sources:

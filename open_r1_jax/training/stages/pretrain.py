@@ -34,6 +34,7 @@ class Pretrain(Stage):
         pre = super().initial_weights()
         if pre is None:
             return None
+        self.eval_at_start = True  # continued pretraining / domain adaptation: the "before" held-out figures
         t, d = self.cfg.train, self.cfg.data
         if t.seq_len > pre.config.max_seq_len:
             raise ConfigError(
