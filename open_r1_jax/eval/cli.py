@@ -11,6 +11,9 @@ transformers Llama / Mixtral folder. With no ``--tasks`` the embedded suite runs
     resources  generation throughput at batch 1 / 8 / 32, peak memory, the run's training figures,
                this evaluation's energy and CO2
 
+Also (not in the default suite): complete (held-out prompts completed greedily against their
+references: the check of supervised fine-tuning, ``eval/complete.py``).
+
 Settings: ``key=value`` overrides of ``open_r1_jax/eval/config.py`` (``mc.file=mmlu/ mc.shots=5
 code.n=10``). Outputs in ``--out`` (default DIR/eval): results.json, results.md (also printed) and
 PNG plots. A task that fails is reported as failed and the others still run; the exit code is then 1.
@@ -28,7 +31,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 DEFAULT = ("ppl", "mc", "latency", "code", "long", "resources")
-KNOWN = (*DEFAULT, "vqa")
+KNOWN = (*DEFAULT, "vqa", "complete")
 log = logging.getLogger("open_r1_jax.eval")
 
 
@@ -56,7 +59,7 @@ def _mc(model, cfg) -> dict:
 
 
 def run_task(name: str, model, lsh_model, cfg, args, started: float) -> dict:
-    from open_r1_jax.eval import code, long, perf, ppl
+    from open_r1_jax.eval import code, complete, long, perf, ppl
 
     if name == "ppl":
         res = ppl.run(model, cfg.ppl)
@@ -70,6 +73,8 @@ def run_task(name: str, model, lsh_model, cfg, args, started: float) -> dict:
         return code.run(model, cfg.code, cfg.seed, args.completions or "", not args.no_progress)
     if name == "long":
         return long.run(model, lsh_model(), cfg.long, cfg.seed)
+    if name == "complete":
+        return complete.run(model, cfg.complete, cfg.seed, not args.no_progress)
     if name == "resources":
         return perf.resources(model, cfg.resources, time.perf_counter() - started)
     return {"skipped": "reserved: the multimodal issue adds VQA"}

@@ -64,6 +64,15 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class CompleteConfig:
+    file: str = ""  # prompt-completion / chat JSONL (as sft reads it); empty = the embedded demo's held-out examples
+    n: int = 0  # examples at most (0 = all)
+    max_new_tokens: int = 256
+    batch: int = 16  # prompts per generation call
+    max_bad_fraction: float = 0.01  # malformed lines tolerated (share of lines)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     ppl: PplConfig = field(default_factory=PplConfig)
     mc: MCConfig = field(default_factory=MCConfig)
@@ -71,4 +80,5 @@ class EvalConfig:
     code: CodeConfig = field(default_factory=CodeConfig)
     long: LongConfig = field(default_factory=LongConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    complete: CompleteConfig = field(default_factory=CompleteConfig)
     seed: int = 0
