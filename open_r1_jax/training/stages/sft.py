@@ -64,10 +64,10 @@ class SFT(Stage):
             )
         template = ChatTemplate(s.chat_template or template_for(t.init_from), eos_token=BPETokenizer.EOS)
         save_template(ctx.run_dir, template.source)
-        report = instruct.InstructReport()
+        report, held_report = instruct.InstructReport(), instruct.InstructReport()
         if s.train_path:
             train = instruct.read_examples(s.train_path, template, s.max_bad_fraction, report)
-            held = instruct.read_examples(s.eval_path, template, s.max_bad_fraction, report) if s.eval_path else []
+            held = instruct.read_examples(s.eval_path, template, s.max_bad_fraction, held_report) if s.eval_path else []
         else:
             train = instruct.demo_examples(False, s.demo_examples, t.seed, t.seq_len)
             held = instruct.demo_examples(True, s.demo_eval_examples, t.seed, t.seq_len)
@@ -76,10 +76,9 @@ class SFT(Stage):
                     f"train.seq_len ({t.seq_len}): the embedded demo has no function that short; use "
                     "train.seq_len >= 128, or give sft.train_path"
                 )
-        for bad in report.bad[:5]:
+        for bad in (report.bad + held_report.bad)[:5]:
             log.warning("sft data: skipped %s", bad)
         train_items = instruct.encode_examples(train, self.tokenizer, t.seq_len, report)
-        held_report = instruct.InstructReport()
         self.held = instruct.encode_examples(held, self.tokenizer, t.seq_len, held_report)
         if not train_items:
             raise instruct.InstructDataError("sft: no training example has a trained token within train.seq_len")
