@@ -198,7 +198,10 @@ def load_documents(cfg: DataConfig) -> tuple[list[Document], list[Document], Sou
     groups = (
         [("stdlib", stdlib_files())]
         if not cfg.sources
-        else [(s, None if synthetic.is_synthetic(s) else _expand(s)) for s in cfg.sources]
+        else [
+            (s, None if synthetic.is_synthetic(s) else stdlib_files() if s == "stdlib" else _expand(s))
+            for s in cfg.sources
+        ]
     )  # missing paths fail before any reading
     eval_files = [p for s in cfg.eval_sources for p in _expand(s, "data.eval_sources")]
     if eval_files:
