@@ -116,7 +116,9 @@ class CleanConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    sources: tuple[str, ...] = ()  # text files, folders, JSONL files; empty = embedded stdlib corpus
+    # text files, folders, JSONL files, "stdlib" (the embedded corpus), "synthetic:NAME" (data/synthetic.py);
+    # empty = the embedded stdlib corpus
+    sources: tuple[str, ...] = ()
     eval_sources: tuple[str, ...] = ()  # held-out files, folders, JSONL files; set = all of sources is train
     text_key: str = "text"  # JSONL field holding the document
     tokenizer: Literal["byte", "bpe"] = "byte"  # byte-level, or a BPE trained offline and cached in run.dir
@@ -212,11 +214,6 @@ class DistillConfig:
     teacher: str = ""  # frozen teacher: a run, checkpoint, export or transformers folder (required)
     alpha: float = 0.5  # loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy
     temperature: float = 2.0  # T: both distributions are softened by it
-    # precompute the teacher's top-k log-probs of every training chunk once (no teacher forward per
-    # step); with cache_top_k >= vocab the cache is exact, below it the KL is over the teacher's top k
-    cache_teacher: bool = False
-    cache_top_k: int = 0  # 0 = the whole vocabulary
-    cache_max_gb: float = 4.0  # refuse a cache larger than this (tokens x k x 6 bytes)
 
 
 @dataclass(frozen=True)

@@ -326,8 +326,6 @@ def _validate_distill(cfg: Config) -> None:
     if not 0 <= d.alpha <= 1:
         raise ConfigError(f"distill.alpha: got {d.alpha}; accepted: 0 <= x <= 1")
     _positive("distill.temperature", d.temperature)
-    _positive("distill.cache_top_k", d.cache_top_k, allow_zero=True)
-    _positive("distill.cache_max_gb", d.cache_max_gb)
 
 
 def _validate_lora(cfg: Config) -> None:

@@ -26,8 +26,9 @@ def _write(path, rows):
 def test_chat_template_trains_only_assistant_turns(tmp_path):
     t = ChatTemplate()
     segs = t.segments([*CHAT, {"role": "user", "content": "more"}, {"role": "assistant", "content": "ok"}])
-    assert "".join(s for s, _ in segs) == t.render([*CHAT, {"role": "user", "content": "more"},
-                                                   {"role": "assistant", "content": "ok"}])  # fmt: skip
+    assert "".join(s for s, _ in segs) == t.render(
+        [*CHAT, {"role": "user", "content": "more"}, {"role": "assistant", "content": "ok"}]
+    )
     assert [s for s, trained in segs if trained] == ["hello<|im_end|>\n", "ok<|im_end|>\n"]
     # conversational prompt-completion: only assistant turns from trained_from on
     assert [s for s, trained in t.segments(CHAT + CHAT, trained_from=2) if trained] == ["hello<|im_end|>\n"]
@@ -93,6 +94,11 @@ def test_synthetic_finance_is_deterministic_and_split():
     assert report.documents == len(train_docs) + len(held)
     scored, _ = read_documents(["synthetic:finance"])  # evaluation reads the held-out documents only
     assert [d.name for d in scored] == [d.name for d in held]
+    # replay: the domain mixed with the embedded corpus ("stdlib"), within data.max_corpus_mb in all
+    cfg = load_config(None, ["data.sources=[synthetic:finance,stdlib]", "data.max_corpus_mb=2.3"]).data
+    mixed, _, report = load_documents(cfg)
+    assert {d.name for d in train_docs} < {d.name for d in mixed} and any(d.name.endswith(".py") for d in mixed)
+    assert 2.3e6 <= report.bytes < 2.6e6
     with pytest.raises(ValueError, match="unknown synthetic domain 'synthetic:medicine'"):
         read_documents(["synthetic:medicine"], what="ppl.files")
 
@@ -128,10 +134,22 @@ def test_sft_with_lora_trains_only_the_adapters(base_run, tmp_path):
     rows = [{"prompt": f"x{i}=", "completion": f"{i}"} for i in range(40)] + ["oops"]
     data = _write(tmp_path / "sft.jsonl", rows)
     run = tmp_path / "sft"
-    summary = train(micro_config("train.stage=sft", f"train.init_from={base_run}", f"sft.train_path={data}",
-                                 f"sft.eval_path={data}", "sft.max_bad_fraction=0.05", "train.steps=3",
-                                 "train.eval_every=3", "train.warmup_steps=1", "train.lr=1e-2", "lora.rank=2",
-                                 "lora.targets=[q_proj,experts,lm_head]", run_dir=run))  # fmt: skip
+    summary = train(
+        micro_config(
+            "train.stage=sft",
+            f"train.init_from={base_run}",
+            f"sft.train_path={data}",
+            f"sft.eval_path={data}",
+            "sft.max_bad_fraction=0.05",
+            "train.steps=3",
+            "train.eval_every=3",
+            "train.warmup_steps=1",
+            "train.lr=1e-2",
+            "lora.rank=2",
+            "lora.targets=[q_proj,experts,lm_head]",
+            run_dir=run,
+        )
+    )
     assert summary["eval_before"]["eval_loss"] > 0 and np.isfinite(summary["eval_loss"])
     report = json.loads((run / "sft_data.json").read_text())
     assert report["train"]["examples"] == 40
@@ -169,8 +187,64 @@ def test_sft_refuses_bad_setups(base_run, tmp_path):
 
     bad = _write(tmp_path / "bad.jsonl", ["{", "[]"])
     with pytest.raises(instruct.InstructDataError, match="2 of 2 lines are malformed"):
-        train(micro_config("train.stage=sft", f"train.init_from={base_run}", f"sft.train_path={bad}",
-                           run_dir=tmp_path / "r1"))  # fmt: skip
+        train(
+            micro_config(
+                "train.stage=sft", f"train.init_from={base_run}", f"sft.train_path={bad}", run_dir=tmp_path / "r1"
+            )
+        )
     with pytest.raises(ConfigError, match="model.max_seq_len"):
-        train(micro_config("train.stage=sft", f"train.init_from={base_run}", "train.seq_len=128",
-                           run_dir=tmp_path / "r2"))  # fmt: skip
+        train(
+            micro_config("train.stage=sft", f"train.init_from={base_run}", "train.seq_len=128", run_dir=tmp_path / "r2")
+        )
+
+
+def test_distill_trains_a_smaller_student_from_a_frozen_teacher(base_run, tmp_path):
+    from micro import micro_config
+
+    from open_r1_jax.checkpoint import read_weights
+
+    small = ["model.d_model=16", "model.drn.expert_ffn_dim=16", "model.moe.expert_ffn_dim=16"]
+    run = tmp_path / "student"
+    cfg = micro_config(
+        *small,
+        "train.stage=distill",
+        f"distill.teacher={base_run}",
+        "train.steps=2",
+        "train.warmup_steps=0",
+        "train.eval_every=2",
+        "distill.temperature=2",
+        run_dir=run,
+    )
+    summary = train(cfg)
+    assert summary["eval_kl"] > 0 and np.isfinite(summary["eval_loss"])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    step = next(r for r in rows if "kl" in r)  # both terms logged: loss = alpha T^2 kl + (1 - alpha) ce
+    np.testing.assert_allclose(step["loss"], 0.5 * 4 * step["kl"] + 0.5 * step["ce"], rtol=1e-5)
+    _, student, _, _ = read_weights(run)
+    _, teacher, _, _ = read_weights(base_run)
+    assert student["params"]["embed"].shape[1] == 16  # the student is its own, smaller model
+    assert teacher["params"]["embed"].shape[1] == 32
+
+    with pytest.raises(ConfigError, match=r"distill.teacher .* was trained on bytes"):
+        train(
+            micro_config(
+                *small,
+                "train.stage=distill",
+                f"distill.teacher={base_run}",
+                "data.tokenizer=bpe",
+                "data.bpe_vocab_size=260",
+                run_dir=tmp_path / "r1",
+            )
+        )
+    with pytest.raises(ConfigError, match="must equal the teacher's"):
+        train(
+            micro_config(
+                *small,
+                "train.stage=distill",
+                f"distill.teacher={base_run}",
+                "model.vocab_size=300",
+                run_dir=tmp_path / "r2",
+            )
+        )
+    with pytest.raises(ConfigError, match="distill.teacher: required"):
+        micro_config("train.stage=distill")

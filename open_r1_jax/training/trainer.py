@@ -94,7 +94,7 @@ class Trainer:
         model_view = {**state, "params": model_params(state["params"], cfg)}  # what stages see: adapters folded
         self.bsh = batch_sharding(mesh)
         rows = cfg.train.global_batch // jax.process_count()
-        stage.setup(StageContext(self.run_dir, graphdef, model_view, self.put, rows))
+        stage.setup(StageContext(self.run_dir, graphdef, model_view, self.put, rows, mesh))
         self.rows = rows
         n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
         self.state_bytes = per_device_bytes(state)

@@ -1,10 +1,11 @@
 """Training stages: each one small file; ``train.stage`` picks one by name (see ``base.Stage``)."""
 
 from open_r1_jax.training.stages.base import Stage, StageContext
+from open_r1_jax.training.stages.distill import Distill
 from open_r1_jax.training.stages.dpo import DPO
 from open_r1_jax.training.stages.pretrain import Pretrain
 from open_r1_jax.training.stages.sft import SFT
 
-STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (Pretrain, SFT, DPO)}
+STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (Pretrain, SFT, DPO, Distill)}
 
-__all__ = ["DPO", "SFT", "STAGES", "Pretrain", "Stage", "StageContext"]
+__all__ = ["DPO", "Distill", "SFT", "STAGES", "Pretrain", "Stage", "StageContext"]

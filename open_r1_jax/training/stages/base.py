@@ -68,6 +68,7 @@ class StageContext:
     state: dict  # the initial train state, on the devices
     put: Callable[[dict], dict]  # host batch (this process's rows) -> global device arrays
     rows: int  # rows of a host batch: global_batch / process_count
+    mesh: Any = None  # the device mesh, for stages that place frozen weights (a teacher) in its shardings
 
 
 class Stage:

@@ -25,6 +25,26 @@ from open_r1_jax.training.stages.base import Stage, StageContext
 KEYS = ("inputs", "targets", "positions", "segment_ids")
 
 
+def check_tokenizer(source: str, d, what: str) -> None:
+    """Refuse data tokenised otherwise than the weights at ``source`` (``what``: the key naming them)
+    were trained on: it would train silently on tokens that mean something else to them."""
+    theirs = tokenizer_file(Path(source))
+    if theirs is None and d.tokenizer != "byte":
+        raise ConfigError(
+            f"data.tokenizer: {what} {source} was trained on bytes (no tokenizer.json); set data.tokenizer=byte"
+        )
+    if theirs is not None and (d.tokenizer != "bpe" or Path(d.tokenizer_path or "-").resolve() != theirs.resolve()):
+        raise ConfigError(
+            f"data.tokenizer / data.tokenizer_path: {what} {source} comes with {theirs}; "
+            f"set data.tokenizer=bpe data.tokenizer_path={theirs}"
+        )
+    if theirs is not None and Tokenizer.from_file(str(theirs)).token_to_id(BPETokenizer.EOS) is None:
+        raise ConfigError(
+            f"data.tokenizer_path: {theirs} has no {BPETokenizer.EOS} token, the end-of-document token the "
+            "data pipeline appends (training with another tokenizer's special tokens is not supported)"
+        )
+
+
 class Pretrain(Stage):
     name = "pretrain"
 
@@ -40,21 +60,7 @@ class Pretrain(Stage):
             raise ConfigError(
                 f"train.seq_len ({t.seq_len}) must be <= model.max_seq_len of {t.init_from} ({pre.config.max_seq_len})"
             )
-        theirs = tokenizer_file(Path(t.init_from))
-        if theirs is None and d.tokenizer != "byte":
-            raise ConfigError(
-                f"data.tokenizer: {t.init_from} was trained on bytes (no tokenizer.json); set data.tokenizer=byte"
-            )
-        if theirs is not None and (d.tokenizer != "bpe" or Path(d.tokenizer_path or "-").resolve() != theirs.resolve()):
-            raise ConfigError(
-                f"data.tokenizer / data.tokenizer_path: {t.init_from} comes with {theirs}; "
-                f"set data.tokenizer=bpe data.tokenizer_path={theirs}"
-            )
-        if theirs is not None and Tokenizer.from_file(str(theirs)).token_to_id(BPETokenizer.EOS) is None:
-            raise ConfigError(
-                f"data.tokenizer_path: {theirs} has no {BPETokenizer.EOS} token, the end-of-document token the "
-                "data pipeline appends (continued pretraining with another tokenizer's special tokens is not supported)"
-            )
+        check_tokenizer(t.init_from, d, "train.init_from")
         return pre
 
     def setup(self, ctx: StageContext) -> None:
