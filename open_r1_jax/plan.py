@@ -19,6 +19,7 @@ Model (documented estimates; ``tests/test_plan.py`` checks the counts against th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -186,17 +187,82 @@ def report(cfg: Config, name: str = "") -> str:
     return "\n".join(lines)
 
 
+def teacher_model(cfg: Config, teacher_config: str | None) -> ModelConfig:
+    """The teacher's architecture for a ``train.stage: distill`` plan: ``--teacher-config`` (a config
+    file, e.g. the plan that trains it), else the ``config.yaml`` of the ``distill.teacher`` run."""
+    from pathlib import Path
+
+    import yaml
+
+    from open_r1_jax.checkpoint import model_config
+
+    if teacher_config:
+        return load_config(teacher_config).model
+    found = Path(cfg.distill.teacher) / "config.yaml"
+    if not found.is_file():
+        raise ConfigError(
+            f"distill.teacher: {cfg.distill.teacher!r} has no config.yaml to plan from; give the teacher's "
+            "config file with --teacher-config (e.g. configs/a100x8_base.yaml)"
+        )
+    return model_config(yaml.safe_load(found.read_text()))
+
+
+def teacher_report(cfg: Config, teacher: ModelConfig) -> str:
+    """The teacher's share of a distillation step: its frozen weights (fp32, as checkpoints store them,
+    sharded by the same rules as the student), its forward pass's largest live tensors (no backward:
+    one block's activations and the fp32 logits), and its FLOPs per trained token."""
+    from open_r1_jax.training.metrics import active_matmul_params, flops_per_token
+
+    t = dataclasses.replace(cfg, model=dataclasses.replace(teacher, dtype=cfg.model.dtype))
+    tp, sp = plan(t), plan(cfg)
+    weights = tp.params
+    full, _ = activation_bytes(t, cfg.mesh.data * cfg.mesh.fsdp * cfg.mesh.expert)
+    logits = 2 * 4 * teacher.vocab_size * _tokens_per_device(cfg)  # fp32 logits and their softmax
+    forward = (full - logits) / teacher.n_layers + logits
+    seq = cfg.train.seq_len
+    fwd = flops_per_token(teacher, seq) / 3  # forward only: 2 N + the attention's forward
+    train = flops_per_token(cfg.model, seq)
+    gb = lambda x: f"{x / 1e9:.2f} GB"
+    ratio = active_matmul_params(cfg.model) / active_matmul_params(teacher)
+    return "\n".join(
+        [
+            f"teacher: {tp.total_params / 1e9:.3f}B parameters, {tp.active_params / 1e9:.3f}B active per token; "
+            f"student: {sp.total_params / 1e9:.3f}B parameters, {sp.active_params / 1e9:.3f}B active "
+            f"({100 * ratio:.0f}% of the teacher's active matmul parameters)",
+            f"teacher per device: weights {gb(weights)} (fp32, frozen: no gradient, no optimizer state), "
+            f"forward working set {gb(forward)} (one block + fp32 logits and softmax)",
+            f"teacher forward {fwd / 1e9:.1f} GFLOP per trained token vs the student's training step "
+            f"{train / 1e9:.1f} GFLOP: the teacher adds {100 * fwd / train:.0f}% to each step's FLOPs",
+            f"total per device with the teacher: {gb(sp.total(False) + weights + forward)} without checkpointing, "
+            f"{gb(sp.total(True) + weights + forward)} with",
+        ]
+    )
+
+
+def _tokens_per_device(cfg: Config) -> int:
+    rows = max(
+        (cfg.train.micro_batch or cfg.train.global_batch) // (cfg.mesh.data * cfg.mesh.fsdp * cfg.mesh.expert), 1
+    )
+    return rows * cfg.train.seq_len
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m open_r1_jax.plan", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True)
+    ap.add_argument(
+        "--teacher-config", help="train.stage distill: the teacher's config file (else distill.teacher's run)"
+    )
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        teacher = teacher_model(cfg, args.teacher_config) if cfg.train.stage == "distill" else None
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     print(report(cfg, args.config))
+    if teacher is not None:
+        print("\n" + teacher_report(cfg, teacher))
     return 0
 
 

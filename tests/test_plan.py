@@ -42,3 +42,17 @@ def test_cli_prints_tables(capsys):
     out = capsys.readouterr().out
     assert "B parameters" in out and "| H200 141GB |" in out and "| A100 40GB |" in out
     assert main(["--config", "configs/tiny.yaml", "mesh.expert=3"]) == 2
+
+
+def test_distill_plan_prints_the_teachers_cost(capsys, tmp_path):
+    assert main(["--config", "configs/distill_7b.yaml", "--teacher-config", "configs/a100x8_base.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher: 13.019B parameters" in out and "student: 6.745B parameters" in out
+    assert "weights 6.51 GB (fp32, frozen" in out  # 13.0B x 4 bytes / 8 FSDP shards
+    assert "the teacher adds" in out and "total per device with the teacher" in out
+    # without --teacher-config the teacher run's config.yaml is read; missing -> a clear error
+    assert main(["--config", "configs/distill_7b.yaml", f"distill.teacher={tmp_path}"]) == 2
+    assert "--teacher-config" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text("model:\n  d_model: 64\n  n_layers: 2\n  drn_layers: 1\n")
+    assert main(["--config", "configs/distill_7b.yaml", f"distill.teacher={tmp_path}"]) == 0
+    assert "teacher: 0.0" in capsys.readouterr().out
