@@ -6,13 +6,14 @@ the distillation's train time (more steps: the teacher's forward makes a distill
 Prints the held-out loss of each at every evaluation and plots the curves against steps and against
 train seconds (``RUN/distill_vs_scratch.png``).
 
-    python benchmarks/distill_demo.py [--config configs/distill_tiny.yaml] [--quick]
+    python benchmarks/distill_demo.py [--config configs/distill_tiny.yaml] [--quick] [key=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -61,22 +62,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/distill_tiny.yaml")
     ap.add_argument("--quick", action="store_true", help="30 steps (a smoke run of the script)")
+    ap.add_argument("--overwrite", action="store_true", help="retrain: delete the three run directories first")
+    ap.add_argument("overrides", nargs="*", help="config overrides for all three runs, e.g. train.steps=600")
     args = ap.parse_args()
 
     from open_r1_jax.config import load_config
     from open_r1_jax.training.trainer import train
 
     quick = ["train.steps=30", "train.warmup_steps=3", "train.eval_every=10", "train.eval_batches=2"]
-    extra = (quick if args.quick else []) + ["run.progress=false"]
+    extra = (quick if args.quick else []) + list(args.overrides) + ["run.progress=false"]
     base = load_config(args.config, extra)
     root = Path(base.run.dir)
     runs = {"distilled": root, "scratch, same steps": root.parent / f"{root.name}_scratch"}
+    runs["scratch, same time"] = root.parent / f"{root.name}_scratch_time"
+    existing = [str(r) for r in runs.values() if r.exists()]
+    if existing and not args.overwrite:  # a run directory resumes: its figures would not be this run's
+        sys.exit(f"{', '.join(existing)} exist(s); pass --overwrite to delete and retrain them")
+    for r in existing:
+        shutil.rmtree(r)
     summaries = {"distilled": train(base)}
     scratch = ["train.stage=pretrain", f"run.dir={runs['scratch, same steps']}"]
     summaries["scratch, same steps"] = train(load_config(args.config, extra + scratch))
     ratio = summaries["distilled"]["train_seconds"] / summaries["scratch, same steps"]["train_seconds"]
     steps = round(base.train.steps * ratio)
-    runs["scratch, same time"] = root.parent / f"{root.name}_scratch_time"
     scratch_time = ["train.stage=pretrain", f"train.steps={steps}", f"run.dir={runs['scratch, same time']}"]
     summaries["scratch, same time"] = train(load_config(args.config, extra + scratch_time))
 
