@@ -110,8 +110,7 @@ class Plan:
 
 def activation_bytes(cfg: Config, n_batch_devices: int) -> tuple[float, float]:
     m, t = cfg.model, cfg.train
-    rows = max((t.micro_batch or t.global_batch) // n_batch_devices, 1)
-    tokens = rows * t.seq_len
+    tokens = _tokens_per_device(cfg, n_batch_devices)
     b = DTYPE_BYTES[m.dtype]
     d, hk, gk = m.d_model, m.n_heads * m.head_dim, m.n_kv_heads * m.head_dim
     attn = b * (3 * d + 2 * hk + 2 * gk) + 4 * m.n_heads * t.seq_len  # + fp32 probabilities over T keys
@@ -216,8 +215,9 @@ def teacher_report(cfg: Config, teacher: ModelConfig) -> str:
     t = dataclasses.replace(cfg, model=dataclasses.replace(teacher, dtype=cfg.model.dtype))
     tp, sp = plan(t), plan(cfg)
     weights = tp.params
-    full, _ = activation_bytes(t, cfg.mesh.data * cfg.mesh.fsdp * cfg.mesh.expert)
-    logits = 2 * 4 * teacher.vocab_size * _tokens_per_device(cfg)  # fp32 logits and their softmax
+    n_dev = cfg.mesh.data * cfg.mesh.fsdp * cfg.mesh.expert
+    full, _ = activation_bytes(t, n_dev)
+    logits = 2 * 4 * teacher.vocab_size * _tokens_per_device(cfg, n_dev)  # fp32 logits and their softmax
     forward = (full - logits) / teacher.n_layers + logits
     seq = cfg.train.seq_len
     fwd = flops_per_token(teacher, seq) / 3  # forward only: 2 N + the attention's forward
@@ -239,11 +239,9 @@ def teacher_report(cfg: Config, teacher: ModelConfig) -> str:
     )
 
 
-def _tokens_per_device(cfg: Config) -> int:
-    rows = max(
-        (cfg.train.micro_batch or cfg.train.global_batch) // (cfg.mesh.data * cfg.mesh.fsdp * cfg.mesh.expert), 1
-    )
-    return rows * cfg.train.seq_len
+def _tokens_per_device(cfg: Config, n_batch_devices: int) -> int:
+    """Tokens of one micro-batch on one device (the batch is split over ``n_batch_devices``)."""
+    return max((cfg.train.micro_batch or cfg.train.global_batch) // n_batch_devices, 1) * cfg.train.seq_len
 
 
 def main(argv: list[str] | None = None) -> int:

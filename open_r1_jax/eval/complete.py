@@ -54,9 +54,9 @@ def _first_line(text: str) -> str:
 
 
 def _mean(values: list[float]) -> dict:
-    v = np.asarray(values, np.float64)
-    return {"value": float(v.mean()), "stderr": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0,
-            "n": len(v)}  # fmt: skip
+    from open_r1_jax.eval.mc import stderr
+
+    return {"value": float(np.mean(values)), "stderr": stderr(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
 def run(model, cfg, seed: int, progress: bool = True) -> dict:

@@ -108,15 +108,11 @@ class Distill(Pretrain):
     def loss_fn(self, params, model_state, batch, rng):
         (loss, kl, ce), mask, aux = self._losses(params, model_state, batch, rng)
         share = lambda x: jnp.sum(x * mask) / batch["denominator"]
-        aux_loss = aux["aux_loss"] / batch["n_micro"]
-        metrics = {"loss": share(loss), "kl": share(kl), "ce": share(ce), "aux_loss": aux_loss}
-        if "expert_counts" in aux:
-            metrics["expert_counts"], metrics["dropped"] = aux["expert_counts"], jnp.sum(aux["dropped"])
-        return metrics["loss"] + aux_loss, metrics
+        return self.with_aux({"loss": share(loss), "kl": share(kl), "ce": share(ce)}, aux, batch)
 
     def eval_fn(self, params, model_state, batch):
         (_, kl, ce), mask, _ = self._losses(params, model_state, batch)
-        n_bytes = jnp.sum(mask * self.token_bytes[batch["targets"]])
+        n_bytes = self.target_bytes(batch, mask > 0)
         return {"nll": jnp.sum(ce * mask), "kl": jnp.sum(kl * mask), "tokens": jnp.sum(mask), "bytes": n_bytes}
 
     def eval_metrics(self, sums):

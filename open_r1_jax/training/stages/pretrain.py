@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from tokenizers import Tokenizer
@@ -79,15 +80,23 @@ class Pretrain(Stage):
         model = merge_model(self.graphdef, params, model_state)
         return model(batch["inputs"], batch["positions"], batch["segment_ids"], rng=rng)
 
+    @staticmethod
+    def with_aux(metrics: dict, aux: dict, batch: dict):
+        """-> (loss + this micro-batch's share of the MoE aux loss, metrics with the expert statistics)."""
+        aux_loss = aux["aux_loss"] / batch["n_micro"]
+        metrics = {**metrics, "aux_loss": aux_loss}
+        if "expert_counts" in aux:
+            metrics["expert_counts"], metrics["dropped"] = aux["expert_counts"], jnp.sum(aux["dropped"])
+        return metrics["loss"] + aux_loss, metrics
+
+    def target_bytes(self, batch, mask) -> jax.Array:
+        """UTF-8 bytes of the masked-in targets (bits per byte)."""
+        return jnp.sum(jnp.where(mask, self.token_bytes[batch["targets"]], 0).astype(jnp.float32))
+
     def loss_fn(self, params, model_state, batch, rng):
         logits, aux = self._forward(params, model_state, batch, rng)
         nll, _ = summed_nll(logits, batch["targets"], batch["segment_ids"] > 0)
-        loss = nll / batch["denominator"]
-        aux_loss = aux["aux_loss"] / batch["n_micro"]
-        metrics = {"loss": loss, "aux_loss": aux_loss}
-        if "expert_counts" in aux:
-            metrics["expert_counts"], metrics["dropped"] = aux["expert_counts"], jnp.sum(aux["dropped"])
-        return loss + aux_loss, metrics
+        return self.with_aux({"loss": nll / batch["denominator"]}, aux, batch)
 
     def eval_batches(self):
         """``train.eval_batches`` batches of held-out chunks, in order; all-padding ones once they run out
@@ -103,8 +112,7 @@ class Pretrain(Stage):
         logits, _ = self._forward(params, model_state, batch)
         mask = batch["segment_ids"] > 0
         nll, n_tok = summed_nll(logits, batch["targets"], mask)
-        n_bytes = jnp.sum(jnp.where(mask, self.token_bytes[batch["targets"]], 0).astype(jnp.float32))
-        return {"nll": nll, "tokens": n_tok, "bytes": n_bytes}
+        return {"nll": nll, "tokens": n_tok, "bytes": self.target_bytes(batch, mask)}
 
     def eval_metrics(self, sums):
         return lm_metrics(sums)
