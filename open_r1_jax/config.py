@@ -140,7 +140,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    stage: Literal["pretrain", "sft", "dpo", "distill"] = "pretrain"  # training stage (see its section)
+    stage: Literal["pretrain", "sft", "dpo", "distill", "grpo"] = "pretrain"  # training stage (see its section)
     steps: int = 200  # optimizer steps
     seq_len: int = 128  # tokens per sequence (T)
     global_batch: int = 16  # sequences per optimizer step
@@ -192,8 +192,33 @@ class SFTConfig:
     # tokenizer's own (tokenizer_config.json beside train.init_from), else open_r1_jax.data.chat.DEFAULT_TEMPLATE
     chat_template: str = ""
     max_bad_fraction: float = 0.01  # malformed lines tolerated (share of lines) before the run fails
+    demo: Literal["functions", "arith"] = "functions"  # embedded demo: docstring -> function, or worked arithmetic
     demo_examples: int = 3000  # embedded demo: training examples
     demo_eval_examples: int = 128  # embedded demo: held-out examples
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    # JSONL of {"prompt": str, "answer": str} or {"messages": [...], "answer": str} (the chat template of
+    # train.init_from renders messages); empty = the embedded arithmetic demo (data/arith.py)
+    train_path: str = ""
+    eval_path: str = ""  # held-out prompts for eval_accuracy (greedy); empty = the demo's held-out problems
+    num_generations: int = 8  # G completions per prompt; train.global_batch counts completions (G divides it)
+    max_new_tokens: int = 64  # per completion
+    temperature: float = 1.0  # sampling of the completions
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # stop strings (kept in the completion); the end-of-text token always stops
+    rewards: tuple[str, ...] = ("accuracy", "format")  # reward functions by name (open_r1_jax/rewards.py)
+    reward_weights: tuple[float, ...] = ()  # one per reward; empty = 1 each
+    reward_file: str = ""  # a Python file whose functions can be named in rewards
+    beta: float = 0.04  # KL(policy || reference) coefficient (k3 estimator); 0 = no reference model
+    epsilon: float = 0.2  # clip the importance ratio to [1 - epsilon, 1 + epsilon_high]
+    epsilon_high: float = 0.0  # 0 = epsilon (DAPO's clip-higher when larger)
+    scale_rewards: bool = True  # advantages divided by the group's reward std (Dr. GRPO: false)
+    loss_type: Literal["bnpo", "grpo", "dr_grpo"] = "bnpo"  # token-level / per-sequence / constant normalisation
+    num_iterations: int = 1  # optimizer steps per generation batch (the old policy's log-probs are kept)
+    demo_examples: int = 5000  # embedded demo: training prompts
+    demo_eval_examples: int = 200  # embedded demo: held-out prompts for eval_accuracy
 
 
 @dataclass(frozen=True)
@@ -214,6 +239,10 @@ class DistillConfig:
     teacher: str = ""  # frozen teacher: a run, checkpoint, export or transformers folder (required)
     alpha: float = 0.5  # loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy
     temperature: float = 2.0  # T: both distributions are softened by it
+    cache_teacher: bool = False  # run the teacher once before training and read its top-k log-probs (teacher_cache.py)
+    cache_top_k: int = 16  # tokens kept per position in the cache (+ the rest's mass); >= vocab_size: the exact KL
+    cache_dtype: Literal["float16", "float32"] = "float16"  # storage of the cached log-probabilities
+    cache_dir: str = ""  # where the cache lives ("" = <run.dir>/teacher_cache); reused when built for this run
 
 
 @dataclass(frozen=True)
@@ -245,6 +274,7 @@ class Config:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 

@@ -14,7 +14,8 @@ import torch_ref
 from open_r1_jax.config import load_config, to_dict
 from open_r1_jax.model import build_model, split_model
 from open_r1_jax.name_map import to_torch_state
-from open_r1_jax.training.stages.distill import distill_token_losses
+from open_r1_jax.training.stages.distill import cached_kl, distill_token_losses
+from open_r1_jax.training.teacher_cache import top_k_logprobs
 from torch_ref import distill as torch_distill
 
 BASE = [
@@ -101,3 +102,27 @@ def test_distill_gradient_scale_is_hintons(temperature):
         soft = temperature * (jax.nn.softmax(z / temperature) - jax.nn.softmax(t / temperature))
         hard = jax.nn.softmax(z) - jax.nn.one_hot(y, 11)
         np.testing.assert_allclose(g, alpha * soft + (1 - alpha) * hard, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("k, temperature", [(4, 1.0), (7, 2.0), (11, 2.0)])
+def test_cached_top_k_kl_matches_torch_and_is_exact_at_k_equal_v(k, temperature):
+    """The teacher cache's loss: top-k + rest KL against torch_ref (value and student gradient), a
+    lower bound of the full KL that equals it once every token is kept; the cached arrays describe a
+    distribution (top-k mass + rest mass = 1)."""
+    rng = np.random.default_rng(2)
+    z, t = (jnp.asarray(rng.normal(size=(2, 3, 11)) * 2, jnp.float32) for _ in range(2))
+    ids, logp, rest = top_k_logprobs(t, temperature, k)
+    np.testing.assert_allclose(jnp.logaddexp(jax.nn.logsumexp(logp, -1), rest), 0.0, atol=1e-6)
+    kl, g = jax.value_and_grad(lambda z: jnp.sum(cached_kl(z, ids, logp, rest, temperature)))(z)
+    tz = torch.from_numpy(np.array(z)).requires_grad_()
+    targs = (torch.from_numpy(np.array(a)) for a in (ids, logp, rest))
+    tkl = torch_distill.cached_kl(tz, *targs, temperature).sum()
+    tkl.backward()
+    assert rel(kl, tkl.item()) < 1e-5 and rel(g, tz.grad.numpy()) < 1e-5
+    full = jnp.sum(distill_token_losses(z, t, jnp.zeros((2, 3), jnp.int32), 1.0, temperature)[1])
+    if k >= 11:
+        np.testing.assert_allclose(kl, full, rtol=1e-6)
+        g_full = jax.grad(lambda z: jnp.sum(distill_token_losses(z, t, jnp.zeros((2, 3), int), 1.0, temperature)[1]))(z)
+        np.testing.assert_allclose(g, g_full, rtol=1e-5, atol=1e-7)
+    else:
+        assert 0 < kl < full  # coarsening loses information, never adds it

@@ -3,6 +3,7 @@ end (only adapters train, only they get optimizer moments), the ``complete`` eva
 synthetic finance domain of the LoRA demo."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -248,3 +249,43 @@ def test_distill_trains_a_smaller_student_from_a_frozen_teacher(base_run, tmp_pa
         )
     with pytest.raises(ConfigError, match="distill.teacher: required"):
         micro_config("train.stage=distill")
+
+
+def test_distill_from_the_teacher_cache_trains_as_the_live_teacher(base_run, tmp_path):
+    """distill.cache_teacher with every token kept (k >= V, float32) gives the live teacher's losses
+    step for step; the cache is reused by a second run, survives resume, and refuses another stream."""
+    from micro import micro_config
+
+    from open_r1_jax.training.teacher_cache import TeacherCache
+
+    def run(name, *extra):
+        over = ["model.d_model=16", "model.drn.expert_ffn_dim=16", "model.moe.expert_ffn_dim=16"]
+        over += ["train.stage=distill", f"distill.teacher={base_run}", "train.warmup_steps=0", "train.eval_every=2"]
+        train(micro_config(*over, "train.steps=4", "distill.alpha=0.7", *extra, run_dir=tmp_path / name))
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [r for r in map(json.loads, lines) if "kl" in r or "eval_kl" in r]
+
+    cache = tmp_path / "cache"
+    exact = ["distill.cache_teacher=true", "distill.cache_top_k=1000", "distill.cache_dtype=float32"]
+    live, cached = run("live"), run("cached", *exact, f"distill.cache_dir={cache}")
+    for a, b in zip(live, cached, strict=True):
+        for key in ("loss", "kl", "ce", "eval_loss", "eval_kl"):
+            if key in a:
+                np.testing.assert_allclose(b[key], a[key], rtol=2e-5, err_msg=key)
+    built = TeacherCache(cache)
+    assert built.batches("train") == 4 and built.batches("eval") == 2
+    stamp = (cache / "meta.json").stat().st_mtime_ns
+    # a second student reads the same cache; checkpointed at step 2, resumed to 4: same losses
+    run("again", *exact, f"distill.cache_dir={cache}", "train.checkpoint_every=2")
+    shutil.rmtree(tmp_path / "again" / "checkpoints" / "4")  # as if the process died after step 2's checkpoint
+    resumed = run("again", *exact, f"distill.cache_dir={cache}", "train.checkpoint_every=2")
+    assert (cache / "meta.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    np.testing.assert_allclose(resumed[-1]["loss"], cached[-1]["loss"], rtol=1e-6)
+    # top-k (the default k, float16) and its bound: the KL over k + 1 outcomes is below the full one
+    topk = run("topk", "distill.cache_teacher=true", "distill.cache_top_k=4")
+    assert 0 < topk[0]["kl"] < live[0]["kl"]
+    # a stream that is not the cached one stops the run (here: a tampered checksum)
+    crc = np.load(cache / "train_crc.npy")
+    np.save(cache / "train_crc.npy", crc + 1)
+    with pytest.raises(RuntimeError, match="is not the batch the cache was built from"):
+        run("other", *exact, f"distill.cache_dir={cache}")

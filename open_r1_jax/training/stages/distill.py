@@ -12,6 +12,11 @@ or transformers folder), whose architecture is its own and whose tokenizer must 
 different tokenizer is refused (the two distributions would be over different vocabularies). The
 teacher runs in the same step, under ``stop_gradient``, placed in the mesh's shardings like the
 student. Evaluation: the student's held-out loss / perplexity / bits per byte and its KL to the teacher.
+
+With ``distill.cache_teacher: true`` the teacher runs once, before training, over the batches the run
+will see (``training/teacher_cache.py``); the step reads its top-k log-probabilities with the batch
+(``teacher_ids``, ``teacher_logp`` [B,T,k], ``teacher_rest`` [B,T]) and the KL is over the top k and
+the rest (``cached_kl``: exact when k >= V). The teacher then holds no device memory while training.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from open_r1_jax.training.losses import lm_metrics, token_nll
 from open_r1_jax.training.metrics import active_matmul_params
 from open_r1_jax.training.stages.base import StageContext
 from open_r1_jax.training.stages.pretrain import Pretrain, check_tokenizer
+from open_r1_jax.training.teacher_cache import TeacherCache, rest_logmass
 
 log = logging.getLogger("open_r1_jax")
 
@@ -42,6 +48,18 @@ def distill_token_losses(student_logits, teacher_logits, targets, alpha: float, 
     kl = jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), axis=-1)
     ce = token_nll(student_logits, targets)
     return alpha * t * t * kl + (1 - alpha) * ce, kl, ce
+
+
+def cached_kl(student_logits, ids, logp_t, rest_t, temperature: float):
+    """KL(teacher_T || student_T) over the teacher's top k tokens ``ids`` [B,T,k] (their log-probs
+    ``logp_t``) and one outcome for all others (``rest_t`` [B,T], log of its mass) -> [B,T]."""
+    log_q = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+    kl = jnp.sum(jnp.exp(logp_t) * (logp_t - jnp.take_along_axis(log_q, ids, axis=-1)), axis=-1)
+    if ids.shape[-1] >= log_q.shape[-1]:  # every token kept: the rest is empty
+        return kl
+    some = rest_t > -jnp.inf  # a teacher whose top k hold all its mass adds nothing (0 log 0 = 0)
+    rest = jnp.where(some, rest_t, 0.0)
+    return kl + jnp.where(some, jnp.exp(rest) * (rest - rest_logmass(log_q, ids)), 0.0)
 
 
 class Distill(Pretrain):
@@ -66,7 +84,9 @@ class Distill(Pretrain):
                 f"model.vocab_size ({self.cfg.model.vocab_size}) must equal the teacher's ({tc.vocab_size}, "
                 f"{d.teacher}): the KL compares distributions over the same tokens"
             )
-        self.teacher, self.teacher_config = teacher, tc
+        if d.cache_teacher and d.cache_top_k < 1:
+            raise ConfigError(f"distill.cache_top_k: got {d.cache_top_k}; accepted: an integer >= 1")
+        self.teacher, self.teacher_config, self.teacher_step = teacher, tc, teacher.step
         student, teacher_active = active_matmul_params(self.cfg.model), active_matmul_params(tc)
         log.info(
             "distill: teacher %r, %.2fM active matmul parameters per token; student %.2fM (%.0f%%); "
@@ -93,17 +113,37 @@ class Distill(Pretrain):
         }
         self.frozen = jax.device_put(weights, shardings)
         self.teacher = None  # the host copy is not needed any more
+        self.cache = None
+        if self.cfg.distill.cache_teacher:
+            self.cache = TeacherCache.open_or_build(self, ctx)
+            self.train_iter = self.cache.wrap(self.train_iter)
+            self.frozen = None  # training reads the cache: the teacher's weights leave the devices
+
+    def teacher_forward(self, frozen, batch, rng=None):
+        """The frozen teacher's logits [B,T,V] for a batch (``rng``: LSH rotations)."""
+        teacher = jax.lax.stop_gradient(frozen)
+        model = merge_model(self.teacher_graphdef, teacher["params"], teacher["model_state"])
+        return model(batch["inputs"], batch["positions"], batch["segment_ids"], rng=rng)[0]
+
+    def plain_eval_batches(self):
+        """The held-out batches without the teacher's cached arrays."""
+        return super().eval_batches()
+
+    def eval_batches(self):
+        for i, batch in enumerate(super().eval_batches()):
+            yield batch if self.cache is None else {**batch, **self.cache.entry("eval", i, batch)}
 
     def _losses(self, params, model_state, batch, rng=None):
         """-> (loss, kl, ce) per token [B,T], mask [B,T], the student's aux outputs."""
         logits, aux = self._forward(params, model_state, batch, rng)
-        teacher = jax.lax.stop_gradient(batch["frozen"])
-        t_logits, _ = merge_model(self.teacher_graphdef, teacher["params"], teacher["model_state"])(
-            batch["inputs"], batch["positions"], batch["segment_ids"], rng=rng
-        )
-        d = self.cfg.distill
-        losses = distill_token_losses(logits, t_logits, batch["targets"], d.alpha, d.temperature)
-        return losses, (batch["segment_ids"] > 0).astype(jnp.float32), aux
+        d, mask = self.cfg.distill, (batch["segment_ids"] > 0).astype(jnp.float32)
+        if "teacher_ids" in batch:  # distill.cache_teacher
+            kl = cached_kl(logits, batch["teacher_ids"], batch["teacher_logp"], batch["teacher_rest"], d.temperature)
+            ce = token_nll(logits, batch["targets"])
+            t2 = d.temperature**2
+            return (d.alpha * t2 * kl + (1 - d.alpha) * ce, kl, ce), mask, aux
+        t_logits = self.teacher_forward(batch["frozen"], batch, rng)
+        return distill_token_losses(logits, t_logits, batch["targets"], d.alpha, d.temperature), mask, aux
 
     def loss_fn(self, params, model_state, batch, rng):
         (loss, kl, ce), mask, aux = self._losses(params, model_state, batch, rng)
@@ -120,4 +160,5 @@ class Distill(Pretrain):
         return {**out, "kl": sums["kl"] / sums["tokens"]} if out else out
 
     def describe(self) -> str:
-        return f"distill from {self.cfg.distill.teacher}"
+        d = self.cfg.distill
+        return f"distill from {d.teacher}" + (f" (cached top-{d.cache_top_k})" if d.cache_teacher else "")
