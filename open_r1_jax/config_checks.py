@@ -19,6 +19,7 @@ from open_r1_jax.config import (
     DistillConfig,
     DPOConfig,
     DRNConfig,
+    GRPOConfig,
     LoRAConfig,
     MeshConfig,
     ModelConfig,
@@ -43,6 +44,7 @@ def validate(cfg: Config) -> None:
     _validate_dpo(cfg)
     _validate_sft(cfg)
     _validate_distill(cfg)
+    _validate_grpo(cfg)
     _validate_lora(cfg)
     m, t, d = cfg.model, cfg.train, cfg.data
     _validate_lsh_length(m.attention, t)
@@ -176,6 +178,8 @@ def ignored_keys(cfg: Config) -> list[tuple[str, str]]:
         flag(_changed(cfg.sft, SFTConfig(), "sft."), f"train.stage is '{t.stage}', not 'sft'")
     if t.stage != "distill":
         flag(_changed(cfg.distill, DistillConfig(), "distill."), f"train.stage is '{t.stage}', not 'distill'")
+    if t.stage != "grpo":
+        flag(_changed(cfg.grpo, GRPOConfig(), "grpo."), f"train.stage is '{t.stage}', not 'grpo'")
     if t.stage == "sft":
         flag(
             [k for k in _changed(d, dd, "data.") if k not in ("data.packing_bins",)],
@@ -345,3 +349,33 @@ def _validate_lora(cfg: Config) -> None:
         raise ConfigError(f"lora.targets: got {list(lo.targets)}; accepted: a non-empty list of {', '.join(TARGETS)}")
     if len(set(lo.targets)) != len(lo.targets):
         raise ConfigError(f"lora.targets: {list(lo.targets)} names a target twice")
+
+
+def _validate_grpo(cfg: Config) -> None:
+    g, t = cfg.grpo, cfg.train
+    if t.stage == "grpo" and not t.init_from:
+        raise ConfigError(
+            "train.init_from: required with train.stage 'grpo' (the cold-start policy: an SFT or pretraining "
+            "run, a checkpoint, an export or a transformers folder)"
+        )
+    for key in ("num_generations", "max_new_tokens", "num_iterations", "demo_examples", "demo_eval_examples"):
+        _positive(f"grpo.{key}", getattr(g, key))
+    if t.stage == "grpo" and (g.num_generations < 2 or t.global_batch % g.num_generations):
+        raise ConfigError(
+            f"grpo.num_generations ({g.num_generations}) must be >= 2 and divide train.global_batch "
+            f"({t.global_batch}): the batch holds whole groups of completions"
+        )
+    if t.stage == "grpo" and t.micro_batch and t.micro_batch % g.num_generations:
+        raise ConfigError(f"train.micro_batch ({t.micro_batch}) must be a multiple of grpo.num_generations")
+    if t.stage == "grpo" and g.max_new_tokens >= t.seq_len:
+        raise ConfigError(
+            f"grpo.max_new_tokens ({g.max_new_tokens}) must be < train.seq_len ({t.seq_len}): a row holds the "
+            "prompt and its completion"
+        )
+    _positive("grpo.temperature", g.temperature)
+    if not 0 < g.top_p <= 1:
+        raise ConfigError(f"grpo.top_p: got {g.top_p}; accepted: 0 < x <= 1")
+    if not 0 < g.epsilon < 1 or g.epsilon_high < 0:
+        raise ConfigError(f"grpo.epsilon ({g.epsilon}) must be in (0, 1) and grpo.epsilon_high ({g.epsilon_high}) >= 0")
+    if g.beta < 0:
+        raise ConfigError(f"grpo.beta: got {g.beta}; accepted: >= 0")

@@ -169,6 +169,7 @@ class Generator:
         if cache_len < need:
             raise ValueError(f"cache_len ({cache_len}) < prompt ({p}) + decoding steps ({need - p})")
         key = jax.random.key(sampling.seed)
+        sampling = dataclasses.replace(sampling, seed=0)  # the key carries the seed: one compilation for all seeds
         stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
 
         t0 = time.perf_counter()

@@ -78,7 +78,7 @@ class InstructReport:
         return s + f", {self.truncated} truncated, {self.empty} dropped with no trained token left"
 
 
-def _messages_ok(msgs) -> bool:
+def messages_ok(msgs) -> bool:
     return (
         isinstance(msgs, list)
         and bool(msgs)
@@ -92,7 +92,7 @@ def parse_example(rec, template: ChatTemplate, where: str) -> Example | str:
         return "not a JSON object"
     if "messages" in rec:
         msgs = rec["messages"]
-        if not _messages_ok(msgs):
+        if not messages_ok(msgs):
             return f"messages must be a non-empty list of {{role in {list(ROLES)}, content: str}}"
         if not any(m["role"] == "assistant" for m in msgs):
             return "messages has no assistant turn to train on"
@@ -100,7 +100,7 @@ def parse_example(rec, template: ChatTemplate, where: str) -> Example | str:
     prompt, completion = rec.get("prompt"), rec.get("completion")
     if isinstance(prompt, str) and isinstance(completion, str):
         return Example([(prompt, False), (completion, True)], eos=True, where=where)
-    if _messages_ok(prompt) and _messages_ok(completion):
+    if messages_ok(prompt) and messages_ok(completion):
         return Example(template.segments(prompt + completion, trained_from=len(prompt)), eos=False, where=where)
     return "needs string fields 'prompt' and 'completion', or 'messages' (a list of {role, content})"
 

@@ -12,7 +12,8 @@ transformers Llama / Mixtral folder. With no ``--tasks`` the embedded suite runs
                this evaluation's energy and CO2
 
 Also (not in the default suite): complete (held-out prompts completed greedily against their
-references: the check of supervised fine-tuning, ``eval/complete.py``).
+references: the check of supervised fine-tuning, ``eval/complete.py``); arith (held-out arithmetic,
+greedy exact match and pass@k: the GRPO demo's figures, ``eval/arith.py``).
 
 Settings: ``key=value`` overrides of ``open_r1_jax/eval/config.py`` (``mc.file=mmlu/ mc.shots=5
 code.n=10``). Outputs in ``--out`` (default DIR/eval): results.json, results.md (also printed) and
@@ -31,7 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 DEFAULT = ("ppl", "mc", "latency", "code", "long", "resources")
-KNOWN = (*DEFAULT, "vqa", "complete")
+KNOWN = (*DEFAULT, "vqa", "complete", "arith")
 log = logging.getLogger("open_r1_jax.eval")
 
 
@@ -59,7 +60,7 @@ def _mc(model, cfg) -> dict:
 
 
 def run_task(name: str, model, lsh_model, cfg, args, started: float) -> dict:
-    from open_r1_jax.eval import code, complete, long, perf, ppl
+    from open_r1_jax.eval import arith, code, complete, long, perf, ppl
 
     if name == "ppl":
         res = ppl.run(model, cfg.ppl)
@@ -75,6 +76,8 @@ def run_task(name: str, model, lsh_model, cfg, args, started: float) -> dict:
         return long.run(model, lsh_model(), cfg.long, cfg.seed)
     if name == "complete":
         return complete.run(model, cfg.complete, cfg.seed, not args.no_progress)
+    if name == "arith":
+        return arith.run(model, cfg.arith, cfg.seed, not args.no_progress)
     if name == "resources":
         return perf.resources(model, cfg.resources, time.perf_counter() - started)
     return {"skipped": "reserved: the multimodal issue adds VQA"}

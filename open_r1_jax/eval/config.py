@@ -73,6 +73,17 @@ class CompleteConfig:
 
 
 @dataclass(frozen=True)
+class ArithConfig:
+    file: str = ""  # JSONL of {"prompt", "answer"} (as grpo reads it); empty = the held-out split of data/arith.py
+    n: int = 200  # problems (of the demo; at most, of a file; 0 = all of a file)
+    max_new_tokens: int = 72
+    samples: int = 8  # sampled completions per problem for pass@k (0 = greedy only)
+    k: int = 8  # pass@k's k (<= samples), beside pass@1
+    temperature: float = 1.0
+    batch: int = 50  # problems per generation call
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     ppl: PplConfig = field(default_factory=PplConfig)
     mc: MCConfig = field(default_factory=MCConfig)
@@ -81,4 +92,5 @@ class EvalConfig:
     long: LongConfig = field(default_factory=LongConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     complete: CompleteConfig = field(default_factory=CompleteConfig)
+    arith: ArithConfig = field(default_factory=ArithConfig)
     seed: int = 0

@@ -149,7 +149,9 @@ class Trainer:
             )
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-        return {f"eval_{k}": v for k, v in self.stage.eval_metrics(sums).items()} if sums else {}
+        out = self.stage.eval_metrics(sums) if sums else {}
+        out.update(self.stage.eval_host(model_params(state["params"], self.cfg), state["model_state"]))
+        return {f"eval_{k}": v for k, v in out.items()}
 
     # ------------------------------------------------------------------------------------------ loop
 
@@ -176,7 +178,7 @@ class Trainer:
             path = self.run_dir / "summary.json"
             return json.loads(path.read_text()) if path.is_file() else {"steps": start}
 
-        first = next(stage.train_iter)
+        first = stage.next_batch(state)
         compiled = self._compile(state, first)
         self.lr_at, self.peak, self.fpt = schedule(t), self._peak_flops(), M.flops_per_token(cfg.model, t.seq_len)
         writer = M.MetricsWriter(self.run_dir, cfg.run.tensorboard, resume_step=start)
@@ -193,7 +195,7 @@ class Trainer:
         try:
             for step in range(start, t.steps):
                 if step > start:
-                    batch = next(stage.train_iter)
+                    batch = stage.next_batch(state)
                 state, metrics = compiled(state, self.put(batch), stage.frozen)
                 tok_window += stage.tokens(batch) * jax.process_count()
                 done = step + 1

@@ -32,7 +32,11 @@ The Trainer calls, in this order:
    batch)`` returns a dict of scalar *sums* over the batch (``batch["frozen"]`` is set); the Trainer
    adds them over the batches and ``eval_metrics(sums)`` turns them into the logged figures (the
    Trainer prefixes ``eval_``).
-6. ``trainable(params)``: a tree of Python bools shaped like ``params`` (False = frozen: no gradient,
+   ``eval_host(params, model_state)``: figures computed on the host, e.g. from generations (GRPO's
+   held-out accuracy), merged into the same ``eval_`` record; ``params`` have adapters folded in.
+6. ``next_batch(state)``: the next host batch; the default is ``next(self.train_iter)``. GRPO
+   overrides it to generate completions with the current ``state`` before each step.
+7. ``trainable(params)``: a tree of Python bools shaped like ``params`` (False = frozen: no gradient,
    no update, no decay), or None to train everything. The default trains only the LoRA adapters
    when ``params`` has them (``lora.rank`` > 0, ``model/lora.py``), else everything. The losses
    always see the model's params, adapters folded in (``training/step.py: model_params``).
@@ -120,6 +124,16 @@ class Stage:
     def loss_fn(self, params: dict, model_state: dict, batch: dict, rng: jax.Array):
         raise NotImplementedError
 
+    @staticmethod
+    def with_aux(metrics: dict, aux: dict, batch: dict):
+        """-> (``metrics["loss"]`` + this micro-batch's share of the MoE aux loss, metrics with the
+        aux loss and the expert statistics): the end of most stages' ``loss_fn``."""
+        aux_loss = aux["aux_loss"] / batch["n_micro"]
+        metrics = {**metrics, "aux_loss": aux_loss}
+        if "expert_counts" in aux:
+            metrics["expert_counts"], metrics["dropped"] = aux["expert_counts"], jax.numpy.sum(aux["dropped"])
+        return metrics["loss"] + aux_loss, metrics
+
     def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
         return iter(())
 
@@ -128,6 +142,12 @@ class Stage:
 
     def eval_metrics(self, sums: dict[str, float]) -> dict[str, float]:
         raise NotImplementedError
+
+    def eval_host(self, params: dict, model_state: dict) -> dict[str, float]:
+        return {}
+
+    def next_batch(self, state: dict) -> dict[str, np.ndarray]:
+        return next(self.train_iter)
 
     def describe(self) -> str:
         """One line for the log: what this stage trains on."""

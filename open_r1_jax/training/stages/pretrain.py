@@ -80,15 +80,6 @@ class Pretrain(Stage):
         model = merge_model(self.graphdef, params, model_state)
         return model(batch["inputs"], batch["positions"], batch["segment_ids"], rng=rng)
 
-    @staticmethod
-    def with_aux(metrics: dict, aux: dict, batch: dict):
-        """-> (loss + this micro-batch's share of the MoE aux loss, metrics with the expert statistics)."""
-        aux_loss = aux["aux_loss"] / batch["n_micro"]
-        metrics = {**metrics, "aux_loss": aux_loss}
-        if "expert_counts" in aux:
-            metrics["expert_counts"], metrics["dropped"] = aux["expert_counts"], jnp.sum(aux["dropped"])
-        return metrics["loss"] + aux_loss, metrics
-
     def target_bytes(self, batch, mask) -> jax.Array:
         """UTF-8 bytes of the masked-in targets (bits per byte)."""
         return jnp.sum(jnp.where(mask, self.token_bytes[batch["targets"]], 0).astype(jnp.float32))

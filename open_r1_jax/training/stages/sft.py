@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from open_r1_jax.config import ConfigError
-from open_r1_jax.data import instruct
+from open_r1_jax.data import arith, instruct
 from open_r1_jax.data.chat import ChatTemplate, save_template, template_for
 from open_r1_jax.data.pipeline import PipelineSpec, make_dataset
 from open_r1_jax.data.tokenizer import BPETokenizer, ByteTokenizer, tokenizer_for
@@ -69,8 +69,9 @@ class SFT(Stage):
             train = instruct.read_examples(s.train_path, template, s.max_bad_fraction, report)
             held = instruct.read_examples(s.eval_path, template, s.max_bad_fraction, held_report) if s.eval_path else []
         else:
-            train = instruct.demo_examples(False, s.demo_examples, t.seed, t.seq_len)
-            held = instruct.demo_examples(True, s.demo_eval_examples, t.seed, t.seq_len)
+            demo = arith.sft_examples if s.demo == "arith" else instruct.demo_examples
+            train = demo(False, s.demo_examples, t.seed, t.seq_len)
+            held = demo(True, s.demo_eval_examples, t.seed, t.seq_len)
             if not train:
                 raise ConfigError(
                     f"train.seq_len ({t.seq_len}): the embedded demo has no function that short; use "
@@ -103,12 +104,7 @@ class SFT(Stage):
 
     def loss_fn(self, params, model_state, batch, rng):
         (nll, _), aux = self._nll(params, model_state, batch, rng)
-        loss = nll / batch["denominator"]
-        aux_loss = aux["aux_loss"] / batch["n_micro"]
-        metrics = {"loss": loss, "aux_loss": aux_loss}
-        if "expert_counts" in aux:
-            metrics["expert_counts"], metrics["dropped"] = aux["expert_counts"], jnp.sum(aux["dropped"])
-        return loss + aux_loss, metrics
+        return self.with_aux({"loss": nll / batch["denominator"]}, aux, batch)
 
     def eval_batches(self):
         """The held-out examples packed in order, ``train.eval_batches`` batches at most; all-padding
@@ -129,4 +125,4 @@ class SFT(Stage):
         return lm_metrics(sums)
 
     def describe(self) -> str:
-        return f"sft on {self.cfg.sft.train_path or 'the embedded instruction demo'}"
+        return f"sft on {self.cfg.sft.train_path or f'the embedded {self.cfg.sft.demo} demo'}"

