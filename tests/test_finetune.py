@@ -281,9 +281,6 @@ def test_distill_from_the_teacher_cache_trains_as_the_live_teacher(base_run, tmp
     resumed = run("again", *exact, f"distill.cache_dir={cache}", "train.checkpoint_every=2")
     assert (cache / "meta.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
     np.testing.assert_allclose(resumed[-1]["loss"], cached[-1]["loss"], rtol=1e-6)
-    # top-k (the default k, float16) and its bound: the KL over k + 1 outcomes is below the full one
-    topk = run("topk", "distill.cache_teacher=true", "distill.cache_top_k=4")
-    assert 0 < topk[0]["kl"] < live[0]["kl"]
     # a stream that is not the cached one stops the run (here: a tampered checksum)
     crc = np.load(cache / "train_crc.npy")
     np.save(cache / "train_crc.npy", crc + 1)
