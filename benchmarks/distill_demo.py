@@ -42,10 +42,9 @@ def curve(run: Path) -> tuple[list[int], list[float], list[float]]:
 def _cache_seconds(cfg, run: Path) -> float:
     """Seconds the teacher took to build the cache this run read (0 without a cache: the teacher ran in
     the steps, inside train_seconds)."""
-    if not cfg.distill.cache_teacher:
-        return 0.0
-    cache = Path(cfg.distill.cache_dir) if cfg.distill.cache_dir else run / "teacher_cache"
-    return json.loads((cache / "meta.json").read_text())["build_seconds"]
+    from open_r1_jax.training.teacher_cache import TeacherCache, cache_directory
+
+    return TeacherCache(cache_directory(cfg, run)).meta["build_seconds"] if cfg.distill.cache_teacher else 0.0
 
 
 def plot(curves: dict, out: Path) -> None:

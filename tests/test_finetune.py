@@ -177,10 +177,11 @@ def test_sft_with_lora_trains_only_the_adapters(base_run, tmp_path):
 
 def test_complete_scores(monkeypatch):
     from open_r1_jax.eval import complete
+    from open_r1_jax.eval.mc import mean_stderr
 
     assert complete._parses("def f():\n    return 1\n") and not complete._parses("  \n") and not complete._parses("def")
     assert complete._first_line("\ndef f(x):  \n    pass") == "def f(x):"
-    assert complete._mean([1.0, 0.0])["value"] == 0.5 and complete._mean([1.0])["stderr"] == 0.0
+    assert mean_stderr([1.0, 0.0])["value"] == 0.5 and mean_stderr([1.0])["stderr"] == 0.0
 
 
 def test_sft_refuses_bad_setups(base_run, tmp_path):

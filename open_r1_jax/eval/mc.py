@@ -127,6 +127,11 @@ def encode_requests(tokenizer, contexts: list[str]) -> list[tuple[list[int], lis
     return out
 
 
+def mean_stderr(values: list[float]) -> dict:
+    """``{"value", "stderr", "n"}`` of a list of per-example scores (stderr 0 for one example)."""
+    return {"value": sum(values) / len(values), "stderr": stderr(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
 def stderr(values: list[float]) -> float:
     """Standard error of the mean with the sample variance (lm-eval's ``mean_stderr``)."""
     n = len(values)

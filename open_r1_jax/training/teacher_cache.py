@@ -47,7 +47,6 @@ from open_r1_jax.config import ConfigError
 
 log = logging.getLogger("open_r1_jax")
 
-KEYS = ("teacher_ids", "teacher_logp", "teacher_rest")
 _FILES = {"teacher_ids": "ids", "teacher_logp": "logp", "teacher_rest": "rest"}
 
 
@@ -67,6 +66,11 @@ def rest_logmass(logp, ids):
     return jax.nn.logsumexp(jnp.where(inside, -jnp.inf, logp), axis=-1)
 
 
+def cache_directory(cfg, run_dir: Path) -> Path:
+    """``distill.cache_dir``, or ``<run>/teacher_cache``."""
+    return Path(cfg.distill.cache_dir) if cfg.distill.cache_dir else Path(run_dir) / "teacher_cache"
+
+
 def batch_crc(batch: dict) -> int:
     """Fingerprint of a batch's text and packing (not of the cached arrays)."""
     return zlib.crc32(np.ascontiguousarray(batch["segment_ids"]).tobytes(), zlib.crc32(batch["inputs"].tobytes()))
@@ -81,12 +85,9 @@ class TeacherCache:
         self._arrays: dict = {}
 
     def _array(self, split: str, what: str) -> np.ndarray:
-        if (split, what) not in self._arrays:  # opened on first use (and again after pickling, for grain)
+        if (split, what) not in self._arrays:  # memory-mapped on first use
             self._arrays[split, what] = np.load(self.directory / f"{split}_{what}.npy", mmap_mode="r")
         return self._arrays[split, what]
-
-    def __getstate__(self):
-        return {"directory": self.directory, "meta": self.meta, "_arrays": {}}
 
     def batches(self, split: str) -> int:
         return len(self._array(split, "crc"))
@@ -121,7 +122,7 @@ class TeacherCache:
                 "distill.cache_teacher: the cache is built and read by one process; "
                 "for multi-host runs set distill.cache_teacher=false (the teacher runs in the step)"
             )
-        directory = Path(d.cache_dir) if d.cache_dir else ctx.run_dir / "teacher_cache"
+        directory = cache_directory(cfg, ctx.run_dir)
         meta = {
             "teacher": str(Path(d.teacher).resolve()),
             "teacher_step": stage.teacher_step,

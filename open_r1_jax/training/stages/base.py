@@ -57,7 +57,7 @@ from typing import Any, ClassVar
 import jax
 import numpy as np
 
-from open_r1_jax.config import MODEL_RUNTIME_KEYS, Config
+from open_r1_jax.config import MODEL_RUNTIME_KEYS, Config, ConfigError
 from open_r1_jax.model import lora
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,30 @@ class Stage:
 
     def initial_weights(self):
         """An ``open_r1_jax.pretrained.PretrainedModel`` to start from (``train.init_from``), or None
-        (seeded init)."""
-        return self.start_from(self.cfg.train.init_from) if self.cfg.train.init_from else None
+        (seeded init); its context must hold ``train.seq_len``."""
+        t = self.cfg.train
+        if not t.init_from:
+            return None
+        pre = self.start_from(t.init_from)
+        if t.seq_len > pre.config.max_seq_len:
+            raise ConfigError(
+                f"train.seq_len ({t.seq_len}) must be <= model.max_seq_len of {t.init_from} ({pre.config.max_seq_len})"
+            )
+        return pre
+
+    def init_from_tokenizer(self):
+        """The tokenizer ``train.init_from`` was trained with (bytes without one), checked against
+        ``model.vocab_size``."""
+        from open_r1_jax.data.tokenizer import ByteTokenizer, tokenizer_for
+
+        t = self.cfg.train
+        tok = tokenizer_for(Path(t.init_from)) if t.init_from else ByteTokenizer()
+        if tok.vocab_size > self.cfg.model.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size ({self.cfg.model.vocab_size}) is smaller than the tokenizer's vocabulary "
+                f"({tok.vocab_size})"
+            )
+        return tok
 
     def start_from(self, path: str):
         """Load ``path`` (run, checkpoint, export or transformers folder) and take its architecture:

@@ -46,8 +46,12 @@ def distill_token_losses(student_logits, teacher_logits, targets, alpha: float, 
     log_ps = jax.nn.log_softmax(student_logits / t, axis=-1)
     log_pt = jax.nn.log_softmax(teacher_logits / t, axis=-1)
     kl = jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), axis=-1)
-    ce = token_nll(student_logits, targets)
-    return alpha * t * t * kl + (1 - alpha) * ce, kl, ce
+    return mix(kl, token_nll(student_logits, targets), alpha, t)
+
+
+def mix(kl, ce, alpha: float, temperature: float):
+    """Per-token KL and CE [B,T] -> (alpha T^2 kl + (1 - alpha) ce, kl, ce)."""
+    return alpha * temperature**2 * kl + (1 - alpha) * ce, kl, ce
 
 
 def cached_kl(student_logits, ids, logp_t, rest_t, temperature: float):
@@ -139,9 +143,7 @@ class Distill(Pretrain):
         d, mask = self.cfg.distill, (batch["segment_ids"] > 0).astype(jnp.float32)
         if "teacher_ids" in batch:  # distill.cache_teacher
             kl = cached_kl(logits, batch["teacher_ids"], batch["teacher_logp"], batch["teacher_rest"], d.temperature)
-            ce = token_nll(logits, batch["targets"])
-            t2 = d.temperature**2
-            return (d.alpha * t2 * kl + (1 - d.alpha) * ce, kl, ce), mask, aux
+            return mix(kl, token_nll(logits, batch["targets"]), d.alpha, d.temperature), mask, aux
         t_logits = self.teacher_forward(batch["frozen"], batch, rng)
         return distill_token_losses(logits, t_logits, batch["targets"], d.alpha, d.temperature), mask, aux
 

@@ -28,18 +28,16 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from open_r1_jax import rewards as R
-from open_r1_jax.config import ConfigError
 from open_r1_jax.data.chat import ChatTemplate, template_for
 from open_r1_jax.data.pipeline import shuffled_batches
 from open_r1_jax.data.prompts import PromptReport, load_prompts
-from open_r1_jax.data.tokenizer import BPETokenizer, tokenizer_for
+from open_r1_jax.data.tokenizer import BPETokenizer
 from open_r1_jax.generate import Generator, Sampling
 from open_r1_jax.model import merge_model
 from open_r1_jax.training.losses import token_nll
@@ -88,21 +86,10 @@ class GRPO(Stage):
     updates_router_bias = False  # as DPO: the policy keeps its routing
     eval_at_start = True  # the cold start's held-out accuracy
 
-    def initial_weights(self):
-        pre = super().initial_weights()
-        if self.cfg.train.seq_len > pre.config.max_seq_len:
-            raise ConfigError(
-                f"train.seq_len ({self.cfg.train.seq_len}) must be <= model.max_seq_len of "
-                f"{self.cfg.train.init_from} ({pre.config.max_seq_len})"
-            )
-        return pre
-
     def setup(self, ctx: StageContext) -> None:
         super().setup(ctx)
         g, t = self.cfg.grpo, self.cfg.train
-        self.tokenizer = tokenizer_for(Path(t.init_from))
-        if self.tokenizer.vocab_size > self.cfg.model.vocab_size:
-            raise ConfigError(f"model.vocab_size ({self.cfg.model.vocab_size}) < the tokenizer's vocabulary")
+        self.tokenizer = self.init_from_tokenizer()
         template = ChatTemplate(template_for(t.init_from), eos_token=BPETokenizer.EOS)
         budget = t.seq_len - g.max_new_tokens - 1
         reports = PromptReport(), PromptReport()
@@ -137,9 +124,8 @@ class GRPO(Stage):
         tokens, texts = [], []
         for toks, finish in zip(out.tokens, out.finish, strict=True):
             toks, text = list(toks), decode(toks)
-            cut = next((k for k in range(1, len(toks) + 1) if any(s in decode(toks[:k]) for s in g.stop)), None)
-            if cut is not None:  # a stop string ends the completion, kept in it (no end-of-text token)
-                toks = toks[:cut]
+            if any(s in text for s in g.stop):  # the stop string ends the completion, kept in it (no end token)
+                toks = next(toks[:k] for k in range(1, len(toks) + 1) if any(s in decode(toks[:k]) for s in g.stop))
                 text = decode(toks)
             elif finish == "stop":
                 toks = toks + [eos]
@@ -147,16 +133,15 @@ class GRPO(Stage):
             texts.append(text)
         return tokens, texts
 
-    def _score(self, prompts, tokens, texts) -> tuple[np.ndarray, dict]:
+    def _score(self, prompts, lengths: list[int], texts) -> np.ndarray:
         g = self.cfg.grpo
-        lengths = [len(x) for x in tokens]
         kw = {"answer": [p.answer for p in prompts], "completion_lengths": lengths, "max_new_tokens": g.max_new_tokens}
         per_fn, failures = R.score(self.rewards, [p.text for p in prompts], texts, **kw)
         for name, n in failures.items():
             if name not in self.failures:
                 log.warning("grpo: reward %r raised or returned no number for %d completions (scored 0)", name, n)
             self.failures[name] = self.failures.get(name, 0) + n
-        return per_fn, failures
+        return per_fn
 
     def _generation_batch(self, state) -> dict:
         g, t = self.cfg.grpo, self.cfg.train
@@ -167,13 +152,14 @@ class GRPO(Stage):
         sampling = Sampling(temperature=g.temperature, top_p=g.top_p, seed=t.seed * 1_000_003 + step)
         tokens, texts = self._complete(params, state["model_state"], prompts, sampling)
         t1 = time.perf_counter()
-        per_fn, _ = self._score(prompts, tokens, texts)
+        lengths = [len(x) for x in tokens]
+        per_fn = self._score(prompts, lengths, texts)
         weights = np.asarray([w for _, _, w in self.rewards], np.float32)
         reward = per_fn @ weights
         adv, std = group_advantages(reward, g.num_generations, g.scale_rewards)
         b = self._rows(prompts, tokens)
         b.update(advantages=adv, reward=reward, reward_std=std, frac_reward_zero_std=(std == 0).astype(np.float32))
-        b["completion_length"] = np.asarray([len(x) for x in tokens], np.float32)
+        b["completion_length"] = np.asarray(lengths, np.float32)
         for j, (name, _, _) in enumerate(self.rewards):
             b[f"rewards/{name}"] = per_fn[:, j]
         t2 = time.perf_counter()

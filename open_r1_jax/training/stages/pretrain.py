@@ -57,10 +57,6 @@ class Pretrain(Stage):
             return None
         self.eval_at_start = True  # continued pretraining / domain adaptation: the "before" held-out figures
         t, d = self.cfg.train, self.cfg.data
-        if t.seq_len > pre.config.max_seq_len:
-            raise ConfigError(
-                f"train.seq_len ({t.seq_len}) must be <= model.max_seq_len of {t.init_from} ({pre.config.max_seq_len})"
-            )
         check_tokenizer(t.init_from, d, "train.init_from")
         return pre
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,7 @@ from open_r1_jax.config import ConfigError
 from open_r1_jax.data import arith, instruct
 from open_r1_jax.data.chat import ChatTemplate, save_template, template_for
 from open_r1_jax.data.pipeline import PipelineSpec, make_dataset
-from open_r1_jax.data.tokenizer import BPETokenizer, ByteTokenizer, tokenizer_for
+from open_r1_jax.data.tokenizer import BPETokenizer
 from open_r1_jax.model import merge_model
 from open_r1_jax.training.losses import lm_metrics, summed_nll
 from open_r1_jax.training.stages.base import Stage, StageContext
@@ -44,24 +43,10 @@ class SFT(Stage):
     name = "sft"
     eval_at_start = True  # the "before" figures of the held-out completions
 
-    def initial_weights(self):
-        pre = super().initial_weights()
-        if pre is not None and self.cfg.train.seq_len > pre.config.max_seq_len:
-            raise ConfigError(
-                f"train.seq_len ({self.cfg.train.seq_len}) must be <= model.max_seq_len of "
-                f"{self.cfg.train.init_from} ({pre.config.max_seq_len})"
-            )
-        return pre
-
     def setup(self, ctx: StageContext) -> None:
         super().setup(ctx)
         s, t = self.cfg.sft, self.cfg.train
-        self.tokenizer = tokenizer_for(Path(t.init_from)) if t.init_from else ByteTokenizer()
-        if self.tokenizer.vocab_size > self.cfg.model.vocab_size:
-            raise ConfigError(
-                f"model.vocab_size ({self.cfg.model.vocab_size}) is smaller than the tokenizer's vocabulary "
-                f"({self.tokenizer.vocab_size})"
-            )
+        self.tokenizer = self.init_from_tokenizer()
         template = ChatTemplate(s.chat_template or template_for(t.init_from), eos_token=BPETokenizer.EOS)
         save_template(ctx.run_dir, template.source)
         report, held_report = instruct.InstructReport(), instruct.InstructReport()
