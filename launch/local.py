@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -52,7 +54,9 @@ def main() -> int:
             OPEN_R1_INIT_TIMEOUT=str(args.timeout),
         )
         if args.devices_per_process:
-            env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices_per_process}"
+            # the caller's other XLA flags stay; only the device count is replaced
+            flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_COUNT_FLAG)]
+            env["XLA_FLAGS"] = " ".join([*flags, f"{DEVICE_COUNT_FLAG}={args.devices_per_process}"])
             env["JAX_PLATFORMS"] = "cpu"
         out = None if i == 0 else open(log_dir / f"process_{i}.log", "w")
         procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None))

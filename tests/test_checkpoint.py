@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from micro import MICRO
+from micro import MICRO, subprocess_env
 
 from open_r1_jax.checkpoint import Checkpointer, CheckpointMismatch, NonFiniteState, abstract, open_checkpoint
 from open_r1_jax.config import to_dict
@@ -47,18 +47,10 @@ def _cmd(run: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "open_r1_jax.train", *MICRO, *SLOW, f"run.dir={run}", *extra]
 
 
-def _env(cache: Path | None = None) -> dict:
-    """Subprocess environment; ``cache``: a persistent compilation cache shared by the runs of this module
-    (the second run of the same command skips compilation; a cached executable computes the same bits)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    env.pop("XLA_FLAGS", None)
-    if cache is not None:
-        env.update(
-            JAX_COMPILATION_CACHE_DIR=str(cache),
-            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
-        )
-    return env
+def _env() -> dict:
+    """Subprocess environment: one CPU device, the suite's compilation cache (the second run of the same
+    command skips compilation; a cached executable computes the same bits)."""
+    return subprocess_env()
 
 
 def _run(env: dict, run: Path, *extra: str) -> str:
@@ -122,8 +114,8 @@ def _assert_same_continuation(straight: Path, resumed: Path, first: int) -> None
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict:
-    return _env(tmp_path_factory.mktemp("jax-cache"))
+def env() -> dict:
+    return _env()
 
 
 @pytest.fixture(scope="module")
@@ -291,6 +283,6 @@ same(ckpt.restore_params(5), {{"params": host["params"], "model_state": host["mo
 ckpt.close()
 print("resharding ok")
 """
-    env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = subprocess_env(devices=8)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "resharding ok" in out.stdout, out.stderr[-3000:]

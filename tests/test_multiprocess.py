@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from micro import MICRO
+from micro import MICRO, subprocess_env
 
 ROOT = Path(__file__).parent.parent
 ARGS = MICRO + [
@@ -30,11 +30,11 @@ def _losses(run_dir: Path) -> list[float]:
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env = subprocess_env()
     single = subprocess.run(
         [sys.executable, "-m", "open_r1_jax.train", *ARGS, f"run.dir={tmp_path / 'single'}"],
         cwd=ROOT,
-        env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+        env=subprocess_env(devices=8),
         capture_output=True,
         text=True,
         timeout=600,

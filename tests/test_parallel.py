@@ -2,12 +2,12 @@
 has one device), and the errors of bad meshes."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from micro import subprocess_env
 
 from open_r1_jax.config import ConfigError, MeshConfig, load_config
 from open_r1_jax.parallel.mesh import check_batch, make_mesh
@@ -16,7 +16,7 @@ HERE = Path(__file__).parent
 
 
 def run_8(*args, timeout=600):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = subprocess_env(devices=8)
     out = subprocess.run(
         [sys.executable, str(HERE / "multidevice" / "equivalence.py"), *args],
         env=env,
