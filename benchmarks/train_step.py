@@ -24,39 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit  # noqa: E402
+from common import emit, jax_step, one_batch  # noqa: E402
 
-from open_r1_jax.config import DataConfig, load_config, replace, to_dict  # noqa: E402
-from open_r1_jax.data.pipeline import ChunkSource, PipelineSpec, make_dataset  # noqa: E402
-from open_r1_jax.data.sources import load_documents  # noqa: E402
-from open_r1_jax.data.tokenizer import ByteTokenizer  # noqa: E402
-from open_r1_jax.model import (
-    build_model,  # noqa: E402
-    split_model,  # noqa: E402
-)
+from open_r1_jax.config import load_config, replace, to_dict  # noqa: E402
+from open_r1_jax.model import build_model  # noqa: E402
 from open_r1_jax.training.metrics import flops_per_token, measure_peak_flops  # noqa: E402
-from open_r1_jax.training.optim import make_optimizer  # noqa: E402
-from open_r1_jax.training.stages import Pretrain  # noqa: E402
-from open_r1_jax.training.step import init_state, make_train_step  # noqa: E402
-
-
-def one_batch(cfg) -> dict[str, np.ndarray]:
-    docs, _, _ = load_documents(DataConfig(max_corpus_mb=2, heldout_percent=0))
-    tok = ByteTokenizer()
-    src = ChunkSource([tok.encode(d.text) for d in docs], cfg.train.seq_len, tok.eos_id)
-    spec = PipelineSpec(cfg.train.seq_len, cfg.train.global_batch, 0, 8, train=True)
-    return next(iter(make_dataset(src, spec)))
-
-
-def jax_step(cfg, batch):
-    graphdef, params, model_state = split_model(build_model(cfg.model, 0))
-    tx = make_optimizer(cfg.train)
-    state = init_state(params, model_state, tx, cfg)
-    jb = {k: jnp.asarray(v) for k, v in batch.items()}
-    compiled = (
-        jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), donate_argnums=0).lower(state, jb).compile()
-    )
-    return compiled, state, jb
 
 
 def time_jax(cfg, batch, steps: int) -> float:

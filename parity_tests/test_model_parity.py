@@ -49,6 +49,8 @@ BASE = [
 
 CASES = {
     "drn_only": ["model.drn_layers=3"],
+    # configs/baby_gpt.yaml's kind: multi-head attention (its own path) and one DRN expert (a SwiGLU)
+    "dense_gpt_mha": ["model.drn_layers=3", "model.n_kv_heads=4", "model.drn.n_experts=1"],
     "moe_softmax_top2": ["model.moe.router=softmax", "model.moe.top_k=2", "model.moe.renormalize=true"],
     "moe_sigmoid_bias_shared": [
         "model.moe.router=sigmoid",

@@ -64,8 +64,13 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float, scaling: str = "non
 
 
 def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:
-    """down(silu(x @ gate) * (x @ up)); x [..., D], w_gate/w_up [D,F], w_down [F,D]."""
-    return (jax.nn.silu(x @ w_gate) * (x @ w_up)) @ w_down
+    """down(silu(x @ gate) * (x @ up)); x [..., D], w_gate/w_up [D,F], w_down [F,D].
+
+    gate and up are one matmul against [D,2F] (the weights stay two parameters): on CPU one wider
+    matmul and its backward beat two narrow ones (benchmarks/profile_step.py)."""
+    f = w_gate.shape[-1]
+    gate_up = x @ jnp.concatenate([w_gate, w_up], axis=-1)  # [..., 2F]
+    return (jax.nn.silu(gate_up[..., :f]) * gate_up[..., f:]) @ w_down
 
 
 class SwiGLU(nnx.Module):

@@ -28,7 +28,7 @@ from flax import nnx
 from kernels import ops
 from open_r1_jax.config import DRNConfig, MoEConfig
 from open_r1_jax.model import routing
-from open_r1_jax.model.layers import RouterBias, SwiGLU, param
+from open_r1_jax.model.layers import RouterBias, SwiGLU, param, swiglu
 from open_r1_jax.parallel.experts import expert_parallel_ffn
 
 
@@ -124,6 +124,8 @@ class DRNFeedForward(nnx.Module):
 
     def __call__(self, x: jax.Array, mask: jax.Array):
         b, t, d = x.shape
+        if self.experts.w_gate.shape[0] == 1:  # softmax over one expert is exactly 1: a plain SwiGLU
+            return swiglu(x, *(w[0] for w in self.experts.cast(self.dtype))), {}
         probs = jax.nn.softmax(x.astype(jnp.float32) @ self.router[...], axis=-1)  # [B,T,E]
         out = dense_experts(x.reshape(b * t, d), probs.reshape(b * t, -1), *self.experts.cast(self.dtype))
         return out.reshape(b, t, d), {}

@@ -70,11 +70,14 @@ class Block(nnx.Module):
             )
 
     def __call__(self, x, positions, mask, token_mask, segment_ids=None, rng=None):
-        if self.lsh:
-            x = x + self.attn(self.attn_norm(x), positions, segment_ids, rng)
-        else:
-            x = x + self.attn(self.attn_norm(x), positions, mask)
-        y, aux = self.ffn(self.ffn_norm(x), token_mask)
+        # named scopes: profiles (benchmarks/profile_step.py) attribute each operation to its part
+        with jax.named_scope("attn"):
+            if self.lsh:
+                x = x + self.attn(self.attn_norm(x), positions, segment_ids, rng)
+            else:
+                x = x + self.attn(self.attn_norm(x), positions, mask)
+        with jax.named_scope(self.kind):
+            y, aux = self.ffn(self.ffn_norm(x), token_mask)
         return x + y, aux
 
     def decode(self, x, positions, cache, index, valid, token_mask, rng=None):
@@ -126,7 +129,8 @@ class Transformer(nnx.Module):
         ``seq_balance_loss``, ``z_loss`` [L], ``expert_counts`` [L,E] and ``expert_ids`` [L,B,T,A].
         """
         b, t = tokens.shape
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)  # [B,T,D]
+        with jax.named_scope("embed"):
+            x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)  # [B,T,D]
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         if segment_ids is None:
@@ -163,9 +167,10 @@ class Transformer(nnx.Module):
 
     def _logits(self, x):
         """x [B,T,D] -> final norm -> LM head -> logits [B,T,V] fp32."""
-        x = self.final_norm(x)
-        head = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
-        return jnp.dot(x, head.astype(self.dtype), preferred_element_type=jnp.float32)
+        with jax.named_scope("lm_head"):
+            x = self.final_norm(x)
+            head = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
+            return jnp.dot(x, head.astype(self.dtype), preferred_element_type=jnp.float32)
 
     def init_cache(self, batch: int, length: int) -> dict:
         """Decoding cache of ``length`` slots: which slots hold real tokens, and each layer's cache."""

@@ -116,6 +116,9 @@ def make_grad_fn(stage, cfg: Config) -> Callable:
             (_, metrics), g = grad(*args(mb, jax.random.fold_in(rng, i)))
             return jax.tree.map(jnp.add, carry, (g, metrics)), None
 
+        if n_micro == 1:  # no loop: XLA sees the whole step (a scan of one adds copies of its carry)
+            (_, metrics), grads = grad(*args(jax.tree.map(lambda x: x[0], micro), jax.random.fold_in(rng, 0)))
+            return layout(grads, [jnp.zeros_like(x) for x in frozen_leaves]), metrics
         # the scan's carry starts at zeros shaped like (grads, metrics): one abstract trace, no compute
         first = jax.tree.map(lambda x: x[0], micro)
         shapes = jax.eval_shape(lambda mb: grad(*args(mb, rng)), first)
@@ -142,12 +145,13 @@ def make_train_step(stage, tx: optax.GradientTransformation, cfg: Config, return
         # fresh randomness (LSH rotations) per step, and per micro-batch inside grad_fn
         rng = jax.random.fold_in(jax.random.key(t.seed), state["step"])
         grads, metrics = grad_fn(params, model_state, batch, frozen, rng, scale)
-        grads = mask_frozen(jax.tree.map(lambda g: g / scale, grads), stage.trainable(params))
-        grad_norm = optax.tree.norm(grads)
-        loss = metrics["loss"]
-        finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
-        updates, new_opt = tx.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
+        with jax.named_scope("optimizer"):
+            grads = mask_frozen(jax.tree.map(lambda g: g / scale, grads), stage.trainable(params))
+            grad_norm = optax.tree.norm(grads)
+            loss = metrics["loss"]
+            finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
+            updates, new_opt = tx.update(grads, state["opt_state"], params)
+            new_params = optax.apply_updates(params, updates)
         new_model_state = model_state
         if stage.updates_router_bias and "expert_counts" in metrics:
             new_model_state = update_router_biases(model_state, metrics["expert_counts"], cfg)

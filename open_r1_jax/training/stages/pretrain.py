@@ -82,7 +82,8 @@ class Pretrain(Stage):
 
     def loss_fn(self, params, model_state, batch, rng):
         logits, aux = self._forward(params, model_state, batch, rng)
-        nll, _ = summed_nll(logits, batch["targets"], batch["segment_ids"] > 0)
+        with jax.named_scope("loss"):
+            nll, _ = summed_nll(logits, batch["targets"], batch["segment_ids"] > 0)
         return self.with_aux({"loss": nll / batch["denominator"]}, aux, batch)
 
     def eval_batches(self):
