@@ -1,9 +1,10 @@
-"""Shared helpers of the benchmark scripts: one real batch, the compiled train step, timing of jitted
-functions and the closing JSON line."""
+"""Shared helpers of the benchmark scripts: one real batch, the compiled train step and the torch_ref
+step on it (timed steps), timing of jitted functions and the closing JSON line."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 
@@ -11,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from open_r1_jax.config import DataConfig
+from open_r1_jax.config import DataConfig, to_dict
 from open_r1_jax.data.pipeline import ChunkSource, PipelineSpec, make_dataset
 from open_r1_jax.data.sources import load_documents
 from open_r1_jax.data.tokenizer import ByteTokenizer
@@ -40,6 +41,60 @@ def jax_step(cfg, batch):
         jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), donate_argnums=0).lower(state, jb).compile()
     )
     return compiled, state, jb
+
+
+class JaxStep:
+    """The compiled JAX train step of ``cfg`` on ``batch``, fed the same batch again and again."""
+
+    def __init__(self, cfg, batch, warmup: int = 2):
+        self.step, self.state, self.batch = jax_step(cfg, batch)
+        cost = self.step.cost_analysis()
+        self.flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))  # XLA's count
+        self.run(warmup)
+
+    def run(self, n: int) -> float:
+        """Seconds per step over ``n`` steps, waiting for the last."""
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.state, m = self.step(self.state, self.batch)
+        jax.block_until_ready(m)
+        return (time.perf_counter() - t0) / max(n, 1)
+
+
+class TorchRefStep:
+    """The ``torch_ref`` train step of the same architecture, weights and batch (eager, or
+    ``torch.compile``), with its own optimizer and schedule (``torch_ref.train``)."""
+
+    def __init__(self, cfg, batch, compile_model: bool, warmup: int = 2):
+        import torch
+        from flax import nnx
+
+        import torch_ref
+        from open_r1_jax.name_map import to_torch_state
+        from torch_ref.train import make_optimizer as torch_optimizer
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        model = torch_ref.Transformer(torch_ref.TorchModelConfig.from_dict(to_dict(cfg.model)))
+        state = nnx.to_pure_dict(nnx.state(build_model(cfg.model, 0)))
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in to_torch_state(state).items()})
+        self.model = torch.compile(model) if compile_model else model
+        if compile_model:  # the optimiser and the bias update act on the original module
+            self.model.update_router_bias = model.update_router_bias
+        self.opt = torch_optimizer(model, to_dict(cfg.train))
+        self.train = to_dict(cfg.train)
+        as_torch = lambda k, v: torch.from_numpy(v) if k == "segment_ids" else torch.from_numpy(v).long()
+        self.batch = {k: as_torch(k, v) for k, v in batch.items()}
+        self.i = 1  # the schedule's step
+        self.run(warmup)  # warm-up (and compilation)
+
+    def run(self, n: int) -> float:
+        from torch_ref.train import train_step
+
+        t0 = time.perf_counter()
+        for _ in range(n):
+            train_step(self.model, self.opt, self.batch, self.i, self.train)
+            self.i += 1
+        return (time.perf_counter() - t0) / max(n, 1)
 
 
 def time_fn(fn, *args, repeats: int = 5, warmup: int = 1) -> float:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit  # noqa: E402
+from common import JaxStep, emit  # noqa: E402
 
 from open_r1_jax.data.minhash import MinHasher, NearDuplicateIndex, normalize_words, shingles  # noqa: E402
 from open_r1_jax.data.sources import stdlib_files  # noqa: E402
@@ -151,16 +151,10 @@ def detection(docs: list[str], queries: list, bands: int, rows: int, threshold: 
 
 
 def bench_throughput(corpus_mb: float, batches: int, steps: int) -> dict:
-    import jax
-
     from open_r1_jax.config import load_config
     from open_r1_jax.data.mixture import MixtureStats, open_prepared
     from open_r1_jax.data.pipeline import PipelineSpec, make_mixture_dataset
     from open_r1_jax.data.prepare import prepare
-    from open_r1_jax.model import build_model, split_model
-    from open_r1_jax.training.optim import make_optimizer
-    from open_r1_jax.training.stages import Pretrain
-    from open_r1_jax.training.step import init_state, make_train_step
 
     out = Path(tempfile.mkdtemp(prefix="bench_prep_")) / "out"
     t0 = time.perf_counter()
@@ -185,18 +179,7 @@ def bench_throughput(corpus_mb: float, batches: int, steps: int) -> dict:
         n_tok += int(np.count_nonzero(next(it)["segment_ids"]))
     pipe_rate = n_tok / (time.perf_counter() - t0)
 
-    graphdef, params, model_state = split_model(build_model(cfg.model, 0))
-    tx = make_optimizer(t)
-    state = init_state(params, model_state, tx, cfg)
-    step = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), donate_argnums=0)
-    batch = {k: jax.numpy.asarray(v) for k, v in first.items()}
-    state, m = step(state, batch)
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, m = step(state, batch)
-    jax.block_until_ready(m)
-    step_s = (time.perf_counter() - t0) / steps
+    step_s = JaxStep(cfg, first, warmup=1).run(steps)
     step_rate = int(np.count_nonzero(first["segment_ids"])) / step_s
     return {
         "prepare_seconds": prep_s,

@@ -19,7 +19,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, jax_step, one_batch  # noqa: E402
+from common import JaxStep, emit, one_batch  # noqa: E402
 
 from open_r1_jax.config import load_config  # noqa: E402
 
@@ -91,31 +90,20 @@ def trace_events(trace_dir: Path) -> list[tuple[str, float]]:
 
 def profile(cfg, steps: int, trace_dir: Path) -> dict:
     batch = one_batch(cfg)
-    compiled, state, jb = jax_step(cfg, batch)
-    for _ in range(3):  # warm-up: allocations, thread pool
-        state, m = compiled(state, jb)
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, m = compiled(state, jb)
-    jax.block_until_ready(m)
-    wall = (time.perf_counter() - t0) / steps
+    step = JaxStep(cfg, batch, warmup=3)  # warm-up: allocations, thread pool
+    wall = step.run(steps)
     jax.profiler.start_trace(str(trace_dir))
     for _ in range(steps):
-        state, m = compiled(state, jb)
-        jax.block_until_ready(m)
+        step.run(1)
     jax.profiler.stop_trace()
-    index = hlo_index(compiled.as_text())
     ops: dict[str, float] = defaultdict(float)
     for name, sec in trace_events(trace_dir):
         ops[name] += sec / steps
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
     return {
         "wall": wall,
         "ops": dict(ops),
-        "index": index,
-        "flops": float(cost.get("flops", 0.0)),
+        "index": hlo_index(step.step.as_text()),
+        "flops": step.flops,
         "tokens": int(np.count_nonzero(batch["segment_ids"])),
     }
 

@@ -26,67 +26,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, jax_step, one_batch  # noqa: E402
+from common import JaxStep, TorchRefStep, emit, one_batch  # noqa: E402
 
-from open_r1_jax.config import load_config, replace, to_dict  # noqa: E402
-from open_r1_jax.model import build_model  # noqa: E402
+from open_r1_jax.config import load_config, replace  # noqa: E402
 from open_r1_jax.training.metrics import measure_peak_flops  # noqa: E402
-
-
-class JaxRunner:
-    def __init__(self, cfg, batch):
-        self.step, self.state, self.batch = jax_step(cfg, batch)
-        cost = self.step.cost_analysis()
-        self.flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
-        self.run(2)  # warm-up
-
-    def run(self, n: int) -> float:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            self.state, m = self.step(self.state, self.batch)
-        jax.block_until_ready(m)
-        return (time.perf_counter() - t0) / n
-
-
-class TorchRunner:
-    def __init__(self, cfg, batch, compile_model: bool):
-        import torch
-        from flax import nnx
-
-        import torch_ref
-        from open_r1_jax.name_map import to_torch_state
-        from torch_ref.train import make_optimizer
-
-        torch.set_num_threads(os.cpu_count() or 1)
-        model = torch_ref.Transformer(torch_ref.TorchModelConfig.from_dict(to_dict(cfg.model)))
-        state = nnx.to_pure_dict(nnx.state(build_model(cfg.model, 0)))
-        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in to_torch_state(state).items()})
-        self.model = torch.compile(model) if compile_model else model
-        if compile_model:  # the optimiser and the bias update act on the original module
-            self.model.update_router_bias = model.update_router_bias
-        self.opt = make_optimizer(model, to_dict(cfg.train))
-        self.train = to_dict(cfg.train)
-        as_torch = lambda k, v: torch.from_numpy(v) if k == "segment_ids" else torch.from_numpy(v).long()
-        self.batch = {k: as_torch(k, v) for k, v in batch.items()}
-        self.i = 1
-        self.run(2)  # warm-up (and compilation)
-
-    def run(self, n: int) -> float:
-        from torch_ref.train import train_step
-
-        t0 = time.perf_counter()
-        for _ in range(n):
-            train_step(self.model, self.opt, self.batch, self.i, self.train)
-            self.i += 1
-        return (time.perf_counter() - t0) / n
 
 
 def loop_tokens_per_sec(cfg, steps: int) -> float:
@@ -125,7 +74,7 @@ def worker(row: str, path: str, overrides: list[str], rounds: int, steps: int) -
     if row == "loop":
         return {"loop_tokens_per_sec": loop_tokens_per_sec(cfg, steps)}
     batch = one_batch(cfg)
-    r = JaxRunner(cfg, batch) if row == "jax" else TorchRunner(cfg, batch, row == "torch_ref compile")
+    r = JaxStep(cfg, batch) if row == "jax" else TorchRefStep(cfg, batch, row == "torch_ref compile")
     out = {"times": [r.run(steps) for _ in range(rounds)], "tokens": int(np.count_nonzero(batch["segment_ids"]))}
     if row == "jax":
         out["flops"] = r.flops

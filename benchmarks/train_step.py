@@ -14,62 +14,25 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, jax_step, one_batch  # noqa: E402
+from common import JaxStep, TorchRefStep, emit, jax_step, one_batch  # noqa: E402
 
-from open_r1_jax.config import load_config, replace, to_dict  # noqa: E402
-from open_r1_jax.model import build_model  # noqa: E402
+from open_r1_jax.config import load_config, replace  # noqa: E402
 from open_r1_jax.training.metrics import flops_per_token, measure_peak_flops  # noqa: E402
 
 
 def time_jax(cfg, batch, steps: int) -> float:
-    compiled, state, jb = jax_step(cfg, batch)
-    state, m = compiled(state, jb)  # warm-up
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, m = compiled(state, jb)
-    jax.block_until_ready(m)
-    return (time.perf_counter() - t0) / steps
+    return JaxStep(cfg, batch, warmup=1).run(steps)
 
 
 def time_torch(cfg, batch, steps: int, compile_model: bool) -> float:
-    import torch
-    from flax import nnx
-
-    import torch_ref
-    from open_r1_jax.name_map import to_torch_state
-    from torch_ref.train import make_optimizer as torch_opt
-    from torch_ref.train import train_step
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    model = torch_ref.Transformer(torch_ref.TorchModelConfig.from_dict(to_dict(cfg.model)))
-    model.load_state_dict(
-        {
-            k: torch.from_numpy(np.array(v))
-            for k, v in to_torch_state(nnx.to_pure_dict(nnx.state(build_model(cfg.model, 0)))).items()
-        }
-    )
-    runner = torch.compile(model) if compile_model else model
-    if compile_model:  # the optimiser and the bias update act on the original module
-        runner.update_router_bias = model.update_router_bias
-    opt = torch_opt(model, to_dict(cfg.train))
-    tb = {k: torch.from_numpy(v).long() if k != "segment_ids" else torch.from_numpy(v) for k, v in batch.items()}
-    train = to_dict(cfg.train)
-    train_step(runner, opt, tb, 1, train)  # warm-up (and compilation)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        train_step(runner, opt, tb, 2 + i, train)
-    return (time.perf_counter() - t0) / steps
+    return TorchRefStep(cfg, batch, compile_model, warmup=1).run(steps)
 
 
 def temp_memory(cfg, batch) -> int:

@@ -22,6 +22,13 @@ from pathlib import Path
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 
+def with_device_count(flags: str, devices: int | None) -> str:
+    """``XLA_FLAGS`` with the fake host device count set to ``devices`` (None: removed); the other
+    flags stay."""
+    kept = [f for f in flags.split() if not f.startswith(DEVICE_COUNT_FLAG)]
+    return " ".join(kept + ([f"{DEVICE_COUNT_FLAG}={devices}"] if devices is not None else []))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,9 +61,7 @@ def main() -> int:
             OPEN_R1_INIT_TIMEOUT=str(args.timeout),
         )
         if args.devices_per_process:
-            # the caller's other XLA flags stay; only the device count is replaced
-            flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_COUNT_FLAG)]
-            env["XLA_FLAGS"] = " ".join([*flags, f"{DEVICE_COUNT_FLAG}={args.devices_per_process}"])
+            env["XLA_FLAGS"] = with_device_count(env.get("XLA_FLAGS", ""), args.devices_per_process)
             env["JAX_PLATFORMS"] = "cpu"
         out = None if i == 0 else open(log_dir / f"process_{i}.log", "w")
         procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None))

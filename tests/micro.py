@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 
+from launch.local import with_device_count
 from open_r1_jax.config import load_config
 
-DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 MICRO = [
     "model.d_model=32",
     "model.n_layers=2",
@@ -43,8 +43,5 @@ def subprocess_env(devices: int | None = None, **extra: str) -> dict[str, str]:
     """The environment of a subprocess a test starts: this one's (the suite's XLA flags and shared
     compilation cache, see the root conftest.py) on the CPU, with ``devices`` fake host devices."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_COUNT_FLAG)]
-    if devices is not None:
-        flags.append(f"{DEVICE_COUNT_FLAG}={devices}")
-    env["XLA_FLAGS"] = " ".join(flags)
+    env["XLA_FLAGS"] = with_device_count(env.get("XLA_FLAGS", ""), devices)
     return env

@@ -47,12 +47,6 @@ def _cmd(run: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "open_r1_jax.train", *MICRO, *SLOW, f"run.dir={run}", *extra]
 
 
-def _env() -> dict:
-    """Subprocess environment: one CPU device, the suite's compilation cache (the second run of the same
-    command skips compilation; a cached executable computes the same bits)."""
-    return subprocess_env()
-
-
 def _run(env: dict, run: Path, *extra: str) -> str:
     out = subprocess.run(_cmd(run, *extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -115,7 +109,9 @@ def _assert_same_continuation(straight: Path, resumed: Path, first: int) -> None
 
 @pytest.fixture(scope="module")
 def env() -> dict:
-    return _env()
+    """One CPU device and the suite's compilation cache (the second run of the same command skips
+    compilation; a cached executable computes the same bits)."""
+    return subprocess_env()
 
 
 @pytest.fixture(scope="module")

@@ -63,6 +63,11 @@ class Example:
         return "".join(t for t, trained in self.segments if trained)
 
 
+def skipped_lines(bad: list[str]) -> str:
+    """The part of a data report's summary that counts its malformed lines (and names the first)."""
+    return f", {len(bad)} malformed lines skipped (first: {bad[0]})" if bad else ""
+
+
 @dataclass
 class InstructReport:
     examples: int = 0
@@ -72,9 +77,7 @@ class InstructReport:
     trained_tokens: int = 0
 
     def summary(self) -> str:
-        s = f"{self.examples} examples, {self.trained_tokens} trained tokens"
-        if self.bad:
-            s += f", {len(self.bad)} malformed lines skipped (first: {self.bad[0]})"
+        s = f"{self.examples} examples, {self.trained_tokens} trained tokens" + skipped_lines(self.bad)
         return s + f", {self.truncated} truncated, {self.empty} dropped with no trained token left"
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from open_r1_jax.config import DataConfig, DPOConfig
+from open_r1_jax.data.instruct import skipped_lines
 from open_r1_jax.data.sources import load_documents
 
 
@@ -43,10 +44,8 @@ class PairReport:
     response_truncated: int = 0
 
     def summary(self) -> str:
-        s = f"{self.pairs} pairs"
-        if self.bad:
-            s += f", {len(self.bad)} malformed lines skipped (first: {self.bad[0]})"
-        return s + f", {self.prompt_truncated} prompts and {self.response_truncated} responses truncated"
+        truncated = f", {self.prompt_truncated} prompts and {self.response_truncated} responses truncated"
+        return f"{self.pairs} pairs" + skipped_lines(self.bad) + truncated
 
 
 def read_pairs(path: str | Path, max_bad_fraction: float, report: PairReport) -> list[Pair]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from open_r1_jax.data import arith
 from open_r1_jax.data.chat import ChatTemplate
-from open_r1_jax.data.instruct import InstructDataError, messages_ok
+from open_r1_jax.data.instruct import InstructDataError, messages_ok, skipped_lines
 
 
 @dataclass
@@ -33,10 +33,8 @@ class PromptReport:
     too_long: int = 0
 
     def summary(self) -> str:
-        s = f"{self.prompts} prompts"
-        if self.bad:
-            s += f", {len(self.bad)} malformed lines skipped (first: {self.bad[0]})"
-        return s + f", {self.too_long} dropped as longer than the prompt budget"
+        too_long = f", {self.too_long} dropped as longer than the prompt budget"
+        return f"{self.prompts} prompts" + skipped_lines(self.bad) + too_long
 
 
 def read_prompts(path: str | Path, template: ChatTemplate, report: PromptReport) -> list[tuple[str, str]]:

@@ -42,17 +42,15 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     """q [B,T,H,K], k/v [B,S,G,K], mask [B,1,1,T,S] -> [B,T,H,K]. Scores and softmax in fp32."""
     b, t, h, kd = q.shape
     g = k.shape[2]
-    if g == h:  # multi-head: no group axis (the 5-D form below costs extra layout copies on CPU)
-        scores = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32)
-        scores = jnp.where(mask[:, 0], scores * (kd**-0.5), MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        return jnp.einsum("bhts,bshk->bthk", probs, v)
-    q = q.reshape(b, t, g, h // g, kd)
-    scores = jnp.einsum("btgrk,bsgk->bgrts", q, k, preferred_element_type=jnp.float32)
+    if g == h:  # multi-head: no group axis (the 5-D form costs extra layout copies on CPU)
+        score_spec, out_spec, mask = "bthk,bshk->bhts", "bhts,bshk->bthk", mask[:, 0]
+    else:
+        q = q.reshape(b, t, g, h // g, kd)
+        score_spec, out_spec = "btgrk,bsgk->bgrts", "bgrts,bsgk->btgrk"
+    scores = jnp.einsum(score_spec, q, k, preferred_element_type=jnp.float32)
     scores = jnp.where(mask, scores * (kd**-0.5), MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bgrts,bsgk->btgrk", probs, v)
-    return out.reshape(b, t, h, kd)
+    return jnp.einsum(out_spec, probs, v).reshape(b, t, h, kd)
 
 
 CAUSAL_BLOCK = 128  # query rows per block of the causal self-attention below

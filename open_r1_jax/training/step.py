@@ -116,14 +116,14 @@ def make_grad_fn(stage, cfg: Config) -> Callable:
             (_, metrics), g = grad(*args(mb, jax.random.fold_in(rng, i)))
             return jax.tree.map(jnp.add, carry, (g, metrics)), None
 
-        if n_micro == 1:  # no loop: XLA sees the whole step (a scan of one adds copies of its carry)
-            (_, metrics), grads = grad(*args(jax.tree.map(lambda x: x[0], micro), jax.random.fold_in(rng, 0)))
-            return layout(grads, [jnp.zeros_like(x) for x in frozen_leaves]), metrics
-        # the scan's carry starts at zeros shaped like (grads, metrics): one abstract trace, no compute
         first = jax.tree.map(lambda x: x[0], micro)
-        shapes = jax.eval_shape(lambda mb: grad(*args(mb, rng)), first)
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[1], shapes[0][1]))
-        (grads, metrics), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(n_micro)))
+        if n_micro == 1:  # no loop: XLA sees the whole step (a scan of one adds copies of its carry)
+            (_, metrics), grads = grad(*args(first, jax.random.fold_in(rng, 0)))
+        else:
+            # the scan's carry starts at zeros shaped like (grads, metrics): one abstract trace, no compute
+            shapes = jax.eval_shape(lambda mb: grad(*args(mb, rng)), first)
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[1], shapes[0][1]))
+            (grads, metrics), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(n_micro)))
         return layout(grads, [jnp.zeros_like(x) for x in frozen_leaves]), metrics
 
     return grad_fn
