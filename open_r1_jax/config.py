@@ -60,6 +60,8 @@ class AttentionConfig:
     chunk_size: int = 64  # LSH: sorted items per chunk; a chunk attends to itself and the previous chunk
     shared_qk: bool = False  # LSH: keys are the length-normalised queries (Reformer); no key projection
     lsh_seed: int = 0  # LSH: rotations when the caller passes no rng (eval, generation): key(lsh_seed)
+    decode_block: int = 256  # cached (full) attention reads the KV cache in blocks of this many slots, up to
+    # the last filled one, so decoding costs what is cached, not the capacity; 0 = the whole cache at once
 
 
 @dataclass(frozen=True)

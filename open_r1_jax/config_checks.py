@@ -296,6 +296,8 @@ def _validate_attention(a: AttentionConfig) -> None:
             "accepted: rope_scaling 'linear' or 'ntk', or rope_factor 1"
         )
     _positive("model.attention.n_hashes", a.n_hashes)
+    if a.decode_block < 0:
+        raise ConfigError(f"model.attention.decode_block: got {a.decode_block}; accepted: >= 0 (0 = no blocks)")
     _positive("model.attention.chunk_size", a.chunk_size)
     if a.n_buckets != 1 and (a.n_buckets < 2 or a.n_buckets % 2):
         raise ConfigError(

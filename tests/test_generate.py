@@ -11,6 +11,7 @@ from flax import nnx
 from open_r1_jax.config import to_dict
 from open_r1_jax.generate import Generator, Sampling, main, sample
 from open_r1_jax.model import build_model, split_model
+from open_r1_jax.model.attention import cached_attention
 from open_r1_jax.model.lsh_attention import LSHAttention, hash_buckets
 
 PROMPTS = [[72, 101, 108, 108, 111, 32, 119], [40, 41, 42]]  # two lengths: the short one is left-padded
@@ -53,6 +54,30 @@ def test_cached_greedy_equals_recompute_and_stops(micro):
     )
     assert stopped.tokens[0].tolist() == out.tokens[0][:first].tolist() and stopped.finish[0] == "stop"
     assert [s for s in streamed] == [t.tolist() for t in stopped.tokens]
+
+
+def test_blocked_cache_attention_equals_whole_cache():
+    """Blocks of 16 over 40 slots (the last block overlaps), per-row query slots, a padded slot: the
+    online softmax over the filled blocks gives the softmax over the whole cache; slots after the
+    last query's never matter."""
+    ks = jax.random.split(jax.random.key(0), 3)
+    q = jax.random.normal(ks[0], (3, 2, 4, 8))  # [B,T,H,K], two new tokens per row
+    k, v = (jax.random.normal(x, (3, 40, 2, 8)) for x in ks[1:])  # [B,S,G,K]
+    valid = jnp.ones((3, 40), bool).at[1, 3].set(False)
+    q_slot = jnp.array([[4, 5], [20, 21], [36, 37]])  # [B,T]: rows at different fills
+    whole = cached_attention(q, k, v, valid, q_slot, block=0)
+    blocked = jax.jit(cached_attention, static_argnums=5)(q, k, v, valid, q_slot, 16)
+    np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-6)
+    junk = k.at[0, 6:].set(1e3), v.at[0, 6:].set(1e3)  # row 0 sees slots <= 5 only
+    np.testing.assert_allclose(cached_attention(q, *junk, valid, q_slot, 16)[0], whole[0], rtol=1e-5, atol=1e-6)
+    assert float(jnp.max(jnp.abs(cached_attention(q, k, v, valid.at[1, 3].set(True), q_slot, 16)[1] - whole[1]))) > 0
+
+
+def test_small_decode_blocks_equal_recompute(micro):
+    model, gen = _generator(micro("model.init_std=0.3", "model.attention.decode_block=8"))
+    out = gen.generate(PROMPTS, NEW, steps_per_call=4)  # cache of 32 slots: 4 blocks, filled in turn
+    for prompt, got in zip(PROMPTS, out.tokens):
+        assert got.tolist() == _recompute_greedy(model, prompt, NEW)
 
 
 def test_lsh_cache_with_one_bucket_equals_recompute(micro):

@@ -18,6 +18,7 @@ from flax import nnx
 
 from kernels import ops
 from open_r1_jax.config import AttentionConfig
+from open_r1_jax.model.kv_cache import query_slots, write_slots
 from open_r1_jax.model.layers import param, rotary
 
 MASK_VALUE = -1e30  # finite, so a fully-masked row cannot produce NaN; torch_ref uses the same value
@@ -72,6 +73,49 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
     return jnp.concatenate(outs, axis=1)
 
 
+def cached_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, q_slot: jax.Array, block: int
+) -> jax.Array:
+    """q [B,T,H,K], k/v [B,S,G,K] (the cache, new tokens written), valid [B,S], q_slot [B,T] ->
+    [B,T,H,K]. ``block`` 0 (or a cache of at most one block) attends over the whole cache at once.
+
+    A decoding cache is preallocated for the longest sequence it may hold, so attending over all of
+    it makes a short sequence in a large cache pay for the capacity. This walks the cache
+    in blocks of C slots with an online softmax (as flash-decoding does) and stops after the last block
+    any query of the batch can see: the loop's trip count is computed on the device, so one compilation
+    serves every fill level. The result equals the softmax over the whole cache (masked slots weigh
+    exp(MASK_VALUE - max) = 0) up to summation order.
+    """
+    b, t, h, kd = q.shape
+    s, g = k.shape[1], k.shape[2]
+    if not block or s <= block:
+        mask = (jnp.arange(s) <= q_slot[:, :, None]) & valid[:, None, :]  # [B,T,S]
+        return dot_product_attention(q, k, v, mask[:, None, None])
+    qg = q.reshape(b, t, g, h // g, kd)
+    n_blocks = jnp.max(q_slot) // block + 1  # blocks up to the last slot any query sees
+
+    def one_block(i, carry):
+        m, total, acc = carry  # running max and sum [B,G,R,T], weighted values [B,G,R,T,K] (fp32)
+        start = jnp.minimum(i * block, s - block)  # the last block may overlap the one before it...
+        slots = start + jnp.arange(block)
+        kb, vb = (jax.lax.dynamic_slice_in_dim(x, start, block, axis=1) for x in (k, v))
+        vis = jax.lax.dynamic_slice_in_dim(valid, start, block, axis=1)[:, None, :]  # [B,1,C]
+        vis &= (slots >= i * block) & (slots <= q_slot[:, :, None])  # ...whose slots are not counted twice
+        scores = jnp.einsum("btgrk,bsgk->bgrts", qg, kb, preferred_element_type=jnp.float32) * kd**-0.5
+        scores = jnp.where(vis[:, None, None], scores, MASK_VALUE)
+        m_new = jnp.maximum(m, scores.max(axis=-1))
+        p = jnp.exp(scores - m_new[..., None])
+        scale = jnp.exp(m - m_new)
+        pv = jnp.einsum("bgrts,bsgk->bgrtk", p.astype(v.dtype), vb, preferred_element_type=jnp.float32)
+        return m_new, total * scale + p.sum(axis=-1), acc * scale[..., None] + pv
+
+    stats = jnp.full((b, g, h // g, t), -jnp.inf, jnp.float32)
+    init = (stats, jnp.zeros_like(stats), jnp.zeros((b, g, h // g, t, kd), jnp.float32))
+    _, total, acc = jax.lax.fori_loop(0, n_blocks, one_block, init)
+    out = (acc / total[..., None]).astype(v.dtype)  # [B,G,R,T,K]
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, kd)
+
+
 class Attention(nnx.Module):
     def __init__(
         self,
@@ -89,6 +133,7 @@ class Attention(nnx.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.theta, self.dtype = cfg.rope_theta, dtype
         self.rope_scaling, self.rope_factor = cfg.rope_scaling, cfg.rope_factor  # long context (layers.rotary)
+        self.decode_block = cfg.decode_block  # cache slots per block of cached attention (0 = all at once)
         self.wq = param(rngs, (d_model, n_heads * head_dim), ("embed", "heads"), std)
         self.wk = param(rngs, (d_model, n_kv_heads * head_dim), ("embed", "kv_heads"), std)
         self.wv = param(rngs, (d_model, n_kv_heads * head_dim), ("embed", "kv_heads"), std)
@@ -127,19 +172,15 @@ class Attention(nnx.Module):
     ) -> tuple[jax.Array, dict]:
         """Cached attention of T new tokens written to slots [index, index+T) of the cache.
 
-        x [B,T,D], positions [B,T], cache {"k","v": [B,S,G,K]}, index int scalar, valid [B,S] (slots that
-        hold real tokens, the new ones included) -> (out [B,T,D], updated cache). A query sees the valid
-        slots up to its own: the same keys as ``__call__`` on the whole sequence, so cached decoding and
-        recomputation agree (up to summation order).
+        x [B,T,D], positions [B,T], cache {"k","v": [B,S,G,K]}, index int scalar or [B] (each row's
+        slot, ``model/kv_cache.py``), valid [B,S] (slots that hold real tokens, the new ones included)
+        -> (out [B,T,D], updated cache). A query sees the valid slots up to its own: the same keys as
+        ``__call__`` on the whole sequence, so cached decoding and recomputation agree (up to summation
+        order); only the cache's blocks up to the last query's slot are read (``decode_block``).
         """
         b, t, _ = x.shape
         q, k, v = self._qkv(x, positions)
-        start = (0, index, 0, 0)
-        cache = {
-            "k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
-            "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start),
-        }
-        slots = jnp.arange(cache["k"].shape[1])
-        mask = (slots[None, :] <= index + jnp.arange(t)[:, None])[None] & valid[:, None, :]  # [B,T,S]
-        out = dot_product_attention(q, cache["k"], cache["v"], mask[:, None, None])
+        cache = {"k": write_slots(cache["k"], k, index), "v": write_slots(cache["v"], v, index)}
+        q_slot = query_slots(index, b, t)
+        out = cached_attention(q, cache["k"], cache["v"], valid, q_slot, self.decode_block)
         return out.reshape(b, t, -1) @ self.wo[...].astype(self.dtype), cache

@@ -43,6 +43,7 @@ from flax import nnx
 
 from open_r1_jax.config import AttentionConfig
 from open_r1_jax.model.attention import MASK_VALUE
+from open_r1_jax.model.kv_cache import query_slots, write_slots
 from open_r1_jax.model.layers import param, rotary
 
 SELF_VALUE = -1e5  # score of a query's fallback slot on itself; torch_ref uses the same value
@@ -208,7 +209,7 @@ class LSHAttention(nnx.Module):
     def decode(
         self, x: jax.Array, positions: jax.Array, cache: dict, index: jax.Array, valid: jax.Array, rng: jax.Array
     ) -> tuple[jax.Array, dict]:
-        """Cached LSH attention of T new tokens written to slots [index, index+T).
+        """Cached LSH attention of T new tokens written to slots [index, index+T) (index scalar or [B]).
 
         x [B,T,D], positions [B,T], cache from ``init_cache``, valid [B,S] (slots holding real tokens),
         rng: this layer's key (the same rotations for every step) -> (out [B,T,D], updated cache).
@@ -222,11 +223,10 @@ class LSHAttention(nnx.Module):
         q, k, v = self._project(x, positions)
         k = length_normalise(q) if self.shared_qk else k  # [B,T,Gk,K]
         k_buckets = hash_buckets(k.transpose(0, 2, 1, 3), rot, self.n_buckets).transpose(0, 3, 1, 2)
-        start = (0, index, 0, 0)
         cache = {
-            "k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
-            "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start),
-            "buckets": jax.lax.dynamic_update_slice(cache["buckets"], k_buckets, start),
+            "k": write_slots(cache["k"], k, index),
+            "v": write_slots(cache["v"], v, index),
+            "buckets": write_slots(cache["buckets"], k_buckets, index),
         }
         qg = q.reshape(b, t, g, h // g, kd)  # [B,T,G,R,K]
         q_buckets = hash_buckets(q.transpose(0, 2, 1, 3), rot, self.n_buckets)  # [B,H,N,T]
@@ -240,10 +240,10 @@ class LSHAttention(nnx.Module):
             kb = cache["buckets"].transpose(0, 2, 3, 1)[:, :, None]  # [B,G,1,N,S]
         scores = scores * kd**-0.5  # [B,G,R,T,S]
         slots = jnp.arange(cache["k"].shape[1])
-        q_slot = index + jnp.arange(t)
-        visible = (slots[None, :] <= q_slot[:, None])[None] & valid[:, None, :]  # [B,T,S]
+        q_slot = query_slots(index, b, t)  # [B,T]
+        visible = (slots <= q_slot[:, :, None]) & valid[:, None, :]  # [B,T,S]
         if self.shared_qk:
-            visible &= slots[None, None, :] != q_slot[None, :, None]
+            visible &= slots != q_slot[:, :, None]
         same = kb[:, :, :, :, None, :] == q_buckets[..., None]  # [B,G,R,N,T,S]
         mask = same & visible[:, None, None, None]
         round_scores = jnp.where(mask, scores[:, :, :, None], MASK_VALUE)  # [B,G,R,N,T,S]

@@ -26,6 +26,7 @@ from flax import nnx
 from kernels import resolve as resolve_kernels
 from open_r1_jax.config import ModelConfig
 from open_r1_jax.model.attention import Attention, attention_mask
+from open_r1_jax.model.kv_cache import write_slots
 from open_r1_jax.model.layers import DTYPES, RMSNorm, param
 from open_r1_jax.model.lsh_attention import LSHAttention
 from open_r1_jax.model.moe import DRNFeedForward, MoEFeedForward
@@ -183,10 +184,11 @@ class Transformer(nnx.Module):
         self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, cache: dict, index: jax.Array
     ) -> tuple[jax.Array, dict]:
         """T new tokens [B,T] (positions [B,T], valid [B,T]: False for padding) written to cache slots
-        [index, index+T) -> (logits [B,T,V] fp32, updated cache). LSH layers use the fixed rotations
+        [index, index+T) (index scalar, or [B]: each row its own, ``model/kv_cache.py``) -> (logits
+        [B,T,V] fp32, updated cache). LSH layers use the fixed rotations
         of the evaluation forward."""
         x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)  # [B,T,D]
-        valid_all = jax.lax.dynamic_update_slice(cache["valid"], valid, (0, index))  # [B,S]
+        valid_all = write_slots(cache["valid"], valid, index)  # [B,S]
         rng = self._lsh_rng(None)
         layers = []
         for i, block in enumerate(self.blocks):
