@@ -66,13 +66,19 @@ def sample(logits: jax.Array, key: jax.Array, s: Sampling) -> jax.Array:
         kth = jax.lax.top_k(logits, min(s.top_k, logits.shape[-1]))[0][:, -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
     if s.top_p < 1.0:
-        desc = -jnp.sort(-logits, axis=-1)
-        probs = jax.nn.softmax(desc, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs  # mass of the more likely tokens
-        n_keep = jnp.maximum(jnp.sum(before < s.top_p, axis=-1, keepdims=True), 1)
-        threshold = jnp.take_along_axis(desc, n_keep - 1, axis=-1)
-        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+        logits = nucleus(logits, s.top_p)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def nucleus(logits: jax.Array, top_p: float | jax.Array) -> jax.Array:
+    """logits [B,V], top_p scalar or [B,1] -> logits outside the smallest set of most likely tokens
+    whose probability reaches top_p set to -inf (at least one token kept)."""
+    desc = -jnp.sort(-logits, axis=-1)
+    probs = jax.nn.softmax(desc, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of the more likely tokens
+    n_keep = jnp.maximum(jnp.sum(before < top_p, axis=-1, keepdims=True), 1)
+    threshold = jnp.take_along_axis(desc, n_keep - 1, axis=-1)
+    return jnp.where(logits < threshold, -jnp.inf, logits)
 
 
 class Generator:
@@ -239,9 +245,10 @@ def load_tokenizer(run: Path, path: str | None):
     return ByteTokenizer()
 
 
-class _Streamer:
-    """Prints a row's text as it grows; holds back an unfinished UTF-8 character and the tail that
-    could still become a stop string; cuts the text at the first stop string."""
+class TextStreamer:
+    """Prints (``update``) or returns (``delta``) a row's text as it grows; holds back an unfinished
+    UTF-8 character and the tail that could still become a stop string; cuts the text at the first
+    stop string."""
 
     def __init__(self, tokenizer, stops: list[str], out=sys.stdout):
         self.tokenizer, self.stops, self.out = tokenizer, stops, out
@@ -254,15 +261,21 @@ class _Streamer:
         cuts = [text.find(s) for s in self.stops if s and s in text]
         return (text[: min(cuts)], True) if cuts else (text, False)
 
-    def update(self, ids: list[int], final: bool = False) -> None:
+    def delta(self, ids: list[int], final: bool = False) -> str:
+        """The text of ``ids`` not yet returned that can no longer change (all of it when ``final``)."""
         text, stopped = self.text(ids)
         end = len(text)
         if not (final or stopped):
             end = len(text.rstrip("\ufffd")) - self.hold
-        if end > self.printed:
-            self.out.write(text[self.printed : end])
+        if end <= self.printed:
+            return ""
+        new, self.printed = text[self.printed : end], end
+        return new
+
+    def update(self, ids: list[int], final: bool = False) -> None:
+        if new := self.delta(ids, final):
+            self.out.write(new)
             self.out.flush()
-            self.printed = end
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -335,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     _note_long_context(gen.config, max(len(x) for x in ids) + args.max_new_tokens)
 
     stream = not args.no_stream and len(prompts) == 1
-    streamers = [_Streamer(tokenizer, args.stop) for _ in prompts]
+    streamers = [TextStreamer(tokenizer, args.stop) for _ in prompts]
     accepted: list[list[int]] = [[] for _ in prompts]
     if stream:
         sys.stdout.write(prompts[0])

@@ -1,0 +1,305 @@
+"""Continuous batching: a fixed set of sequence slots sharing one KV cache and one compiled decode step.
+
+Legend: B sequence slots, S cache slots per sequence (the context: prompt + completion), P a prompt
+padded to its bucket, V vocabulary.
+
+A request waits in a bounded queue until a slot is free. Its prompt is then prefilled into that
+slot's row of the cache (right-padded to a power-of-two bucket: one compilation per bucket) and its
+first token sampled. Each iteration of the loop admits new prompts (all that fit when nothing is
+decoding; ``prefills_per_step`` while sequences are running, so a burst of arrivals delays the
+running ones by one prefill each, not by the whole queue), then runs one decode step for all B
+slots: every slot feeds its last token at its own cache slot (``model/kv_cache.py``) and samples
+with its own temperature, top-p and key. Empty slots ride along (their tokens are dropped), so one
+compilation serves every mix of requests. A sequence leaves at a stop token, at its request's stop
+condition (stop strings), at ``max_tokens``, or when its client goes away (``Request.cancel``), and
+its slot takes a new prompt at the next iteration.
+
+Sampling is reproducible per request: token i of a request uses fold_in(key(seed), i), whatever
+else shares the batch.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from open_r1_jax.config import ModelConfig
+from open_r1_jax.generate import nucleus
+from open_r1_jax.serving.metrics import EngineMetrics
+
+MIN_BUCKET = 16  # shortest padded prompt; buckets double up to the context
+
+
+class QueueFull(RuntimeError):
+    """The queue holds ``max_queue`` requests: try again later (HTTP 429)."""
+
+
+@dataclass
+class Request:
+    prompt: list[int]  # token ids, at least one
+    max_tokens: int
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+    stop_ids: tuple[int, ...] = ()  # tokens that end the sequence (left out of the output)
+    should_stop: Callable[[list[int]], bool] | None = None  # after each token, on all tokens so far
+    on_tokens: Callable[[list[int], str | None], None] | None = None  # engine thread: new tokens, finish
+    tokens: list[int] = field(default_factory=list)  # generated so far
+    finish: str | None = None  # "stop", "length" or "cancelled" once done
+    submitted: float = 0.0
+    first_token_at: float | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """The client went away: the engine frees the slot (or drops the queued request) next step."""
+        self.cancelled = True
+
+
+def bucket(n: int, context: int) -> int:
+    """Padded prompt length: the next power of two >= n (at least MIN_BUCKET), at most the context."""
+    return min(max(MIN_BUCKET, 1 << (n - 1).bit_length()), context)
+
+
+def sample_rows(logits, key_data, counts, temperature, top_p) -> jax.Array:
+    """logits [B,V] fp32, key_data [B,2] uint32, counts/temperature/top_p [B] -> tokens [B] int32.
+    Each row samples with its own settings (temperature 0 = argmax) and key fold_in(key, count)."""
+    keys = jax.vmap(lambda k, c: jax.random.fold_in(jax.random.wrap_key_data(k), c))(key_data, counts)
+    scaled = nucleus(logits / jnp.maximum(temperature, 1e-6)[:, None], top_p[:, None])
+    drawn = jax.vmap(jax.random.categorical)(keys, scaled)
+    return jnp.where(temperature > 0, drawn, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+
+
+class Engine:
+    """B slots of at most ``context`` tokens each; ``submit`` from any thread, ``start`` the loop (or
+    call ``step`` yourself)."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        params: dict,
+        model_state: dict,
+        slots: int = 8,
+        context: int = 0,
+        max_queue: int = 64,
+        prefills_per_step: int = 1,
+        metrics: EngineMetrics | None = None,
+    ):
+        from open_r1_jax.model import build_model, merge_model
+
+        if slots < 1 or max_queue < 0 or prefills_per_step < 1:
+            raise ValueError(f"slots ({slots}) and prefills_per_step must be >= 1, max_queue ({max_queue}) >= 0")
+        self.config, self.params, self.model_state = config, params, model_state
+        self.n_slots, self.context = slots, context or config.max_seq_len
+        self.max_queue, self.prefills_per_step = max_queue, prefills_per_step
+        self.metrics = metrics or EngineMetrics()
+        graphdef = nnx.split(nnx.eval_shape(lambda: build_model(config, 0)), nnx.Param, ...)[0]
+        self._model = lambda p, s: merge_model(graphdef, p, s)
+        model = self._model(params, model_state)
+        self.cache = jax.jit(lambda: model.init_cache(slots, self.context))()
+        self._decode = jax.jit(self._decode_fn, donate_argnums=(2,))
+        self._prefill = jax.jit(self._prefill_fn, donate_argnums=(2,))
+        self.slots: list[Request | None] = [None] * slots
+        zeros = lambda dtype=np.int32: np.zeros(slots, dtype)
+        self.last, self.position, self.count = zeros(), zeros(), zeros()  # fed token, its position, tokens made
+        self.temperature, self.top_p = zeros(np.float32), np.ones(slots, np.float32)
+        self.key_data = np.zeros((slots, 2), np.uint32)
+        self.queue: collections.deque[Request] = collections.deque()
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self.metrics.slots.set(slots)
+
+    # ------------------------------------------------------------------ jitted parts
+
+    def _prefill_fn(self, params, model_state, cache, slot, tokens, length, key_data, temperature, top_p):
+        """tokens [1,P] (right-padded, ``length`` real) into row ``slot`` -> (first token [1], cache)."""
+        model = self._model(params, model_state)
+        p = tokens.shape[1]
+        row = jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, slot, 1, axis=0), cache)
+        row["valid"] = jnp.zeros_like(row["valid"])  # whatever the slot's last sequence left is not attended
+        real = (jnp.arange(p) < length)[None]
+        logits, row = model.decode(tokens, jnp.arange(p)[None], real, row, jnp.int32(0))
+        last = jax.lax.dynamic_index_in_dim(logits, length - 1, axis=1, keepdims=False)  # [1,V]
+        first = sample_rows(last, key_data, jnp.zeros(1, jnp.int32), temperature, top_p)
+        cache = jax.tree.map(lambda c, r: jax.lax.dynamic_update_slice_in_dim(c, r, slot, axis=0), cache, row)
+        return first, cache
+
+    def _decode_fn(self, params, model_state, cache, tokens, positions, key_data, counts, temperature, top_p):
+        """One token per slot: tokens/positions [B] (a slot's position is also its cache slot)."""
+        model = self._model(params, model_state)
+        ones = jnp.ones((tokens.shape[0], 1), bool)
+        logits, cache = model.decode(tokens[:, None], positions[:, None], ones, cache, positions)
+        return sample_rows(logits[:, 0], key_data, counts, temperature, top_p), cache
+
+    # ------------------------------------------------------------------ requests
+
+    def check(self, request: Request) -> None:
+        """ValueError naming the limit when a request cannot run here."""
+        n = len(request.prompt)
+        if n == 0:
+            raise ValueError("prompt: empty; give at least one token")
+        if n + request.max_tokens > self.context:
+            raise ValueError(
+                f"prompt ({n} tokens) + max_tokens ({request.max_tokens}) = {n + request.max_tokens} exceeds "
+                f"the context of {self.context} tokens"
+            )
+        if min(request.prompt) < 0 or max(request.prompt) >= self.config.vocab_size:
+            raise ValueError(f"prompt: token ids must be in [0, {self.config.vocab_size})")
+
+    def submit(self, *requests: Request) -> None:
+        """Queue requests (all or none): ValueError for one that cannot run, QueueFull when full."""
+        for r in requests:
+            self.check(r)
+        with self._cv:
+            if len(self.queue) + len(requests) > self.max_queue:
+                raise QueueFull(f"{len(self.queue)} requests are waiting (serve max_queue={self.max_queue})")
+            now = time.perf_counter()
+            for r in requests:
+                r.submitted = now
+                self.queue.append(r)
+            self.metrics.queue.set(len(self.queue))
+            self._cv.notify()
+
+    @property
+    def running(self) -> int:
+        return sum(r is not None for r in self.slots)
+
+    # ------------------------------------------------------------------ the loop
+
+    def step(self) -> bool:
+        """Free cancelled slots, admit queued prompts, decode one token for every running slot.
+        -> whether there was anything to do."""
+        for i, r in enumerate(self.slots):
+            if r is not None and r.cancelled:
+                self._finish(i, "cancelled")
+        admitted = self._admit()
+        if self.running:
+            self._decode_step()
+        self.metrics.running.set(self.running)
+        return admitted or self.running > 0
+
+    def _admit(self) -> bool:
+        budget = self.n_slots if self.running == 0 else self.prefills_per_step
+        admitted = False
+        while budget and None in self.slots:
+            with self._cv:
+                while self.queue and self.queue[0].cancelled:
+                    self._close(self.queue.popleft(), "cancelled")
+                if not self.queue:
+                    break
+                r = self.queue.popleft()
+                self.metrics.queue.set(len(self.queue))
+            self._start(self.slots.index(None), r)
+            budget, admitted = budget - 1, True
+        return admitted
+
+    def _start(self, i: int, r: Request) -> None:
+        n = len(r.prompt)
+        tokens = np.zeros((1, bucket(n, self.context)), np.int32)
+        tokens[0, :n] = r.prompt
+        self.key_data[i] = np.asarray(jax.random.key_data(jax.random.key(r.seed)))
+        self.temperature[i], self.top_p[i] = r.temperature, r.top_p
+        first, self.cache = self._prefill(
+            self.params,
+            self.model_state,
+            self.cache,
+            np.int32(i),
+            tokens,
+            np.int32(n),
+            self.key_data[i : i + 1],
+            self.temperature[i : i + 1],
+            self.top_p[i : i + 1],
+        )
+        self.slots[i] = r
+        self.metrics.prompt_tokens.inc(n)
+        self.position[i], self.count[i] = n, 0
+        self._accept(i, int(np.asarray(first)[0]))
+
+    def _decode_step(self) -> None:
+        t0 = time.perf_counter()
+        tokens, self.cache = self._decode(
+            self.params,
+            self.model_state,
+            self.cache,
+            self.last,
+            self.position,
+            self.key_data,
+            self.count,
+            self.temperature,
+            self.top_p,
+        )
+        tokens = np.asarray(tokens)
+        self.metrics.decode_step.observe(time.perf_counter() - t0)
+        for i, r in enumerate(self.slots):
+            if r is not None:
+                self.position[i] += 1
+                self._accept(i, int(tokens[i]))
+
+    def _accept(self, i: int, token: int) -> None:
+        """Slot i sampled ``token``: record it, stream it, and end the sequence if it is done."""
+        r = self.slots[i]
+        self.count[i] += 1
+        self.metrics.token()
+        if r.first_token_at is None:
+            r.first_token_at = time.perf_counter()
+            self.metrics.ttft.observe(r.first_token_at - r.submitted)
+        if token in r.stop_ids:
+            return self._finish(i, "stop")
+        r.tokens.append(token)
+        self.last[i] = token
+        if r.should_stop is not None and r.should_stop(r.tokens):
+            return self._finish(i, "stop", [token])
+        if len(r.tokens) >= r.max_tokens:
+            return self._finish(i, "length", [token])
+        if r.on_tokens is not None:
+            r.on_tokens([token], None)
+
+    def _finish(self, i: int, reason: str, last: list[int] | None = None) -> None:
+        r, self.slots[i] = self.slots[i], None
+        self.last[i] = self.position[i] = self.count[i] = 0  # an empty slot decodes at slot 0 of its row
+        self.temperature[i] = 0.0
+        self._close(r, reason, last or [])
+
+    def _close(self, r: Request, reason: str, last: list[int] | None = None) -> None:
+        r.finish = reason
+        self.metrics.finished(reason, time.perf_counter() - r.submitted)
+        if r.on_tokens is not None:
+            r.on_tokens(last or [], reason)
+        r.done.set()
+
+    def warmup(self, prompt_lengths: tuple[int, ...] = (1,)) -> None:
+        """Compile the decode step and the prefill buckets of these prompt lengths (the first request
+        would otherwise pay for them)."""
+        for n in prompt_lengths:
+            r = Request([0] * n, max_tokens=2)
+            self.submit(r)
+            while not r.done.is_set():
+                self.step()
+
+    def start(self) -> None:
+        """Run ``step`` in a background thread until ``stop``."""
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="open-r1-engine", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while self._running:
+            if not self.step():
+                with self._cv:
+                    self._cv.wait_for(lambda: self.queue or not self._running, timeout=0.5)
+
+    def stop(self) -> None:
+        self._running = False
+        with self._cv:
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join()
