@@ -149,7 +149,7 @@ def errors(fn, ref, args, argnums) -> dict[str, float]:
 
 def cases(mode: str):
     """(name, triton fn, xla fn, oracle, args builder(dtype), argnums) per kernel."""
-    from kernels import ops
+    from open_r1_jax.kernels import ops
 
     small = mode != "gpu"
     rows, d, f = (100, 48, 40) if small else (3000, 512, 384)
@@ -248,7 +248,7 @@ def _routing(n_tokens, n_experts, top_k, seed=0):
 
 @section("speed: grouped matmul and fused FFN")
 def speed_moe(size: dict):
-    from kernels import ops
+    from open_r1_jax.kernels import ops
 
     n_tok, n_exp, top_k, d, f = size["moe"]
     time_fn = functools.partial(_time_fn, repeats=size["repeats"])
@@ -281,7 +281,7 @@ def speed_moe(size: dict):
         f"  -> x{t_rag / t_tri:.2f} vs ragged_dot, x{t_den / t_tri:.2f} vs dense"
     )
 
-    from kernels.grouped_matmul import grouped_matmul as gmm
+    from open_r1_jax.kernels.grouped_matmul import grouped_matmul as gmm
 
     def unfused(x, a, b, c, s):
         h = jax.nn.silu(gmm(x, a, sizes)) * gmm(x, b, sizes)
@@ -307,7 +307,7 @@ def speed_moe(size: dict):
 
 @section("speed: flash attention")
 def speed_attention(size: dict):
-    from kernels import ops
+    from open_r1_jax.kernels import ops
 
     h, g, k, dt = (16, 4, 128, jnp.bfloat16) if size["moe"][3] > 32 else (2, 1, 16, jnp.bfloat16)
     time_fn = functools.partial(_time_fn, repeats=size["repeats"])

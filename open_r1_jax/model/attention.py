@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kernels import ops
 from open_r1_jax.config import AttentionConfig
+from open_r1_jax.kernels import ops
 from open_r1_jax.model.kv_cache import query_slots, write_slots
 from open_r1_jax.model.layers import param, rotary
 

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kernels import ops
 from open_r1_jax.config import DRNConfig, MoEConfig
+from open_r1_jax.kernels import ops
 from open_r1_jax.model import routing
 from open_r1_jax.model.layers import RouterBias, SwiGLU, param, swiglu
 from open_r1_jax.parallel.experts import expert_parallel_ffn

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kernels import resolve as resolve_kernels
 from open_r1_jax.config import ModelConfig
+from open_r1_jax.kernels import resolve as resolve_kernels
 from open_r1_jax.model.attention import Attention, attention_mask
 from open_r1_jax.model.kv_cache import write_slots
 from open_r1_jax.model.layers import DTYPES, RMSNorm, param

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import KernelUnavailableError, adapter, resolve
 from open_r1_jax.config import ConfigError
+from open_r1_jax.kernels import KernelUnavailableError, adapter, resolve
 from open_r1_jax.model.attention import attention_mask, segment_ids_from_mask
 
 
@@ -68,7 +68,7 @@ def test_adapter_speaks_both_jax_triton_versions(monkeypatch, keyword):
 
 def test_importing_the_project_needs_neither_triton_nor_jax_triton():
     code = (
-        "import sys; import open_r1_jax.model, kernels.ops, kernels; "
+        "import sys; import open_r1_jax.model, open_r1_jax.kernels.ops; "
         "from open_r1_jax.model import build_model; "
         "bad = [m for m in ('triton', 'jax_triton') if m in sys.modules]; assert not bad, bad"
     )

@@ -13,8 +13,8 @@ pytest.importorskip("torch", reason="torch (the Triton interpreter's tensors) is
 
 from kernel_checks import check_op, rel_err  # noqa: E402
 
-from kernels import ops  # noqa: E402
-from kernels.flash_attention import Blocks, flash_attention  # noqa: E402
+from open_r1_jax.kernels import ops  # noqa: E402
+from open_r1_jax.kernels.flash_attention import Blocks, flash_attention  # noqa: E402
 from open_r1_jax.model.attention import attention_mask, dot_product_attention  # noqa: E402
 
 

@@ -12,9 +12,9 @@ pytest.importorskip("torch", reason="torch (the Triton interpreter's tensors) is
 
 from kernel_checks import check_op, rel_err  # noqa: E402
 
-from kernels import ops  # noqa: E402
-from kernels.fused_ffn import grouped_swiglu  # noqa: E402
-from kernels.grouped_matmul import Blocks  # noqa: E402
+from open_r1_jax.kernels import ops  # noqa: E402
+from open_r1_jax.kernels.fused_ffn import grouped_swiglu  # noqa: E402
+from open_r1_jax.kernels.grouped_matmul import Blocks  # noqa: E402
 
 CASES = {
     # rows, D, F, group sizes, blocks

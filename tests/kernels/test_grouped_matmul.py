@@ -12,8 +12,8 @@ pytest.importorskip("torch", reason="torch (the Triton interpreter's tensors) is
 
 from kernel_checks import check_op  # noqa: E402
 
-from kernels import ops  # noqa: E402
-from kernels.grouped_matmul import Blocks, grouped_matmul, tile_schedule  # noqa: E402
+from open_r1_jax.kernels import ops  # noqa: E402
+from open_r1_jax.kernels.grouped_matmul import Blocks, grouped_matmul, tile_schedule  # noqa: E402
 
 SMALL = Blocks(bm=16, bn=16, bk=16)  # several tiles per expert, partial tiles, K loop of 3 steps
 CASES = {

@@ -17,7 +17,7 @@ pytest.importorskip("torch", reason="torch (the Triton interpreter's tensors) is
 
 import triton.language as tl  # noqa: E402
 
-from kernels.adapter import triton_call  # noqa: E402
+from open_r1_jax.kernels.adapter import triton_call  # noqa: E402
 
 # The defect report's command: TRITON_INTERPRET=1 python -m open_r1_jax.train --config configs/tiny.yaml
 # train.steps=3 train.warmup_steps=1 model.dtype=float32 model.kernels=triton

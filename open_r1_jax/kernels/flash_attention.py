@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import triton
 import triton.language as tl
 
-from kernels.adapter import interpreting, triton_call
-from kernels.triton_common import ieee_flag, mma, pow2
+from open_r1_jax.kernels.adapter import interpreting, triton_call
+from open_r1_jax.kernels.triton_common import ieee_flag, mma, pow2
 
 
 class Blocks(NamedTuple):

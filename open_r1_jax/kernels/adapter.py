@@ -191,7 +191,7 @@ def _interpreter_call(args, kernel, out_shape, grid, constexprs):
     if not all(type(f).__name__.startswith("Interpreted") for f in (kernel, tl.cdiv)):
         raise KernelUnavailableError(
             "TRITON_INTERPRET=1 was set after triton or the kernel modules were imported; set it before "
-            "importing triton or anything from kernels/ (tests: tests/kernels/conftest.py sets it)"
+            "importing triton or anything from open_r1_jax/kernels/ (tests: tests/kernels/conftest.py sets it)"
         )
     flat_out, out_tree = jax.tree.flatten(out_shape)
     is_array = [isinstance(a, (jax.Array, np.ndarray)) for a in args]

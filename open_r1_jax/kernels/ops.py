@@ -33,7 +33,7 @@ def grouped_matmul(x: jax.Array, w: jax.Array, group_sizes: jax.Array, impl: str
     """x [R,K] rows sorted by expert, w [E,K,N], group_sizes [E] -> [R,N]; rows after the groups are 0."""
     _check(impl)
     if impl == "triton":
-        from kernels.grouped_matmul import grouped_matmul as kernel
+        from open_r1_jax.kernels.grouped_matmul import grouped_matmul as kernel
 
         return kernel(x, w, group_sizes)
     return jax.lax.ragged_dot(x, w.astype(x.dtype), group_sizes)
@@ -60,7 +60,7 @@ def grouped_swiglu(x, group_sizes, w_gate, w_up, w_down, row_scale=None, impl: s
     row_scale [R] (routing weights, applied after the down projection; None = 1) -> [R,D]."""
     _check(impl)
     if impl == "triton":
-        from kernels.fused_ffn import grouped_swiglu as kernel
+        from open_r1_jax.kernels.fused_ffn import grouped_swiglu as kernel
 
         return kernel(x, group_sizes, w_gate, w_up, w_down, row_scale)
     c = lambda w: w.astype(x.dtype)
@@ -87,7 +87,7 @@ def attention(q, k, v, segment_ids, impl: str = "xla"):
     """Causal attention within segments: q [B,T,H,K], k/v [B,T,G,K], segment_ids [B,T] -> [B,T,H,K]."""
     _check(impl)
     if impl == "triton":
-        from kernels.flash_attention import flash_attention as kernel
+        from open_r1_jax.kernels.flash_attention import flash_attention as kernel
 
         return kernel(q, k, v, segment_ids)
     return attention_reference(q, k, v, segment_ids)

@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import triton
 import triton.language as tl
 
-from kernels.adapter import interpreting, triton_call
-from kernels.grouped_matmul import Blocks, gmm, gmm_dw, group_offsets, pick_blocks, tile_rows, tile_schedule
-from kernels.triton_common import ieee_flag, mma
+from open_r1_jax.kernels.adapter import interpreting, triton_call
+from open_r1_jax.kernels.grouped_matmul import Blocks, gmm, gmm_dw, group_offsets, pick_blocks, tile_rows, tile_schedule
+from open_r1_jax.kernels.triton_common import ieee_flag, mma
 
 
 @triton.jit

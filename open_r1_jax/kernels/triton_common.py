@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import triton
 import triton.language as tl
 
-from kernels.adapter import interpreting
+from open_r1_jax.kernels.adapter import interpreting
 
 
 @triton.jit

@@ -9,6 +9,6 @@
   the project never needs triton or jax-triton.
 """
 
-from kernels.adapter import KernelUnavailableError, interpreting, resolve
+from open_r1_jax.kernels.adapter import KernelUnavailableError, interpreting, resolve
 
 __all__ = ["KernelUnavailableError", "interpreting", "resolve"]
