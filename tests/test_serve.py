@@ -194,6 +194,26 @@ def test_a_client_that_disconnects_frees_its_slot(server):
     assert engine.running == 0 and _cancelled(url) == before + 1
 
 
+def test_a_failed_step_fails_its_requests_not_the_server(server, monkeypatch):
+    url, engine, gen = server
+    real, calls = engine._decode, []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("device lost")
+        return real(*args)
+
+    monkeypatch.setattr(engine, "_decode", flaky)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    body = {"prompt": "Hello", "max_tokens": 12, "temperature": 0}
+    with httpx.Client(base_url=url, timeout=60, headers=auth) as http:
+        failed = http.post("/v1/completions", json=body)
+        assert failed.status_code == 500 and "device lost" in failed.json()["error"]["message"]
+        again = http.post("/v1/completions", json=body).json()
+    assert again["choices"][0]["text"] == _greedy_text(gen, "Hello", 12)
+
+
 def _fuzz_body(rng: random.Random):
     junk = [None, True, -1, 0, 3.5, 10**12, "", "x" * 300, [], {}, [1, "a"], {"a": 1}, "\u0000\ud7ff"]
     kind = rng.randrange(4)

@@ -118,10 +118,17 @@ def build_app(
                 out.append(_Choice(p * body.n + j, r, streamer))
         return out
 
-    def submit(choices: list[_Choice]) -> asyncio.Queue:
+    def submit(choices: list[_Choice], every_token: bool) -> asyncio.Queue:
+        """Queue the choices' sequences; their events (choice, finish or None) arrive in the queue,
+        one per token for a stream, only the last otherwise (each event wakes the event loop)."""
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         for c in choices:
-            c.request.on_tokens = lambda new, finish, c=c: loop.call_soon_threadsafe(events.put_nowait, (c, finish))
+
+            def on_tokens(new, finish, c=c):
+                if every_token or finish is not None:
+                    loop.call_soon_threadsafe(events.put_nowait, (c, finish))
+
+            c.request.on_tokens = on_tokens
         try:
             engine.submit(*(c.request for c in choices))
         except eng.QueueFull as e:
@@ -175,10 +182,12 @@ def build_app(
     async def run(http: Request, body: Sampling, prompts, max_tokens, stops, chunk, final):
         check_length(prompts, max_tokens, body.n)
         choices = choices_for(body, prompts, max_tokens, stops)
-        events = submit(choices)
+        events = submit(choices, every_token=body.stream)
         if not body.stream:
             async for _ in events_of(choices, events, http):
                 pass
+            if failed := [c.request.error for c in choices if c.request.finish == "error"]:
+                raise APIError(500, f"generation failed: {failed[0]}", kind="server_error")
             return JSONResponse(final(choices, usage(prompts, choices)))
 
         async def stream():
@@ -186,6 +195,9 @@ def build_app(
                 if (first := chunk(c, None, None, start=True)) is not None:
                     yield sse(first)
             async for c, finish in events_of(choices, events, http):
+                if finish == "error":  # OpenAI's servers end a failed stream with an error event
+                    yield sse({"error": {"message": f"generation failed: {c.request.error}", "type": "server_error"}})
+                    return
                 text = c.delta(final=finish is not None)
                 if text:
                     yield sse(chunk(c, text, None))

@@ -21,6 +21,7 @@ else shares the batch.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from open_r1_jax.config import ModelConfig
 from open_r1_jax.generate import nucleus
 from open_r1_jax.serving.metrics import EngineMetrics
 
+log = logging.getLogger(__name__)
 MIN_BUCKET = 16  # shortest padded prompt; buckets double up to the context
 
 
@@ -53,7 +55,8 @@ class Request:
     should_stop: Callable[[list[int]], bool] | None = None  # after each token, on all tokens so far
     on_tokens: Callable[[list[int], str | None], None] | None = None  # engine thread: new tokens, finish
     tokens: list[int] = field(default_factory=list)  # generated so far
-    finish: str | None = None  # "stop", "length" or "cancelled" once done
+    finish: str | None = None  # "stop", "length", "cancelled" or "error" once done
+    error: str = ""  # what failed, with finish "error"
     submitted: float = 0.0
     first_token_at: float | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -72,10 +75,17 @@ def bucket(n: int, context: int) -> int:
 def sample_rows(logits, key_data, counts, temperature, top_p) -> jax.Array:
     """logits [B,V] fp32, key_data [B,2] uint32, counts/temperature/top_p [B] -> tokens [B] int32.
     Each row samples with its own settings (temperature 0 = argmax) and key fold_in(key, count)."""
-    keys = jax.vmap(lambda k, c: jax.random.fold_in(jax.random.wrap_key_data(k), c))(key_data, counts)
-    scaled = nucleus(logits / jnp.maximum(temperature, 1e-6)[:, None], top_p[:, None])
-    drawn = jax.vmap(jax.random.categorical)(keys, scaled)
-    return jnp.where(temperature > 0, drawn, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def draw(logits):
+        keys = jax.vmap(lambda k, c: jax.random.fold_in(jax.random.wrap_key_data(k), c))(key_data, counts)
+        scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+        scaled = jax.lax.cond(jnp.any(top_p < 1), lambda x: nucleus(x, top_p[:, None]), lambda x: x, scaled)
+        drawn = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+        return jnp.where(temperature > 0, drawn, greedy)
+
+    # the sort of the nucleus filter and the draws only run when some row needs them
+    return jax.lax.cond(jnp.any(temperature > 0), draw, lambda _: greedy, logits)
 
 
 class Engine:
@@ -103,8 +113,7 @@ class Engine:
         self.metrics = metrics or EngineMetrics()
         graphdef = nnx.split(nnx.eval_shape(lambda: build_model(config, 0)), nnx.Param, ...)[0]
         self._model = lambda p, s: merge_model(graphdef, p, s)
-        model = self._model(params, model_state)
-        self.cache = jax.jit(lambda: model.init_cache(slots, self.context))()
+        self.cache = self._new_cache()
         self._decode = jax.jit(self._decode_fn, donate_argnums=(2,))
         self._prefill = jax.jit(self._prefill_fn, donate_argnums=(2,))
         self.slots: list[Request | None] = [None] * slots
@@ -124,8 +133,7 @@ class Engine:
         """tokens [1,P] (right-padded, ``length`` real) into row ``slot`` -> (first token [1], cache)."""
         model = self._model(params, model_state)
         p = tokens.shape[1]
-        row = jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, slot, 1, axis=0), cache)
-        row["valid"] = jnp.zeros_like(row["valid"])  # whatever the slot's last sequence left is not attended
+        row = model.init_cache(1, self.context)  # a fresh row: what the slot's last sequence left is gone
         real = (jnp.arange(p) < length)[None]
         logits, row = model.decode(tokens, jnp.arange(p)[None], real, row, jnp.int32(0))
         last = jax.lax.dynamic_index_in_dim(logits, length - 1, axis=1, keepdims=False)  # [1,V]
@@ -276,6 +284,17 @@ class Engine:
             r.on_tokens(last or [], reason)
         r.done.set()
 
+    def _fail_running(self, message: str) -> None:
+        for i, r in enumerate(self.slots):
+            if r is not None:
+                r.error = message
+                self._finish(i, "error")
+        self.cache = self._new_cache()  # the failed call may have consumed the donated cache
+
+    def _new_cache(self) -> dict:
+        model = self._model(self.params, self.model_state)
+        return jax.jit(lambda: model.init_cache(self.n_slots, self.context))()
+
     def warmup(self, prompt_lengths: tuple[int, ...] = (1,)) -> None:
         """Compile the decode step and the prefill buckets of these prompt lengths (the first request
         would otherwise pay for them)."""
@@ -293,7 +312,13 @@ class Engine:
 
     def _loop(self) -> None:
         while self._running:
-            if not self.step():
+            try:
+                busy = self.step()
+            except Exception as e:  # a failed step fails the sequences it ran, never the server
+                log.exception("engine step failed; its sequences end with finish 'error'")
+                self._fail_running(f"{type(e).__name__}: {e}")
+                continue
+            if not busy:
                 with self._cv:
                     self._cv.wait_for(lambda: self.queue or not self._running, timeout=0.5)
 
