@@ -1,16 +1,17 @@
 """Load test of ``python -m open_r1_jax.serve``: continuous batching against one request at a time.
 
-Starts the server twice in subprocesses on the tiny model (``--run DIR``, or ``configs/tiny.yaml``'s
+Starts two servers in subprocesses on the tiny model (``--run DIR``, or ``configs/tiny.yaml``'s
 architecture with random weights exported to a temporary folder: speed does not depend on the
-weights): once with ``slots=--slots`` (continuous batching) and once with ``slots=1`` (one request
-at a time, the rest queued). Each is driven by C concurrent closed-loop clients (async httpx: a client
-sends its next request when the last one is answered) for ``--seconds`` per level, C in
-``--concurrency``; every request asks for ``--max-tokens`` tokens at temperature 0.7. Prints QPS,
-p50/p95/p99 latency and output tokens/s per level, the ratio at each level, then the seed's
-deployment table (online, batch, edge) with what this machine reaches.
+weights): one with ``slots=--slots`` (continuous batching), one with ``slots=1`` (one request at a
+time, the rest queued). Each is driven in turn by C concurrent closed-loop clients (async httpx: a
+client sends its next request when the last one is answered) for ``--seconds``, C in
+``--concurrency``; levels and servers alternate for ``--rounds`` and medians are reported, so that
+the machine's drift hits both alike. Every request asks for ``--max-tokens`` tokens at temperature
+0.7. Prints QPS, p50/p95/p99 latency and output tokens/s per level, the ratio at each level, then the
+seed's deployment table (online, batch, edge) with what this machine reaches.
 Target: continuous batching >= 4x the QPS of one-at-a-time at no worse p95.
 
-    python benchmarks/serve_load.py [--run runs/tiny] [--slots 16] [--concurrency 1 4 8 16] [--seconds 8]
+    python benchmarks/serve_load.py [--run runs/tiny] [--slots 16] [--concurrency 1 4 8 16] [--seconds 6] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -115,22 +116,33 @@ def main() -> None:
     parser.add_argument("--run", help="run or export to serve (default: tiny.yaml's architecture, random weights)")
     parser.add_argument("--slots", type=int, default=16, help="sequence slots of the continuous-batching server")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
+    parser.add_argument("--seconds", type=float, default=6.0, help="per concurrency level and round")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2, help="alternated rounds; medians are reported")
     args = parser.parse_args()
+    modes = {"batched": args.slots, "one_at_a_time": 1}
+    runs: dict[str, dict[int, list[dict]]] = {m: {c: [] for c in args.concurrency} for m in modes}
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else export_random_tiny(Path(tmp))
-        results = {}
-        for mode, slots in (("batched", args.slots), ("one_at_a_time", 1)):
-            server = Server(run, slots)
-            try:
+        servers = {mode: Server(run, slots) for mode, slots in modes.items()}  # both up; one driven at a time
+        try:
+            for server in servers.values():
                 warm(server.url)
-                results[mode] = {
-                    c: asyncio.run(drive(server.url, c, args.seconds, args.max_tokens)) for c in args.concurrency
-                }
-            finally:
+            for _ in range(args.rounds):  # alternated, so that the machine's drift hits both modes alike
+                for c in args.concurrency:
+                    for mode, server in servers.items():
+                        runs[mode][c].append(asyncio.run(drive(server.url, c, args.seconds, args.max_tokens)))
+        finally:
+            for server in servers.values():
                 server.close()
-    print(f"{args.max_tokens} output tokens per request; batched = {args.slots} slots, one at a time = 1 slot")
+    results = {
+        m: {c: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} for c, rs in lv.items()}
+        for m, lv in runs.items()
+    }
+    print(
+        f"{args.max_tokens} output tokens per request; batched = {args.slots} slots, one at a time = 1 slot; "
+        f"medians of {args.rounds} alternated rounds of {args.seconds:g} s"
+    )
     print(f"{'mode':<14} {'C':>3} {'req':>5} {'QPS':>7} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} {'tok/s':>8}")
     for mode, levels in results.items():
         for c, r in levels.items():

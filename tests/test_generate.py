@@ -1,17 +1,19 @@
 """Generation: cached decoding equals recomputation, stop tokens, sampling filters, the LSH bucketed
 cache, and the CLI (streamed output) on an exported tiny model."""
 
+import dataclasses
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from open_r1_jax.config import to_dict
 from open_r1_jax.generate import Generator, Sampling, main, sample
 from open_r1_jax.model import build_model, split_model
-from open_r1_jax.model.attention import cached_attention
+from open_r1_jax.model.attention import cached_attention, dot_product_attention
 from open_r1_jax.model.lsh_attention import LSHAttention, hash_buckets
 
 PROMPTS = [[72, 101, 108, 108, 111, 32, 119], [40, 41, 42]]  # two lengths: the short one is left-padded
@@ -62,15 +64,17 @@ def test_blocked_cache_attention_equals_whole_cache():
     last query's never matter."""
     ks = jax.random.split(jax.random.key(0), 3)
     q = jax.random.normal(ks[0], (3, 2, 4, 8))  # [B,T,H,K], two new tokens per row
-    k, v = (jax.random.normal(x, (3, 40, 2, 8)) for x in ks[1:])  # [B,S,G,K]
+    k, v = (jax.random.normal(x, (3, 2, 40, 8)) for x in ks[1:])  # the cache's [B,G,S,K]
     valid = jnp.ones((3, 40), bool).at[1, 3].set(False)
     q_slot = jnp.array([[4, 5], [20, 21], [36, 37]])  # [B,T]: rows at different fills
-    whole = cached_attention(q, k, v, valid, q_slot, block=0)
+    mask = (jnp.arange(40) <= q_slot[:, :, None]) & valid[:, None, :]  # [B,T,S]
+    oracle = dot_product_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask[:, None, None])
+    np.testing.assert_allclose(cached_attention(q, k, v, valid, q_slot, block=0), oracle, rtol=1e-5, atol=1e-6)
     blocked = jax.jit(cached_attention, static_argnums=5)(q, k, v, valid, q_slot, 16)
-    np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-6)
-    junk = k.at[0, 6:].set(1e3), v.at[0, 6:].set(1e3)  # row 0 sees slots <= 5 only
-    np.testing.assert_allclose(cached_attention(q, *junk, valid, q_slot, 16)[0], whole[0], rtol=1e-5, atol=1e-6)
-    assert float(jnp.max(jnp.abs(cached_attention(q, k, v, valid.at[1, 3].set(True), q_slot, 16)[1] - whole[1]))) > 0
+    np.testing.assert_allclose(blocked, oracle, rtol=1e-5, atol=1e-6)
+    junk = k.at[0, :, 6:].set(1e3), v.at[0, :, 6:].set(1e3)  # row 0 sees slots <= 5 only
+    np.testing.assert_allclose(cached_attention(q, *junk, valid, q_slot, 16)[0], oracle[0], rtol=1e-5, atol=1e-6)
+    assert float(jnp.max(jnp.abs(cached_attention(q, k, v, valid.at[1, 3].set(True), q_slot, 16)[1] - oracle[1]))) > 0
 
 
 def test_small_decode_blocks_equal_recompute(micro):
@@ -116,6 +120,25 @@ def test_lsh_decode_attends_to_its_bucket(micro):
     np.testing.assert_array_equal(decode({**cache, "v": other}), ref)
     mine = cache["v"].at[0, np.flatnonzero(same)].add(5.0)
     assert float(jnp.max(jnp.abs(decode({**cache, "v": mine}) - ref))) > 1e-3
+
+
+@pytest.mark.parametrize("shared_qk", [False, True])
+def test_lsh_decode_in_blocks_equals_the_whole_cache(micro, shared_qk):
+    """Per-row slots, blocks of 8 over 28 slots (the last overlaps): the online softmax of each round
+    over the filled blocks gives the whole-cache result."""
+    cfg = micro("model.attention.n_hashes=2", "model.attention.n_buckets=4", f"model.attention.shared_qk={shared_qk}")
+    outs = []
+    for block in (0, 8):
+        att = dataclasses.replace(cfg.model.attention, decode_block=block)
+        attn = LSHAttention(32, 2, 1, 16, att, 0.3, jnp.float32, nnx.Rngs(params=0))
+        x = jax.random.normal(jax.random.key(1), (2, 20, 32))
+        pos = jnp.broadcast_to(jnp.arange(20), (2, 20))
+        valid = jnp.ones((2, 28), bool)
+        rng = jax.random.key(7)
+        _, cache = attn.decode(x[:, :18], pos[:, :18], attn.init_cache(2, 28), jnp.int32(0), valid, rng)
+        index = jnp.array([18, 11])  # row 1 continues from slot 11: its later slots are stale
+        outs.append(jax.jit(attn.decode)(x[:, 18:], pos[:, 18:], cache, index, valid, rng)[0])
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-6)
 
 
 def test_sampling_filters():

@@ -76,9 +76,11 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
 def cached_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, q_slot: jax.Array, block: int
 ) -> jax.Array:
-    """q [B,T,H,K], k/v [B,S,G,K] (the cache, new tokens written), valid [B,S], q_slot [B,T] ->
+    """q [B,T,H,K], k/v [B,G,S,K] (the cache, new tokens written), valid [B,S], q_slot [B,T] ->
     [B,T,H,K]. ``block`` 0 (or a cache of at most one block) attends over the whole cache at once.
 
+    The cache keeps the slots inside each head ([B,G,S,K]): the layout both products read, so no
+    step copies the cache into another layout (measured: a quarter of a 16-row decode step on CPU).
     A decoding cache is preallocated for the longest sequence it may hold, so attending over all of
     it makes a short sequence in a large cache pay for the capacity. This walks the cache
     in blocks of C slots with an online softmax (as flash-decoding does) and stops after the last block
@@ -87,26 +89,32 @@ def cached_attention(
     exp(MASK_VALUE - max) = 0) up to summation order.
     """
     b, t, h, kd = q.shape
-    s, g = k.shape[1], k.shape[2]
-    if not block or s <= block:
-        mask = (jnp.arange(s) <= q_slot[:, :, None]) & valid[:, None, :]  # [B,T,S]
-        return dot_product_attention(q, k, v, mask[:, None, None])
+    g, s = k.shape[1], k.shape[2]
     qg = q.reshape(b, t, g, h // g, kd)
+
+    def scores_of(kb, vis):  # kb [B,G,C,K], vis [B,T,C] -> [B,G,R,T,C] fp32
+        scores = jnp.einsum("btgrk,bgsk->bgrts", qg, kb, preferred_element_type=jnp.float32) * kd**-0.5
+        return jnp.where(vis[:, None, None], scores, MASK_VALUE)
+
+    if not block or s <= block:
+        vis = (jnp.arange(s) <= q_slot[:, :, None]) & valid[:, None, :]  # [B,T,S]
+        probs = jax.nn.softmax(scores_of(k, vis), axis=-1).astype(v.dtype)
+        out = jnp.einsum("bgrts,bgsk->bgrtk", probs, v)  # batch axes first: XLA:CPU's fast matmul path
+        return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, kd)
     n_blocks = jnp.max(q_slot) // block + 1  # blocks up to the last slot any query sees
 
     def one_block(i, carry):
         m, total, acc = carry  # running max and sum [B,G,R,T], weighted values [B,G,R,T,K] (fp32)
         start = jnp.minimum(i * block, s - block)  # the last block may overlap the one before it...
         slots = start + jnp.arange(block)
-        kb, vb = (jax.lax.dynamic_slice_in_dim(x, start, block, axis=1) for x in (k, v))
+        kb, vb = (jax.lax.dynamic_slice_in_dim(x, start, block, axis=2) for x in (k, v))
         vis = jax.lax.dynamic_slice_in_dim(valid, start, block, axis=1)[:, None, :]  # [B,1,C]
         vis &= (slots >= i * block) & (slots <= q_slot[:, :, None])  # ...whose slots are not counted twice
-        scores = jnp.einsum("btgrk,bsgk->bgrts", qg, kb, preferred_element_type=jnp.float32) * kd**-0.5
-        scores = jnp.where(vis[:, None, None], scores, MASK_VALUE)
+        scores = scores_of(kb, vis)
         m_new = jnp.maximum(m, scores.max(axis=-1))
         p = jnp.exp(scores - m_new[..., None])
         scale = jnp.exp(m - m_new)
-        pv = jnp.einsum("bgrts,bsgk->bgrtk", p.astype(v.dtype), vb, preferred_element_type=jnp.float32)
+        pv = jnp.einsum("bgrts,bgsk->bgrtk", p.astype(v.dtype), vb, preferred_element_type=jnp.float32)
         return m_new, total * scale + p.sum(axis=-1), acc * scale[..., None] + pv
 
     stats = jnp.full((b, g, h // g, t), -jnp.inf, jnp.float32)
@@ -163,8 +171,9 @@ class Attention(nnx.Module):
         return rotary(x, positions, self.theta, self.rope_scaling, self.rope_factor)
 
     def init_cache(self, batch: int, length: int) -> dict:
-        """Preallocated KV cache of ``length`` slots: k/v [B,S,G,K] in the compute dtype."""
-        shape = (batch, length, self.n_kv_heads, self.head_dim)
+        """Preallocated KV cache of ``length`` slots: k/v [B,G,S,K] in the compute dtype (the layout
+        ``cached_attention`` reads)."""
+        shape = (batch, self.n_kv_heads, length, self.head_dim)
         return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
 
     def decode(
@@ -172,7 +181,7 @@ class Attention(nnx.Module):
     ) -> tuple[jax.Array, dict]:
         """Cached attention of T new tokens written to slots [index, index+T) of the cache.
 
-        x [B,T,D], positions [B,T], cache {"k","v": [B,S,G,K]}, index int scalar or [B] (each row's
+        x [B,T,D], positions [B,T], cache {"k","v": [B,G,S,K]}, index int scalar or [B] (each row's
         slot, ``model/kv_cache.py``), valid [B,S] (slots that hold real tokens, the new ones included)
         -> (out [B,T,D], updated cache). A query sees the valid slots up to its own: the same keys as
         ``__call__`` on the whole sequence, so cached decoding and recomputation agree (up to summation
@@ -180,7 +189,7 @@ class Attention(nnx.Module):
         """
         b, t, _ = x.shape
         q, k, v = self._qkv(x, positions)
-        cache = {"k": write_slots(cache["k"], k, index), "v": write_slots(cache["v"], v, index)}
+        cache = {"k": write_slots(cache["k"], k, index, axis=2), "v": write_slots(cache["v"], v, index, axis=2)}
         q_slot = query_slots(index, b, t)
         out = cached_attention(q, cache["k"], cache["v"], valid, q_slot, self.decode_block)
         return out.reshape(b, t, -1) @ self.wo[...].astype(self.dtype), cache

@@ -15,13 +15,19 @@ import jax
 import jax.numpy as jnp
 
 
-def write_slots(cache: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
-    """cache [B,S,...] <- new [B,T,...] at slots [index, index+T) of each row (index scalar or [B])."""
-    zeros = (0,) * (cache.ndim - 2)
+def write_slots(cache: jax.Array, new: jax.Array, index: jax.Array, axis: int = 1) -> jax.Array:
+    """cache [B, ..., S, ...] (slots on ``axis``) <- new [B,T,...] (the other axes in the cache's order)
+    at slots [index, index+T) of each row (index scalar or [B])."""
+    new = new.astype(cache.dtype)
     if jnp.ndim(index) == 0:
-        return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), (0, index, *zeros))
-    row = lambda c, n, i: jax.lax.dynamic_update_slice(c, n, (i, *zeros))
-    return jax.vmap(row)(cache, new.astype(cache.dtype), index)
+        start = [0] * cache.ndim
+        start[axis] = index
+        return jax.lax.dynamic_update_slice(cache, jnp.moveaxis(new, 1, axis), start)
+    # one scatter of the [B,T] (row, slot) pairs, in place; a vmapped dynamic_update_slice becomes a
+    # scatter with a batch dimension that XLA:CPU lowers through a copy of the whole cache
+    rows = jnp.arange(cache.shape[0])[:, None]
+    where = (rows, *[slice(None)] * (axis - 1), query_slots(index, cache.shape[0], new.shape[1]))
+    return cache.at[where].set(new)  # advanced indices first: the update is [B,T,...]
 
 
 def query_slots(index: jax.Array, batch: int, t: int) -> jax.Array:

@@ -167,7 +167,7 @@ class LSHAttention(nnx.Module):
         self.n_heads, self.n_kv_heads, self.head_dim, self.dtype = n_heads, n_kv_heads, head_dim, dtype
         self.theta, self.rope_scaling, self.rope_factor = cfg.rope_theta, cfg.rope_scaling, cfg.rope_factor
         self.n_hashes, self.n_buckets, self.chunk_size = cfg.n_hashes, cfg.n_buckets, cfg.chunk_size
-        self.shared_qk = cfg.shared_qk
+        self.shared_qk, self.decode_block = cfg.shared_qk, cfg.decode_block
         self.wq = param(rngs, (d_model, n_heads * head_dim), ("embed", "heads"), std)
         if not cfg.shared_qk:
             self.wk = param(rngs, (d_model, n_kv_heads * head_dim), ("embed", "kv_heads"), std)
@@ -215,7 +215,9 @@ class LSHAttention(nnx.Module):
         rng: this layer's key (the same rotations for every step) -> (out [B,T,D], updated cache).
         In each round a query attends to the valid earlier cached keys of its own bucket (itself
         included unless QK is shared), with the self fallback of the training forward; rounds are
-        combined by logsumexp.
+        combined by logsumexp. As full attention does, the cache is read in ``decode_block`` blocks up
+        to the last slot a query sees (an online softmax per round), so the cost follows what is
+        cached; within those blocks every key is scored and the other buckets' are masked.
         """
         b, t, _ = x.shape
         h, g, kd = self.n_heads, self.n_kv_heads, self.head_dim
@@ -231,28 +233,51 @@ class LSHAttention(nnx.Module):
         qg = q.reshape(b, t, g, h // g, kd)  # [B,T,G,R,K]
         q_buckets = hash_buckets(q.transpose(0, 2, 1, 3), rot, self.n_buckets)  # [B,H,N,T]
         q_buckets = q_buckets.reshape(b, g, h // g, self.n_hashes, t)  # [B,G,R,N,T]
-        if self.shared_qk:
-            ks = cache["k"].reshape(b, -1, g, h // g, kd)  # [B,S,G,R,K]
-            scores = jnp.einsum("btgrk,bsgrk->bgrts", qg, ks, preferred_element_type=jnp.float32)
-            kb = cache["buckets"].reshape(b, -1, g, h // g, self.n_hashes).transpose(0, 2, 3, 4, 1)
-        else:
-            scores = jnp.einsum("btgrk,bsgk->bgrts", qg, cache["k"], preferred_element_type=jnp.float32)
-            kb = cache["buckets"].transpose(0, 2, 3, 1)[:, :, None]  # [B,G,1,N,S]
-        scores = scores * kd**-0.5  # [B,G,R,T,S]
-        slots = jnp.arange(cache["k"].shape[1])
         q_slot = query_slots(index, b, t)  # [B,T]
-        visible = (slots <= q_slot[:, :, None]) & valid[:, None, :]  # [B,T,S]
-        if self.shared_qk:
-            visible &= slots != q_slot[:, :, None]
-        same = kb[:, :, :, :, None, :] == q_buckets[..., None]  # [B,G,R,N,T,S]
-        mask = same & visible[:, None, None, None]
-        round_scores = jnp.where(mask, scores[:, :, :, None], MASK_VALUE)  # [B,G,R,N,T,S]
-        lse = jnp.logaddexp(jax.nn.logsumexp(round_scores, axis=-1), SELF_VALUE)  # [B,G,R,N,T]
+        s = cache["k"].shape[1]
+
+        def round_scores(start, c, first):
+            """Scores of cache slots [start, start+c) for each round, those of other buckets, of later
+            or empty slots and of slots before ``first`` (counted already) masked: [B,G,R,N,T,C]."""
+            ks, kbs = (jax.lax.dynamic_slice_in_dim(cache[n], start, c, axis=1) for n in ("k", "buckets"))
+            if self.shared_qk:
+                ks = ks.reshape(b, c, g, h // g, kd)  # [B,C,G,R,K]
+                scores = jnp.einsum("btgrk,bsgrk->bgrts", qg, ks, preferred_element_type=jnp.float32)
+                kb = kbs.reshape(b, c, g, h // g, self.n_hashes).transpose(0, 2, 3, 4, 1)  # [B,G,R,N,C]
+            else:
+                scores = jnp.einsum("btgrk,bsgk->bgrts", qg, ks, preferred_element_type=jnp.float32)
+                kb = kbs.transpose(0, 2, 3, 1)[:, :, None]  # [B,G,1,N,C]
+            slots = start + jnp.arange(c)
+            visible = (slots >= first) & (slots <= q_slot[:, :, None])  # [B,T,C]
+            visible &= jax.lax.dynamic_slice_in_dim(valid, start, c, axis=1)[:, None, :]
+            if self.shared_qk:
+                visible &= slots != q_slot[:, :, None]
+            mask = (kb[:, :, :, :, None, :] == q_buckets[..., None]) & visible[:, None, None, None]
+            return jnp.where(mask, scores[:, :, :, None] * kd**-0.5, MASK_VALUE)
+
+        def update(carry, start, c, first):
+            """Online softmax per round over one more block: (max, sum [B,G,R,N,T], values [..,K])."""
+            m, total, acc = carry
+            rs = round_scores(start, c, first)
+            m_new = jnp.maximum(m, rs.max(axis=-1))
+            p = jnp.exp(rs - m_new[..., None])
+            scale = jnp.exp(m - m_new)
+            vs = jax.lax.dynamic_slice_in_dim(cache["v"], start, c, axis=1)  # [B,C,G,K]
+            pv = jnp.einsum("bgrnts,bsgk->bgrntk", p.astype(v.dtype), vs, preferred_element_type=jnp.float32)
+            return m_new, total * scale + p.sum(axis=-1), acc * scale[..., None] + pv
+
+        stats = jnp.full((b, g, h // g, self.n_hashes, t), -jnp.inf, jnp.float32)
+        carry = (stats, jnp.zeros_like(stats), jnp.zeros((*stats.shape, kd), jnp.float32))
+        block = self.decode_block
+        if not block or s <= block:
+            m, total, acc = update(carry, 0, s, 0)
+        else:  # only the blocks up to the last slot a query sees (model/attention.py: cached_attention)
+            one = lambda i, c: update(c, jnp.minimum(i * block, s - block), block, i * block)
+            m, total, acc = jax.lax.fori_loop(0, jnp.max(q_slot) // block + 1, one, carry)
+        lse = jnp.logaddexp(m + jnp.log(total), SELF_VALUE)  # [B,G,R,N,T], the self fallback included
         weights = jax.nn.softmax(lse, axis=3)  # rounds
-        # sum over rounds first: one product with the values instead of N
-        probs = jnp.sum(jnp.exp(round_scores - lse[..., None]) * weights[..., None], axis=3)  # [B,G,R,T,S]
+        out = jnp.einsum("bgrnt,bgrntk->btgrk", weights * jnp.exp(m - lse), acc)  # the rounds' outputs, mixed
         self_w = jnp.sum(jnp.exp(SELF_VALUE - lse) * weights, axis=3)  # [B,G,R,T]
-        out = jnp.einsum("bgrts,bsgk->btgrk", probs.astype(v.dtype), cache["v"], preferred_element_type=jnp.float32)
         out = out + self_w.transpose(0, 3, 1, 2)[..., None] * v.reshape(b, t, g, 1, kd).astype(jnp.float32)
         out = out.astype(self.dtype).reshape(b, t, h * kd)
         return out @ self.wo[...].astype(self.dtype), cache

@@ -130,16 +130,19 @@ class Engine:
     # ------------------------------------------------------------------ jitted parts
 
     def _prefill_fn(self, params, model_state, cache, slot, tokens, length, key_data, temperature, top_p):
-        """tokens [1,P] (right-padded, ``length`` real) into row ``slot`` -> (first token [1], cache)."""
+        """tokens [1,P] (right-padded, ``length`` real) into row ``slot`` -> (first token [1], cache).
+
+        The prompt runs against a cache of its own P slots (attention over P keys, not the context),
+        which then becomes the first P slots of the row; the row's other slots are marked empty."""
         model = self._model(params, model_state)
         p = tokens.shape[1]
-        row = model.init_cache(1, self.context)  # a fresh row: what the slot's last sequence left is gone
         real = (jnp.arange(p) < length)[None]
-        logits, row = model.decode(tokens, jnp.arange(p)[None], real, row, jnp.int32(0))
+        logits, row = model.decode(tokens, jnp.arange(p)[None], real, model.init_cache(1, p), jnp.int32(0))
         last = jax.lax.dynamic_index_in_dim(logits, length - 1, axis=1, keepdims=False)  # [1,V]
         first = sample_rows(last, key_data, jnp.zeros(1, jnp.int32), temperature, top_p)
-        cache = jax.tree.map(lambda c, r: jax.lax.dynamic_update_slice_in_dim(c, r, slot, axis=0), cache, row)
-        return first, cache
+        cache = {**cache, "valid": cache["valid"].at[slot].set(False)}  # what the last sequence left
+        put = lambda c, r: jax.lax.dynamic_update_slice(c, r.astype(c.dtype), (slot,) + (0,) * (c.ndim - 1))
+        return first, jax.tree.map(put, cache, row)
 
     def _decode_fn(self, params, model_state, cache, tokens, positions, key_data, counts, temperature, top_p):
         """One token per slot: tokens/positions [B] (a slot's position is also its cache slot)."""
@@ -230,6 +233,7 @@ class Engine:
         self.slots[i] = r
         self.metrics.prompt_tokens.inc(n)
         self.position[i], self.count[i] = n, 0
+        self.metrics.sampled(1)
         self._accept(i, int(np.asarray(first)[0]))
 
     def _decode_step(self) -> None:
@@ -247,16 +251,16 @@ class Engine:
         )
         tokens = np.asarray(tokens)
         self.metrics.decode_step.observe(time.perf_counter() - t0)
-        for i, r in enumerate(self.slots):
-            if r is not None:
-                self.position[i] += 1
-                self._accept(i, int(tokens[i]))
+        running = [i for i, r in enumerate(self.slots) if r is not None]
+        self.metrics.sampled(len(running))
+        for i in running:
+            self.position[i] += 1
+            self._accept(i, int(tokens[i]))
 
     def _accept(self, i: int, token: int) -> None:
         """Slot i sampled ``token``: record it, stream it, and end the sequence if it is done."""
         r = self.slots[i]
         self.count[i] += 1
-        self.metrics.token()
         if r.first_token_at is None:
             r.first_token_at = time.perf_counter()
             self.metrics.ttft.observe(r.first_token_at - r.submitted)

@@ -36,18 +36,19 @@ class EngineMetrics:
             "openr1_decode_step_seconds", "one decode step of all slots", buckets=LATENCY_BUCKETS, registry=r
         )
         self.sequences = Counter("openr1_sequences", "finished sequences by reason", ["finish"], registry=r)
-        self._recent: collections.deque[float] = collections.deque()
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()  # (time, tokens) per step
 
-    def token(self) -> None:
-        self.tokens.inc()
+    def sampled(self, n: int) -> None:
+        """``n`` tokens were sampled (one call per engine step, not per token)."""
+        self.tokens.inc(n)
         now = time.monotonic()
-        self._recent.append(now)
-        while self._recent and self._recent[0] < now - WINDOW_S:
+        self._recent.append((now, n))
+        while self._recent and self._recent[0][0] < now - WINDOW_S:
             self._recent.popleft()
 
     def _rate(self) -> float:
         now = time.monotonic()
-        return sum(t >= now - WINDOW_S for t in list(self._recent)) / WINDOW_S
+        return sum(n for t, n in list(self._recent) if t >= now - WINDOW_S) / WINDOW_S
 
     def finished(self, reason: str, seconds: float) -> None:
         self.sequences.labels(finish=reason).inc()
