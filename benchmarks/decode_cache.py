@@ -3,6 +3,7 @@ reading only the filled blocks (``model.attention.decode_block``, the default 25
 over every preallocated slot (``decode_block=0``: how decoding worked before).
 
 The tiny model's architecture (``configs/tiny.yaml``, random weights: speed does not depend on them),
+with full attention and with LSH attention in every layer,
 a cache of ``--capacity`` slots (8192) holding about ``--filled`` tokens (256: a 240-token prompt and
 16 new tokens), batch 1, through the plain generator and through the serving engine (one slot);
 alternated ``--rounds`` times in one process, medians reported. Target: >= 4x lower per token.
@@ -54,33 +55,38 @@ def main() -> None:
     parser.add_argument("--filled", type=int, default=256, help="tokens in the cache at the end")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    cfg = load_config(ROOT / "configs/tiny.yaml").model
-    _, params, rest = split_model(build_model(cfg))
+    base = load_config(ROOT / "configs/tiny.yaml").model
     prompt = [(7 * i) % 250 + 1 for i in range(args.filled - NEW)]
-    variants = {}
-    for block in (0, cfg.attention.decode_block):
-        c = dataclasses.replace(cfg, attention=dataclasses.replace(cfg.attention, decode_block=block))
-        gen, engine = Generator(c, params, rest), Engine(c, params, rest, slots=1, context=args.capacity)
-        per_token_generator(gen, prompt, args.capacity), per_token_engine(engine, prompt)  # compile
-        variants[block] = (gen, engine, {"generator": [], "engine": []})
-    for _ in range(args.rounds):
-        for gen, engine, times in variants.values():
-            times["generator"].append(per_token_generator(gen, prompt, args.capacity))
-            times["engine"].append(per_token_engine(engine, prompt))
-    ms = {b: {k: 1e3 * statistics.median(v) for k, v in t.items()} for b, (_, _, t) in variants.items()}
-    whole, blocked = ms[0], ms[cfg.attention.decode_block]
+    lsh = dataclasses.replace(base, attention=dataclasses.replace(base.attention, kind="lsh", chunk_size=64))
+    ms: dict[str, dict[str, dict[int, float]]] = {}
+    for name, cfg in (("full", base), ("lsh", lsh)):
+        _, params, rest = split_model(build_model(cfg))
+        variants = {}
+        for block in (0, cfg.attention.decode_block):
+            c = dataclasses.replace(cfg, attention=dataclasses.replace(cfg.attention, decode_block=block))
+            gen, engine = Generator(c, params, rest), Engine(c, params, rest, slots=1, context=args.capacity)
+            per_token_generator(gen, prompt, args.capacity), per_token_engine(engine, prompt)  # compile
+            variants[block] = (gen, engine, {"generator": [], "engine": []})
+        for _ in range(args.rounds):
+            for gen, engine, times in variants.values():
+                times["generator"].append(per_token_generator(gen, prompt, args.capacity))
+                times["engine"].append(per_token_engine(engine, prompt))
+        for b, (_, _, t) in variants.items():
+            for k, v in t.items():
+                ms.setdefault(name, {}).setdefault(k, {})[b] = 1e3 * statistics.median(v)
+    block = base.attention.decode_block
     print(f"cache of {args.capacity} slots, about {args.filled} filled, batch 1, ms per output token (median)")
-    print(f"{'path':<10} {'whole cache':>12} {'filled blocks':>14} {'speed-up':>9}")
-    for k in ("generator", "engine"):
-        print(f"{k:<10} {whole[k]:>12.2f} {blocked[k]:>14.2f} {whole[k] / blocked[k]:>8.1f}x")
+    print(f"{'attention':<10} {'path':<10} {'whole cache':>12} {'filled blocks':>14} {'speed-up':>9}")
+    for name, paths in ms.items():
+        for k, t in paths.items():
+            print(f"{name:<10} {k:<10} {t[0]:>12.2f} {t[block]:>14.2f} {t[0] / t[block]:>8.1f}x")
     emit(
         "decode_cache",
         {
             "capacity": args.capacity,
             "filled": args.filled,
-            "ms_per_token_whole": whole,
-            "ms_per_token_blocked": blocked,
-            "speedup": {k: whole[k] / blocked[k] for k in whole},
+            "ms_per_token": {n: {k: {"whole": t[0], "blocked": t[block]} for k, t in p.items()} for n, p in ms.items()},
+            "speedup": {n: {k: t[0] / t[block] for k, t in p.items()} for n, p in ms.items()},
         },
     )
 
