@@ -166,6 +166,9 @@ class TrainConfig:
     keep_checkpoints: int = 3  # checkpoints kept on disk
     loss_scale: float = 32768.0  # initial dynamic loss scale (float16 only)
     loss_scale_period: int = 200  # finite steps before the loss scale doubles (float16 only)
+    # where the train state lives between steps (training/offload.py): all on the device, the AdamW
+    # moments in pinned host memory, or the moments and the fp32 parameters there
+    offload: Literal["none", "optimizer", "optimizer_and_params"] = "none"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 from open_r1_jax.config import Config
 from open_r1_jax.model import build_model, lora, split_model
 from open_r1_jax.parallel.mesh import logical_axes, parse_rules, state_shardings, tree_shardings
+from open_r1_jax.training.offload import offload_shardings
 from open_r1_jax.training.step import init_state
 
 
@@ -47,6 +48,6 @@ def create_train_state(cfg: Config, tx: optax.GradientTransformation, mesh: Mesh
     def init():
         return init_state(*weights(), tx, cfg)
 
-    shardings = state_shardings(jax.eval_shape(init), param_sh, rest_sh, mesh)
+    shardings = offload_shardings(state_shardings(jax.eval_shape(init), param_sh, rest_sh, mesh), cfg.train.offload)
     state = jax.jit(init, out_shardings=shardings)()
     return graphdef, state, shardings

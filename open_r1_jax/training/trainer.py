@@ -29,8 +29,9 @@ from open_r1_jax.config_checks import ignored_keys
 from open_r1_jax.data.pipeline import pad_rows
 from open_r1_jax.model import lora
 from open_r1_jax.model.layers import DTYPES
-from open_r1_jax.parallel.mesh import batch_sharding, check_batch, make_mesh, per_device_bytes, replicated
+from open_r1_jax.parallel.mesh import batch_sharding, check_batch, make_mesh, replicated
 from open_r1_jax.training import metrics as M
+from open_r1_jax.training.offload import OFFLOADED, offloaded_step, on_device, resident_bytes
 from open_r1_jax.training.optim import make_optimizer, schedule
 from open_r1_jax.training.stages import STAGES, Stage, StageContext
 from open_r1_jax.training.state import create_train_state
@@ -91,18 +92,21 @@ class Trainer:
                 "params": jax.device_put(params, self.shardings["params"]),
                 "model_state": jax.device_put(pretrained.model_state, self.shardings["model_state"]),
             }
-        model_view = {**state, "params": model_params(state["params"], cfg)}  # what stages see: adapters folded
+        view = self.view(state)
+        model_view = {**view, "params": model_params(view["params"], cfg)}  # what stages see: adapters folded
         self.bsh = batch_sharding(mesh)
         rows = cfg.train.global_batch // jax.process_count()
         stage.setup(StageContext(self.run_dir, graphdef, model_view, self.put, rows, mesh))
         self.rows = rows
         n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-        self.state_bytes = per_device_bytes(state)
+        self.state_bytes, host_bytes = resident_bytes(state)
         log.info(
-            "model: %.2fM parameters, %.2fM active matmul parameters per token; %.1f MB of train state on each device",
+            "model: %.2fM parameters, %.2fM active matmul parameters per token; %.1f MB of train state on each "
+            "device%s",
             n_params / 1e6,
             M.active_matmul_params(cfg.model) / 1e6,
             self.state_bytes / 1e6,
+            f", {host_bytes / 1e6:.1f} MB in host memory (train.offload={cfg.train.offload})" if host_bytes else "",
         )
         if lora.KEY in state["params"]:
             n_lora = lora.count(state["params"])
@@ -116,6 +120,12 @@ class Trainer:
             )
         return state
 
+    def view(self, state: dict) -> dict:
+        """The state as stages read it: parameters offloaded to host memory are copied to the device."""
+        if "params" not in OFFLOADED[self.cfg.train.offload]:
+            return state
+        return {**state, "params": jax.device_put(state["params"], on_device(self.shardings["params"]))}
+
     def put(self, batch: dict) -> dict:
         """This process's rows of a host batch -> global arrays sharded over the batch axes."""
         return {k: jax.make_array_from_process_local_data(self.bsh, v) for k, v in batch.items()}
@@ -124,14 +134,14 @@ class Trainer:
         cfg, stage, sh = self.cfg, self.stage, self.shardings
         frozen_sh = jax.tree.map(lambda x: x.sharding, stage.frozen)
         step = jax.jit(
-            make_train_step(stage, self.tx, cfg),
+            offloaded_step(make_train_step(stage, self.tx, cfg), sh, cfg.train.offload),
             donate_argnums=0,
             in_shardings=(sh, self.bsh, frozen_sh),
             out_shardings=(sh, replicated(self.mesh)),
         )
         self.eval_fn = jax.jit(
             lambda p, s, b, f: stage.eval_fn(model_params(p, cfg), s, {**b, "frozen": f}),
-            in_shardings=(sh["params"], sh["model_state"], self.bsh, frozen_sh),
+            in_shardings=(on_device(sh["params"]), sh["model_state"], self.bsh, frozen_sh),
         )
         t0 = time.perf_counter()
         compiled = step.lower(state, self.put(first_batch), stage.frozen).compile()
@@ -140,6 +150,7 @@ class Trainer:
 
     def evaluate(self, state) -> dict:
         """The stage's held-out figures (``eval_`` prefixed); {} when it has no held-out data."""
+        state = self.view(state)
         sums: dict[str, float] = {}
         for batch in self.stage.eval_batches():
             out = jax.device_get(
@@ -178,7 +189,7 @@ class Trainer:
             path = self.run_dir / "summary.json"
             return json.loads(path.read_text()) if path.is_file() else {"steps": start}
 
-        first = stage.next_batch(state)
+        first = stage.next_batch(self.view(state))
         compiled = self._compile(state, first)
         self.lr_at, self.peak, self.fpt = schedule(t), self._peak_flops(), M.flops_per_token(cfg.model, t.seq_len)
         writer = M.MetricsWriter(self.run_dir, cfg.run.tensorboard, resume_step=start)
@@ -195,7 +206,7 @@ class Trainer:
         try:
             for step in range(start, t.steps):
                 if step > start:
-                    batch = stage.next_batch(state)
+                    batch = stage.next_batch(self.view(state))
                 state, metrics = compiled(state, self.put(batch), stage.frozen)
                 tok_window += stage.tokens(batch) * jax.process_count()
                 done = step + 1

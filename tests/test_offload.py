@@ -1,0 +1,125 @@
+"""train.offload: the same training, bit for bit, with the optimizer moments (and the parameters) in
+host memory; checkpoints move between offload settings; the compiled step reads the moments from
+host memory; and the same on an 8-device FSDP mesh."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from micro import subprocess_env
+
+from open_r1_jax.checkpoint import read_weights
+from open_r1_jax.training.offload import HOST, offloaded_step, resident_bytes
+from open_r1_jax.training.optim import make_optimizer
+from open_r1_jax.training.stages import Pretrain
+from open_r1_jax.training.state import create_train_state
+from open_r1_jax.training.step import make_train_step
+from open_r1_jax.training.trainer import train
+
+MODES = ("none", "optimizer", "optimizer_and_params")
+STEPS = ["train.steps=10", "train.checkpoint_every=5", "train.eval_every=5", "train.lr=3e-3"]
+
+
+def _records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(run, step):
+    return jax.device_get(read_weights(run, step)[1])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from micro import micro_config
+
+    out = {}
+    for mode in MODES:
+        run = tmp_path_factory.mktemp(mode)
+        train(micro_config(f"train.offload={mode}", *STEPS, run_dir=run))
+        out[mode] = run
+    return out
+
+
+def test_offload_trains_bit_identically(runs):
+    base = _records(runs["none"])
+    for mode in MODES[1:]:
+        got = _records(runs[mode])
+        for key in ("loss", "grad_norm", "aux_loss"):
+            assert [r[key] for r in got] == [r[key] for r in base], (mode, key)
+        assert got[4]["eval_loss"] == base[4]["eval_loss"]
+        same = jax.tree.map(np.array_equal, _weights(runs[mode], 10), _weights(runs["none"], 10))
+        assert all(jax.tree.leaves(same)), mode
+
+
+@pytest.mark.parametrize("written, resumed", [("optimizer_and_params", "none"), ("none", "optimizer")])
+def test_a_checkpoint_resumes_under_another_offload(runs, tmp_path, written, resumed):
+    """Step 5 written with one setting, steps 6-10 run with the other: those of the straight run."""
+    from micro import micro_config
+
+    run = tmp_path / "run"
+    shutil.copytree(runs[written], run)
+    shutil.rmtree(run / "checkpoints" / "10")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines[:5]) + "\n")  # as if it had stopped after step 5
+    train(micro_config(f"train.offload={resumed}", *STEPS, run_dir=run))
+    assert [r["loss"] for r in _records(run)] == [r["loss"] for r in _records(runs["none"])]
+    same = jax.tree.map(np.array_equal, _weights(run, 10), _weights(runs["none"], 10))
+    assert all(jax.tree.leaves(same))
+
+
+def test_the_compiled_step_reads_the_moments_from_host_memory(micro):
+    cfg = micro("train.offload=optimizer")
+    tx = make_optimizer(cfg.train)
+    mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "expert"))
+    graphdef, state, sh = create_train_state(cfg, tx, mesh)
+    kinds = lambda tree: {x.sharding.memory_kind for x in jax.tree.leaves(tree)}
+    assert kinds(state["opt_state"]) == {HOST} and kinds(state["params"]) == {"device"}
+    on_device, on_host = resident_bytes(state)
+    assert on_host == resident_bytes({"o": state["opt_state"]})[1] > 1.9 * resident_bytes({"p": state["params"]})[0]
+    step = jax.jit(offloaded_step(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), sh, "optimizer"))
+    batch = {k: np.ones((4, 32), np.int32) for k in ("inputs", "targets", "positions", "segment_ids")}
+    compiled = step.lower(state, batch).compile()
+    formats = jax.tree.leaves(compiled.input_formats[0][0], is_leaf=lambda x: hasattr(x, "sharding"))
+    entry = next(line for line in compiled.as_text().splitlines() if "entry_computation_layout" in line)
+    n_moments = len(jax.tree.leaves(state["opt_state"]))
+    # XLA's memory space 5 is host memory: one entry parameter per moment array, and no other
+    assert entry.split("->")[0].count("S(5)") == n_moments
+    assert sum(f.sharding.memory_kind == HOST for f in formats) == n_moments
+
+
+EIGHT = """
+import json, sys
+sys.path.insert(0, "tests")
+import jax, numpy as np
+from micro import micro_config
+from open_r1_jax.checkpoint import read_weights
+from open_r1_jax.training.trainer import train
+out = {}
+for mode in ("none", "optimizer_and_params"):
+    run = sys.argv[1] + "/" + mode
+    summary = train(micro_config(f"train.offload={mode}", "mesh.fsdp=8", "train.global_batch=8", "train.steps=10",
+                                 "train.eval_every=0", run_dir=run))
+    w = jax.device_get(read_weights(run, 10)[1])
+    losses = [json.loads(line)["loss"] for line in open(run + "/metrics.jsonl")]
+    out[mode] = {"losses": losses, "sum": float(sum(np.abs(x).astype(np.float64).sum() for x in jax.tree.leaves(w))),
+                 "bytes": summary["train_state_bytes_per_device"], "w": w}
+a, b = out["none"], out["optimizer_and_params"]
+same = all(jax.tree.leaves(jax.tree.map(np.array_equal, a["w"], b["w"])))
+print(json.dumps({"losses": [a["losses"], b["losses"]], "same_weights": same, "bytes": [a["bytes"], b["bytes"]]}))
+"""
+
+
+def test_offload_on_an_eight_device_fsdp_mesh(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", EIGHT, str(tmp_path)], capture_output=True, text=True, env=subprocess_env(devices=8)
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["losses"][0] == res["losses"][1] and res["same_weights"]
+    assert res["bytes"][1] < 0.05 * res["bytes"][0]  # each device's shard of the state is in host memory
