@@ -56,3 +56,10 @@ def test_distill_plan_prints_the_teachers_cost(capsys, tmp_path):
     (tmp_path / "config.yaml").write_text("model:\n  d_model: 64\n  n_layers: 2\n  drn_layers: 1\n")
     assert main(["--config", "configs/distill_7b.yaml", f"distill.teacher={tmp_path}"]) == 0
     assert "teacher: 0.0" in capsys.readouterr().out
+
+
+def test_offload_plan_says_where_the_state_sits(capsys):
+    assert main(["--config", "configs/a100x4_offload.yaml", "train.offload=optimizer_and_params"]) == 0
+    out = capsys.readouterr().out
+    # 13.02 GB of parameters + 26.04 GB of moments per device sit in host memory between steps
+    assert "39.06 GB sit in its pinned host memory" in out and "the fit table does not count offload" in out
