@@ -4,7 +4,7 @@ Prints total and active parameter counts, and per-device memory for parameters, 
 optimizer state and activations (with and without activation checkpointing) under the configured
 mesh, for A100 40/80 GB, H100 80 GB and H200 141 GB, and whether it fits.
 
-Model (documented estimates; ``tests/test_plan.py`` checks the counts against the real model):
+Model (documented estimates; parameter shapes and their logical axes come from the model itself):
 - parameters and gradients fp32, AdamW moments 2 x fp32, each divided by how ``mesh.rules`` shards
   that array (the same rules the trainer uses);
 - FSDP gathers one block's parameters at a time in the compute dtype (the largest block counts);
@@ -31,38 +31,18 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def param_shapes(m: ModelConfig) -> list[tuple[str, tuple[int, ...], tuple]]:
-    """(name, shape, logical axes) of every parameter, as the Flax model builds them."""
-    d, hk, gk = m.d_model, m.n_heads * m.head_dim, m.n_kv_heads * m.head_dim
-    out = [("embed", (m.vocab_size, d), ("vocab", "embed"))]
-    for i in range(m.n_layers):
-        p = f"blocks.{i}."
-        out += [
-            (p + "attn_norm", (d,), ("embed",)),
-            (p + "ffn_norm", (d,), ("embed",)),
-            (p + "wq", (d, hk), ("embed", "heads")),
-            (p + "wk", (d, gk), ("embed", "kv_heads")),
-            (p + "wv", (d, gk), ("embed", "kv_heads")),
-            (p + "wo", (hk, d), ("heads", "embed")),
-        ]
-        ffn = m.drn if i < m.drn_layers else m.moe
-        e, f = ffn.n_experts, ffn.expert_ffn_dim
-        out += [
-            (p + "router", (d, e), ("embed", None)),
-            (p + "experts.w_gate", (e, d, f), ("experts", "embed", "mlp")),
-            (p + "experts.w_up", (e, d, f), ("experts", "embed", "mlp")),
-            (p + "experts.w_down", (e, f, d), ("experts", "mlp", "embed")),
-        ]
-        if i >= m.drn_layers and m.moe.n_shared_experts:
-            fs = m.moe.n_shared_experts * f
-            out += [
-                (p + "shared.w_gate", (d, fs), ("embed", "mlp")),
-                (p + "shared.w_up", (d, fs), ("embed", "mlp")),
-                (p + "shared.w_down", (fs, d), ("mlp", "embed")),
-            ]
-    out.append(("final_norm", (d,), ("embed",)))
-    if not m.tie_embeddings:
-        out.append(("lm_head", (d, m.vocab_size), ("embed", "vocab")))
-    return out
+    """(name, shape, logical axes) of every parameter, read from the model itself: an abstract build
+    (``nnx.eval_shape``: shapes only, no memory, seconds even for the 13B plans), so the planner cannot
+    drift from what the trainer builds."""
+    from flax import nnx
+
+    from open_r1_jax.model import build_model
+
+    abstract = nnx.eval_shape(lambda: build_model(m))
+    return [
+        (".".join(map(str, path)), tuple(v.get_value().shape), v.get_metadata().get("axes"))
+        for path, v in nnx.to_flat_state(nnx.state(abstract, nnx.Param))
+    ]
 
 
 def count_params(m: ModelConfig) -> int:
