@@ -57,6 +57,19 @@ def test_offload_trains_bit_identically(runs):
         assert all(jax.tree.leaves(same)), mode
 
 
+def test_offload_with_frozen_parameters(micro, tmp_path):
+    """LoRA: the frozen weights' zero updates (multi_transform) run on the host too."""
+    losses = {}
+    for mode in ("none", "optimizer_and_params"):
+        train(
+            micro(
+                f"train.offload={mode}", "lora.rank=2", "train.steps=4", "train.eval_every=0", run_dir=tmp_path / mode
+            )
+        )
+        losses[mode] = [r["loss"] for r in _records(tmp_path / mode)]
+    assert losses["none"] == losses["optimizer_and_params"] and len(losses["none"]) == 4
+
+
 @pytest.mark.parametrize("written, resumed", [("optimizer_and_params", "none"), ("none", "optimizer")])
 def test_a_checkpoint_resumes_under_another_offload(runs, tmp_path, written, resumed):
     """Step 5 written with one setting, steps 6-10 run with the other: those of the straight run."""
@@ -91,6 +104,7 @@ def test_the_compiled_step_reads_the_moments_from_host_memory(micro):
     # XLA's memory space 5 is host memory: one entry parameter per moment array, and no other
     assert entry.split("->")[0].count("S(5)") == n_moments
     assert sum(f.sharding.memory_kind == HOST for f in formats) == n_moments
+    assert '_xla_compute_type="host"' in compiled.as_text()  # the update runs on the host
 
 
 EIGHT = """

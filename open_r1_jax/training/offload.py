@@ -2,20 +2,24 @@
 parameters) live in host memory between steps, as ZeRO-Offload keeps them.
 
 JAX places arrays by memory kind: a sharding ``with_memory_kind("pinned_host")`` keeps each device's
-shard in page-locked host memory (present on CPU too, so the code paths are tested here). The train
-step moves the offloaded parts to the device at its start (``jax.device_put`` inside the jitted step:
-host-to-device copies XLA schedules), runs the unchanged step there, and its outputs go back to host
-memory (the step's ``out_shardings``). The arithmetic is the step's own, so offload changes where
-bytes live, not a single bit of the result (tests/test_offload.py).
+shard in page-locked host memory (present on CPU too, so the code paths are tested here).
 
-Where the update runs: on the device. The alternative, the AdamW update on the host CPU (ZeRO-Offload's
-choice on GPUs, JAX's ``compute_on("device_host")``), saves the moments' round trip but runs a
-bandwidth-bound update on the host's cores; on this CPU-only machine both places are the same
-memory, so the choice could not be measured here (see benchmarks/offload.py for what was).
+Where the update runs: on the host, beside the moments, as ZeRO-Offload does. The step computes the
+gradients on the device, copies them and the parameters to host memory, and runs the AdamW update
+there (``compute_on("device_host")``, training/step.py); the new parameters go back to the device
+(``optimizer``) or stay on the host (``optimizer_and_params``). The moments never come to the
+device, so its peak holds parameters, gradients and activations only, and each step moves 2 x 4
+bytes per parameter (gradients in, parameters out) instead of the moments' 2 x 8 both ways. The
+price is an update on the host's cores (bandwidth-bound, one pass over 16 bytes per parameter). On
+this CPU-only machine both memory kinds are the same RAM and the host is the device, so that price
+could not be measured here (benchmarks/offload.py gives what was).
 
-With ``optimizer_and_params`` the device holds no train state between steps but the model state
-(router biases): the parameters travel host -> device at each step (and at each evaluation or
-generation the stages do), and back after the update. No compute-dtype copy is kept on the device.
+With ``optimizer_and_params`` the fp32 parameters also live on the host: they are copied to the
+device at the start of each step (``offloaded_step``; and at each evaluation or generation the
+stages do). No compute-dtype copy is kept on the device between steps.
+
+The arithmetic is the step's own: on CPU offload changes where bytes live and where the update runs,
+not one bit of the result (tests/test_offload.py); on a GPU the host's AdamW may round differently.
 """
 
 from __future__ import annotations
@@ -40,15 +44,13 @@ def on_device(shardings):
 
 
 def offloaded_step(step, shardings: dict, mode: str):
-    """``step(state, ...)`` whose offloaded state comes from host memory and returns there."""
-    if mode == "none":
+    """``step(state, ...)`` whose offloaded parameters are copied to the device for the forward and
+    backward passes (the moments stay on the host: the update runs there, training/step.py)."""
+    if "params" not in OFFLOADED[mode]:
         return step
-    keys = OFFLOADED[mode]
 
     def run(state, *args):
-        state = {k: jax.device_put(v, on_device(shardings[k])) if k in keys else v for k, v in state.items()}
-        new, metrics = step(state, *args)
-        return {k: jax.device_put(v, shardings[k]) if k in keys else v for k, v in new.items()}, metrics
+        return step({**state, "params": jax.device_put(state["params"], on_device(shardings["params"]))}, *args)
 
     return run
 

@@ -6,6 +6,9 @@
   (projections, experts, routers, embeddings, LM head); never norms' scales. The DeepSeek-V3 router
   bias is not a parameter at all (non-trainable state), so neither gradients nor decay touch it.
 - Clipping acts on the accumulated gradient of the whole global batch (it runs inside the step).
+  It is optax's ``clip_by_global_norm`` formula (the same state, the same arithmetic) with the norm
+  summed leaf by leaf in plain jnp: ``optax.tree.norm`` mixes host and device operands when the
+  update runs in host memory (``train.offload``, training/offload.py), which then fails to trace.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from open_r1_jax.config import TrainConfig
@@ -28,10 +32,30 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm: g * max_norm / ||g|| when ||g|| exceeds max_norm (host-safe norm)."""
+
+    def update(updates, state, params=None):
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(updates)))
+        trigger = norm < max_norm
+        clip = lambda t: jax.lax.select(trigger, t, (t / norm.astype(t.dtype)) * max_norm)
+        return jax.tree.map(clip, updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+def set_to_zero() -> optax.GradientTransformation:
+    """optax.set_to_zero for frozen parameters, as ``u * 0``: host-safe (``jnp.zeros_like`` would be
+    created in device memory), and equal, since their gradients are zeros already (step.mask_frozen)."""
+    return optax.GradientTransformation(
+        optax.init_empty_state, lambda updates, state, params=None: (jax.tree.map(lambda u: u * 0, updates), state)
+    )
+
+
 def make_optimizer(cfg: TrainConfig, trainable: Callable | None = None) -> optax.GradientTransformation:
     """``trainable``: params -> tree of bools (a stage's mask); frozen parameters get no update, no
     decay and no optimizer moments, and are left out of the clipping norm."""
-    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
+    parts = [clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
     parts.append(
         optax.adamw(
             schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask
@@ -45,4 +69,4 @@ def make_optimizer(cfg: TrainConfig, trainable: Callable | None = None) -> optax
         mask = trainable(params)  # None: everything trains
         return jax.tree.map(lambda t: "train" if mask is None or t else "frozen", params if mask is None else mask)
 
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return optax.multi_transform({"train": tx, "frozen": set_to_zero()}, labels)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import optax
+from jax.experimental.compute_on import compute_on
 
 from open_r1_jax.config import Config
 from open_r1_jax.model import lora, routing
@@ -140,6 +141,15 @@ def make_train_step(stage, tx: optax.GradientTransformation, cfg: Config, return
     fp16 = cfg.model.dtype == "float16"
     grad_fn = make_grad_fn(stage, cfg)
 
+    offload = cfg.train.offload
+
+    @jax.jit  # a computation of its own: with train.offload it runs on the host (compute_on)
+    def update(grads, opt_state, params, finite):
+        """AdamW on the accumulated gradient; a non-finite step keeps the old parameters and moments."""
+        updates, new_opt = tx.update(grads, opt_state, params)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        return keep(optax.apply_updates(params, updates), params), keep(new_opt, opt_state)
+
     def train_step(state: dict, batch: Batch, frozen=None):
         params, model_state, scale = state["params"], state["model_state"], state["loss_scale"]
         # fresh randomness (LSH rotations) per step, and per micro-batch inside grad_fn
@@ -150,17 +160,23 @@ def make_train_step(stage, tx: optax.GradientTransformation, cfg: Config, return
             grad_norm = optax.tree.norm(grads)
             loss = metrics["loss"]
             finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
-            updates, new_opt = tx.update(grads, state["opt_state"], params)
-            new_params = optax.apply_updates(params, updates)
+            if offload == "none":
+                new_params, new_opt = update(grads, state["opt_state"], params, finite)
+            else:  # the update runs in host memory, beside the moments (training/offload.py)
+                host = lambda tree: jax.device_put(tree, jax.memory.Space.Host)
+                with compute_on("device_host"):
+                    new_params, new_opt = update(host(grads), state["opt_state"], host(params), host(finite))
+                if offload == "optimizer":  # the parameters live on the device
+                    new_params = jax.device_put(new_params, jax.memory.Space.Device)
         new_model_state = model_state
         if stage.updates_router_bias and "expert_counts" in metrics:
             new_model_state = update_router_biases(model_state, metrics["expert_counts"], cfg)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         new_state = {
             "step": state["step"] + 1,
-            "params": keep(new_params, params),
+            "params": new_params,
             "model_state": keep(new_model_state, model_state),
-            "opt_state": keep(new_opt, state["opt_state"]),
+            "opt_state": new_opt,
             "skipped": state["skipped"] + (~finite).astype(jnp.int32),
         }
         # float16: overflowing gradients are expected (the scale halves); only a non-finite loss stops
