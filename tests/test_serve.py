@@ -66,6 +66,12 @@ def test_engine_equals_the_generator_as_sequences_join_and_leave(weights):
     while not stop.done.is_set():
         engine.step()
     assert stop.finish == "stop" and stop.tokens == greedy[0].tokens[:3]
+    waiting = [Request([1], 2) for _ in range(3)]
+    engine.submit(*waiting)  # the queue is full again...
+    for r in waiting:
+        r.cancel()  # ...until its clients leave: the next step frees their places
+    engine.step()
+    assert not engine.queue and all(r.finish == "cancelled" and r.done.is_set() for r in waiting)
     with pytest.raises(ValueError, match="exceeds the context of 64"):
         engine.submit(Request([1] * 60, 5))
     assert engine.running == 0 and bucket(17, 64) == 32 and bucket(3, 64) == 16 and bucket(60, 64) == 64
@@ -204,12 +210,19 @@ def test_a_failed_step_fails_its_requests_not_the_server(server, monkeypatch):
             raise RuntimeError("device lost")
         return real(*args)
 
-    monkeypatch.setattr(engine, "_decode", flaky)
+    def flaky_prefill(*args):
+        raise MemoryError("no room for the prompt")
+
     auth = {"Authorization": f"Bearer {KEY}"}
     body = {"prompt": "Hello", "max_tokens": 12, "temperature": 0}
     with httpx.Client(base_url=url, timeout=60, headers=auth) as http:
+        monkeypatch.setattr(engine, "_decode", flaky)
         failed = http.post("/v1/completions", json=body)
         assert failed.status_code == 500 and "device lost" in failed.json()["error"]["message"]
+        monkeypatch.setattr(engine, "_prefill", flaky_prefill)  # a prompt that fails to start ends too
+        unstarted = http.post("/v1/completions", json=body)
+        assert unstarted.status_code == 500 and "no room" in unstarted.json()["error"]["message"]
+        monkeypatch.undo()
         again = http.post("/v1/completions", json=body).json()
     assert again["choices"][0]["text"] == _greedy_text(gen, "Hello", 12)
 

@@ -111,7 +111,7 @@ def build_app(
                     max_tokens,
                     temperature=body.temperature,
                     top_p=body.top_p,
-                    seed=seed + j,
+                    seed=(seed + j) % 2**32,  # jax.random.key keeps 32 bits
                     stop_ids=(tokenizer.eos_id,),
                     should_stop=(lambda toks, s=streamer: s.text(toks)[1]) if stops else None,
                 )

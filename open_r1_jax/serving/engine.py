@@ -105,8 +105,8 @@ class Engine:
     ):
         from open_r1_jax.model import build_model, merge_model
 
-        if slots < 1 or max_queue < 0 or prefills_per_step < 1:
-            raise ValueError(f"slots ({slots}) and prefills_per_step must be >= 1, max_queue ({max_queue}) >= 0")
+        if min(slots, max_queue, prefills_per_step) < 1:
+            raise ValueError(f"slots ({slots}), max_queue ({max_queue}) and prefills_per_step must be >= 1")
         self.config, self.params, self.model_state = config, params, model_state
         self.n_slots, self.context = slots, context or config.max_seq_len
         self.max_queue, self.prefills_per_step = max_queue, prefills_per_step
@@ -192,6 +192,13 @@ class Engine:
         for i, r in enumerate(self.slots):
             if r is not None and r.cancelled:
                 self._finish(i, "cancelled")
+        if any(r.cancelled for r in self.queue):  # a client that left while queued frees its place now
+            with self._cv:
+                gone = [r for r in self.queue if r.cancelled]
+                self.queue = collections.deque(r for r in self.queue if not r.cancelled)
+                self.metrics.queue.set(len(self.queue))
+            for r in gone:
+                self._close(r, "cancelled")
         admitted = self._admit()
         if self.running:
             self._decode_step()
@@ -219,6 +226,7 @@ class Engine:
         tokens[0, :n] = r.prompt
         self.key_data[i] = np.asarray(jax.random.key_data(jax.random.key(r.seed)))
         self.temperature[i], self.top_p[i] = r.temperature, r.top_p
+        self.slots[i] = r  # before the prefill: if it fails, _fail_running ends this request too
         first, self.cache = self._prefill(
             self.params,
             self.model_state,
@@ -230,7 +238,6 @@ class Engine:
             self.temperature[i : i + 1],
             self.top_p[i : i + 1],
         )
-        self.slots[i] = r
         self.metrics.prompt_tokens.inc(n)
         self.position[i], self.count[i] = n, 0
         self.metrics.sampled(1)
@@ -278,7 +285,7 @@ class Engine:
     def _finish(self, i: int, reason: str, last: list[int] | None = None) -> None:
         r, self.slots[i] = self.slots[i], None
         self.last[i] = self.position[i] = self.count[i] = 0  # an empty slot decodes at slot 0 of its row
-        self.temperature[i] = 0.0
+        self.temperature[i], self.top_p[i] = 0.0, 1.0
         self._close(r, reason, last or [])
 
     def _close(self, r: Request, reason: str, last: list[int] | None = None) -> None:
@@ -320,7 +327,11 @@ class Engine:
                 busy = self.step()
             except Exception as e:  # a failed step fails the sequences it ran, never the server
                 log.exception("engine step failed; its sequences end with finish 'error'")
-                self._fail_running(f"{type(e).__name__}: {e}")
+                try:
+                    self._fail_running(f"{type(e).__name__}: {e}")
+                except Exception:  # e.g. no memory for a new cache: keep the loop alive, try again
+                    log.exception("engine recovery failed; retrying")
+                    time.sleep(1.0)
                 continue
             if not busy:
                 with self._cv:

@@ -126,6 +126,11 @@ class Trainer:
             return state
         return {**state, "params": jax.device_put(state["params"], on_device(self.shardings["params"]))}
 
+    def batch_view(self, state: dict) -> dict:
+        """What ``next_batch`` gets: the device view only for stages whose batches read the state
+        (GRPO generates with the policy); the others would pay a copy of the parameters per step."""
+        return state if type(self.stage).next_batch is Stage.next_batch else self.view(state)
+
     def put(self, batch: dict) -> dict:
         """This process's rows of a host batch -> global arrays sharded over the batch axes."""
         return {k: jax.make_array_from_process_local_data(self.bsh, v) for k, v in batch.items()}
@@ -189,7 +194,7 @@ class Trainer:
             path = self.run_dir / "summary.json"
             return json.loads(path.read_text()) if path.is_file() else {"steps": start}
 
-        first = stage.next_batch(self.view(state))
+        first = stage.next_batch(self.batch_view(state))
         compiled = self._compile(state, first)
         self.lr_at, self.peak, self.fpt = schedule(t), self._peak_flops(), M.flops_per_token(cfg.model, t.seq_len)
         writer = M.MetricsWriter(self.run_dir, cfg.run.tensorboard, resume_step=start)
@@ -206,7 +211,7 @@ class Trainer:
         try:
             for step in range(start, t.steps):
                 if step > start:
-                    batch = stage.next_batch(self.view(state))
+                    batch = stage.next_batch(self.batch_view(state))
                 state, metrics = compiled(state, self.put(batch), stage.frozen)
                 tok_window += stage.tokens(batch) * jax.process_count()
                 done = step + 1
