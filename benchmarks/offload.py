@@ -3,11 +3,11 @@ setting, in one run, on one device.
 
 For each of none / optimizer / optimizer_and_params: the train state created in its shardings (the
 moments, and the parameters, in pinned host memory where offloaded), the compiled step
-(``training/offload.py``: offloaded parts moved to the device inside the step and back), and the time
+(``training/offload.py``: the update runs on the host beside the moments), and the time
 per step on the same batch, the settings alternated for ``--rounds`` (medians). On a CPU both memory
 kinds are the same RAM and the host update runs on the same cores, so the time ratio measures the
 extra copies only; on a GPU the host-device transfer per step is what it adds (printed: gradients and
-parameters to the host, parameters back, 12 bytes per parameter, with the PCIe time it implies at
+parameters to the host and back, 12 or 8 bytes per parameter, with the PCIe time it implies at
 ``--pcie-gbs``) beside the update on the host's cores. Targets on CPU: device-resident train-state
 bytes -60% or more with ``optimizer_and_params``, step time at most 1.3x of no offload.
 
@@ -30,7 +30,7 @@ from common import emit, one_batch  # noqa: E402
 
 from open_r1_jax.config import load_config, replace  # noqa: E402
 from open_r1_jax.parallel.mesh import batch_sharding, make_mesh, replicated  # noqa: E402
-from open_r1_jax.training.offload import OFFLOADED, offloaded_step, resident_bytes  # noqa: E402
+from open_r1_jax.training.offload import OFFLOADED, resident_bytes  # noqa: E402
 from open_r1_jax.training.optim import make_optimizer  # noqa: E402
 from open_r1_jax.training.stages import Pretrain  # noqa: E402
 from open_r1_jax.training.state import create_train_state  # noqa: E402
@@ -46,9 +46,10 @@ class Setting:
         graphdef, self.state, sh = create_train_state(cfg, tx, mesh)
         self.device_bytes, self.host_bytes = resident_bytes(self.state)
         self.param_bytes = sum(resident_bytes({"p": self.state["params"]}))
-        # per step: the gradients and the parameters to the host for the update, the parameters back
-        self.moved = 3 * self.param_bytes if cfg.train.offload != "none" else 0
-        step = offloaded_step(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), sh, cfg.train.offload)
+        # per step, optimizer: gradients and parameters to the host, parameters back (12 bytes a parameter);
+        # optimizer_and_params: parameters to the device, gradients to the host (8)
+        self.moved = {"none": 0, "optimizer": 3, "optimizer_and_params": 2}[cfg.train.offload] * self.param_bytes
+        step = make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg)
         self.batch = jax.device_put(batch, batch_sharding(mesh))
         self.step = (
             jax.jit(

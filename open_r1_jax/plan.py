@@ -79,6 +79,12 @@ class Plan:
     activations_remat: float
     offload: str = "none"  # train.offload
 
+    def host(self) -> float:
+        """Bytes per device in pinned host memory (``train.offload``)."""
+        return {"none": 0.0, "optimizer": self.optimizer, "optimizer_and_params": self.optimizer + self.params}[
+            self.offload
+        ]
+
     def peak(self, remat: bool) -> float:
         """What the device must hold at the step's peak: the total, less the moments when the
         update runs in host memory (``train.offload``)."""
@@ -168,10 +174,9 @@ def report(cfg: Config, name: str = "") -> str:
     lines.append(f"| **total** | {gb(p.total(False))} | {gb(p.total(True))} |")
     offload = cfg.train.offload
     if offload != "none":
-        host = p.optimizer + (p.params if offload == "optimizer_and_params" else 0.0)
         lines += [
             "",
-            f"train.offload={offload}: {gb(host).strip()} GB per device sit in pinned host memory (disk: 0). The "
+            f"train.offload={offload}: {gb(p.host()).strip()} GB per device sit in pinned host memory (disk: 0). The "
             "update runs on the host, so the moments never come to the device: its peak is the total less the",
             f"optimizer state, {gb(p.peak(False)).strip()} GB without checkpointing and {gb(p.peak(True)).strip()} "
             "GB with (the parameters, offloaded or not, are on the device for the forward and backward passes).",

@@ -15,7 +15,7 @@ import pytest
 from micro import subprocess_env
 
 from open_r1_jax.checkpoint import read_weights
-from open_r1_jax.training.offload import HOST, offloaded_step, resident_bytes
+from open_r1_jax.training.offload import HOST, resident_bytes
 from open_r1_jax.training.optim import make_optimizer
 from open_r1_jax.training.stages import Pretrain
 from open_r1_jax.training.state import create_train_state
@@ -95,7 +95,7 @@ def test_the_compiled_step_reads_the_moments_from_host_memory(micro):
     assert kinds(state["opt_state"]) == {HOST} and kinds(state["params"]) == {"device"}
     on_device, on_host = resident_bytes(state)
     assert on_host == resident_bytes({"o": state["opt_state"]})[1] > 1.9 * resident_bytes({"p": state["params"]})[0]
-    step = jax.jit(offloaded_step(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), sh, "optimizer"))
+    step = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg))
     batch = {k: np.ones((4, 32), np.int32) for k in ("inputs", "targets", "positions", "segment_ids")}
     compiled = step.lower(state, batch).compile()
     formats = jax.tree.leaves(compiled.input_formats[0][0], is_leaf=lambda x: hasattr(x, "sharding"))

@@ -154,25 +154,15 @@ def build_app(
             for c in choices:
                 c.request.cancel()
 
-    def encode(text_or_ids) -> list[int]:
-        ids = list(text_or_ids) if isinstance(text_or_ids, list) else tokenizer.encode(text_or_ids).tolist()
-        if not ids:
-            raise APIError(400, "prompt: empty; give at least one token", "prompt")
-        return ids
+    def encode(text_or_ids) -> list[int]:  # the engine refuses an empty one (Engine.check)
+        return list(text_or_ids) if isinstance(text_or_ids, list) else tokenizer.encode(text_or_ids).tolist()
 
     def usage(prompts, choices) -> dict:
         n_prompt, n_out = sum(map(len, prompts)), sum(len(c.request.tokens) for c in choices)
         return {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
 
-    def check_length(prompts: list[list[int]], max_tokens: int, n: int) -> None:
-        longest = max(map(len, prompts))
-        if longest + max_tokens > engine.context:
-            raise APIError(
-                400,
-                f"prompt ({longest} tokens) + max_tokens ({max_tokens}) exceeds the context of {engine.context} "
-                f"tokens: shorten the prompt to at most {engine.context - max_tokens} tokens or lower max_tokens",
-                "max_tokens",
-            )
+    def check_count(prompts: list[list[int]], n: int) -> None:
+        """More sequences than the queue holds could never run (the engine checks each one's length)."""
         if len(prompts) * n > engine.max_queue:
             raise APIError(400, f"n x prompts = {len(prompts) * n} exceeds the queue ({engine.max_queue})", "n")
 
@@ -180,7 +170,7 @@ def build_app(
         return f"data: {json.dumps(obj)}\n\n"
 
     async def run(http: Request, body: Sampling, prompts, max_tokens, stops, chunk, final):
-        check_length(prompts, max_tokens, body.n)
+        check_count(prompts, body.n)
         choices = choices_for(body, prompts, max_tokens, stops)
         events = submit(choices, every_token=body.stream)
         if not body.stream:

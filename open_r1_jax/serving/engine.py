@@ -161,7 +161,8 @@ class Engine:
         if n + request.max_tokens > self.context:
             raise ValueError(
                 f"prompt ({n} tokens) + max_tokens ({request.max_tokens}) = {n + request.max_tokens} exceeds "
-                f"the context of {self.context} tokens"
+                f"the context of {self.context} tokens: shorten the prompt to at most "
+                f"{self.context - request.max_tokens} tokens or lower max_tokens"
             )
         if min(request.prompt) < 0 or max(request.prompt) >= self.config.vocab_size:
             raise ValueError(f"prompt: token ids must be in [0, {self.config.vocab_size})")
@@ -209,9 +210,7 @@ class Engine:
         budget = self.n_slots if self.running == 0 else self.prefills_per_step
         admitted = False
         while budget and None in self.slots:
-            with self._cv:
-                while self.queue and self.queue[0].cancelled:
-                    self._close(self.queue.popleft(), "cancelled")
+            with self._cv:  # step() dropped the cancelled ones
                 if not self.queue:
                     break
                 r = self.queue.popleft()

@@ -8,15 +8,18 @@ Where the update runs: on the host, beside the moments, as ZeRO-Offload does. Th
 gradients on the device, copies them and the parameters to host memory, and runs the AdamW update
 there (``compute_on("device_host")``, training/step.py); the new parameters go back to the device
 (``optimizer``) or stay on the host (``optimizer_and_params``). The moments never come to the
-device, so its peak holds parameters, gradients and activations only, and each step moves 2 x 4
-bytes per parameter (gradients in, parameters out) instead of the moments' 2 x 8 both ways. The
+device, so its peak holds parameters, gradients and activations only. Each step moves 12 bytes per
+parameter with ``optimizer`` (gradients and parameters to the host, parameters back) and 8 with
+``optimizer_and_params`` (parameters to the device, gradients to the host), against the moments'
+16 both ways for an update on the device. The
 price is an update on the host's cores (bandwidth-bound, one pass over 16 bytes per parameter). On
 this CPU-only machine both memory kinds are the same RAM and the host is the device, so that price
 could not be measured here (benchmarks/offload.py gives what was).
 
-With ``optimizer_and_params`` the fp32 parameters also live on the host: they are copied to the
-device at the start of each step (``offloaded_step``; and at each evaluation or generation the
-stages do). No compute-dtype copy is kept on the device between steps.
+With ``optimizer_and_params`` the fp32 parameters also live on the host: the step copies them to the
+device for its forward and backward passes and updates the host's own (training/step.py), and the
+Trainer copies them for each evaluation or generation the stages do (``Trainer.view``). No
+compute-dtype copy is kept on the device between steps.
 
 The arithmetic is the step's own: on CPU offload changes where bytes live and where the update runs,
 not one bit of the result (tests/test_offload.py); on a GPU the host's AdamW may round differently.
@@ -41,18 +44,6 @@ def offload_shardings(shardings: dict, mode: str) -> dict:
 def on_device(shardings):
     """The same shardings in device memory."""
     return jax.tree.map(lambda s: s.with_memory_kind("device"), shardings)
-
-
-def offloaded_step(step, shardings: dict, mode: str):
-    """``step(state, ...)`` whose offloaded parameters are copied to the device for the forward and
-    backward passes (the moments stay on the host: the update runs there, training/step.py)."""
-    if "params" not in OFFLOADED[mode]:
-        return step
-
-    def run(state, *args):
-        return step({**state, "params": jax.device_put(state["params"], on_device(shardings["params"]))}, *args)
-
-    return run
 
 
 def resident_bytes(state: dict) -> tuple[int, int]:

@@ -64,6 +64,11 @@ def update_router_biases(model_state: dict, counts: jax.Array, cfg: Config) -> d
     return {**model_state, "blocks": blocks}
 
 
+def _keep(finite: jax.Array, new, old):
+    """``new`` after a finite step, else ``old`` (leaf by leaf)."""
+    return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+
 def mask_frozen(grads: dict, trainable) -> dict:
     """Zero the gradients of frozen parameters (``trainable``: a tree of bools like ``grads``, or None)."""
     if trainable is None:
@@ -147,14 +152,16 @@ def make_train_step(stage, tx: optax.GradientTransformation, cfg: Config, return
     def update(grads, opt_state, params, finite):
         """AdamW on the accumulated gradient; a non-finite step keeps the old parameters and moments."""
         updates, new_opt = tx.update(grads, opt_state, params)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        return keep(optax.apply_updates(params, updates), params), keep(new_opt, opt_state)
+        return _keep(finite, optax.apply_updates(params, updates), params), _keep(finite, new_opt, opt_state)
 
     def train_step(state: dict, batch: Batch, frozen=None):
         params, model_state, scale = state["params"], state["model_state"], state["loss_scale"]
         # fresh randomness (LSH rotations) per step, and per micro-batch inside grad_fn
         rng = jax.random.fold_in(jax.random.key(t.seed), state["step"])
-        grads, metrics = grad_fn(params, model_state, batch, frozen, rng, scale)
+        # optimizer_and_params: the forward and backward passes read a device copy of the host's
+        # parameters; the update below reads the host's own (training/offload.py)
+        on_device = jax.device_put(params, jax.memory.Space.Device) if offload == "optimizer_and_params" else params
+        grads, metrics = grad_fn(on_device, model_state, batch, frozen, rng, scale)
         with jax.named_scope("optimizer"):
             grads = mask_frozen(jax.tree.map(lambda g: g / scale, grads), stage.trainable(params))
             grad_norm = optax.tree.norm(grads)
@@ -171,11 +178,10 @@ def make_train_step(stage, tx: optax.GradientTransformation, cfg: Config, return
         new_model_state = model_state
         if stage.updates_router_bias and "expert_counts" in metrics:
             new_model_state = update_router_biases(model_state, metrics["expert_counts"], cfg)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         new_state = {
             "step": state["step"] + 1,
             "params": new_params,
-            "model_state": keep(new_model_state, model_state),
+            "model_state": _keep(finite, new_model_state, model_state),
             "opt_state": new_opt,
             "skipped": state["skipped"] + (~finite).astype(jnp.int32),
         }

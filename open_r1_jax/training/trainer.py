@@ -31,7 +31,7 @@ from open_r1_jax.model import lora
 from open_r1_jax.model.layers import DTYPES
 from open_r1_jax.parallel.mesh import batch_sharding, check_batch, make_mesh, replicated
 from open_r1_jax.training import metrics as M
-from open_r1_jax.training.offload import OFFLOADED, offloaded_step, on_device, resident_bytes
+from open_r1_jax.training.offload import OFFLOADED, on_device, resident_bytes
 from open_r1_jax.training.optim import make_optimizer, schedule
 from open_r1_jax.training.stages import STAGES, Stage, StageContext
 from open_r1_jax.training.state import create_train_state
@@ -139,7 +139,7 @@ class Trainer:
         cfg, stage, sh = self.cfg, self.stage, self.shardings
         frozen_sh = jax.tree.map(lambda x: x.sharding, stage.frozen)
         step = jax.jit(
-            offloaded_step(make_train_step(stage, self.tx, cfg), sh, cfg.train.offload),
+            make_train_step(stage, self.tx, cfg),
             donate_argnums=0,
             in_shardings=(sh, self.bsh, frozen_sh),
             out_shardings=(sh, replicated(self.mesh)),
