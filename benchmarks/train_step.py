@@ -6,7 +6,8 @@
    ratio.
 2. MFU of the JAX step against the fp32 matmul peak measured in the same run.
 3. Compiled temporary memory of the train step with and without activation checkpointing on a deep
-   config (``jit(...).lower(...).compile().memory_analysis()``).
+   config (``jit(...).lower(...).compile().memory_analysis()``), beside the planner's estimate of it
+   (``python -m open_r1_jax.plan``, traced for this CPU's program).
 
     python benchmarks/train_step.py [--config configs/small_cpu.yaml] [--steps 5] [--quick] [key=value ...]
 """
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import JaxStep, TorchRefStep, emit, jax_step, one_batch  # noqa: E402
 
 from open_r1_jax.config import load_config, replace  # noqa: E402
+from open_r1_jax.plan import plan  # noqa: E402
 from open_r1_jax.training.metrics import flops_per_token, measure_peak_flops  # noqa: E402
 
 
@@ -87,16 +89,22 @@ def main() -> None:
     figures["jax_dense_vs_torch_eager"] = rows["torch_eager"] / rows["jax_dense_dispatch"]
 
     deep = replace(cfg, **{"model.n_layers": args.deep_layers})
-    mem = {flag: temp_memory(replace(deep, **{"model.activation_checkpoint": flag}), batch) for flag in (False, True)}
+    ckpt = lambda flag: replace(deep, **{"model.activation_checkpoint": flag})
+    mem = {flag: temp_memory(ckpt(flag), batch) for flag in (False, True)}
+    planned = {flag: plan(ckpt(flag), "cpu").temporaries(flag) for flag in mem}
     saving = 1 - mem[True] / mem[False]
     print(
         f"compiled temp memory, {args.deep_layers} layers: {mem[False] / 2**20:.0f} MiB without, "
-        f"{mem[True] / 2**20:.0f} MiB with activation checkpointing ({saving:.0%} less)"
+        f"{mem[True] / 2**20:.0f} MiB with activation checkpointing ({saving:.0%} less); the planner's "
+        f"estimate: {planned[False] / 2**20:.0f} MiB ({planned[False] / mem[False]:.2f}x) and "
+        f"{planned[True] / 2**20:.0f} MiB ({planned[True] / mem[True]:.2f}x)"
     )
     figures["remat"] = {
         "layers": args.deep_layers,
         "temp_bytes_without": mem[False],
         "temp_bytes_with": mem[True],
+        "planned_bytes_without": planned[False],
+        "planned_bytes_with": planned[True],
         "saving": saving,
     }
     emit("train_step", figures)

@@ -4,15 +4,21 @@ Prints total and active parameter counts, and per-device memory for parameters, 
 optimizer state and activations (with and without activation checkpointing) under the configured
 mesh, for A100 40/80 GB, H100 80 GB and H200 141 GB, and whether it fits.
 
-Model (documented estimates; parameter shapes and their logical axes come from the model itself):
-- parameters and gradients fp32, AdamW moments 2 x fp32, each divided by how ``mesh.rules`` shards
-  that array (the same rules the trainer uses);
+Model (parameter shapes and their logical axes, and the activations, come from the model itself):
+- parameters fp32 and AdamW moments 2 x fp32, each divided by how ``mesh.rules`` shards that array
+  (the same rules the trainer uses); gradients fp32, sharded the same way;
 - FSDP gathers one block's parameters at a time in the compute dtype (the largest block counts);
-- activations per device for one micro-batch: per token and layer, the tensors the backward pass
-  keeps (block input, norms, q/k/v, attention output, the fp32 attention probabilities of the XLA
-  path over T keys, router logits, routed and shared expert hiddens, dispatch buffers); with
-  ``nothing_saveable`` checkpointing only each block's input is kept, plus one block recomputed;
-  logits and their gradient in fp32;
+- the step's temporaries (what the compiled step's ``memory_analysis().temp_size_in_bytes`` holds)
+  from ``training/memory.py``: the residuals autodiff keeps for one device's micro-batch, traced
+  abstractly through the stage's loss with the configured checkpoint policy (weight-derived ones,
+  such as compute-dtype casts and a checkpointed scan's stacked weights, are split like the
+  weights); with checkpointing also the residuals of the blocks being recomputed (one per run of
+  same-kind blocks: the midpoint of sharing and not sharing their loops' temporaries; "fits" uses
+  the bound), and the gradients in full; with micro-batches one more gradient-sized accumulator.
+  Tested against the compiler on CPU within 25% (tests/test_plan.py);
+- the trace is the GPU's program with XLA kernels (``moe.grouped_impl: auto`` -> ``ragged_dot``);
+  with Triton kernels flash attention keeps O(T) statistics instead of the T x T probabilities, so
+  the attention share is then an upper bound;
 - 10% of each device is kept free for XLA workspace and fragmentation.
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -30,6 +37,7 @@ HARDWARE = {"A100 40GB": 40e9, "A100 80GB": 80e9, "H100 80GB": 80e9, "H200 141GB
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
+@functools.lru_cache(maxsize=16)  # ModelConfig is frozen, so hashable; plans ask several times
 def param_shapes(m: ModelConfig) -> list[tuple[str, tuple[int, ...], tuple]]:
     """(name, shape, logical axes) of every parameter, read from the model itself: an abstract build
     (``nnx.eval_shape``: shapes only, no memory, seconds even for the 13B plans), so the planner cannot
@@ -75,8 +83,11 @@ class Plan:
     grads: float
     optimizer: float
     gathered_block: float
-    activations: float
-    activations_remat: float
+    activations: float  # residuals of one micro-batch without checkpointing
+    activations_remat: float  # with checkpointing: the residuals kept across blocks ...
+    recomputed_block: float  # ... and those of the blocks the backward pass recomputes (estimate) ...
+    recomputed_upper: float  # ... at most (no temporaries shared between the runs' loops)
+    accumulator: float  # the micro-batch scan's gradient accumulator (0 with one micro-batch)
     offload: str = "none"  # train.offload
 
     def host(self) -> float:
@@ -85,47 +96,53 @@ class Plan:
             self.offload
         ]
 
-    def peak(self, remat: bool) -> float:
+    def peak(self, remat: bool, upper: bool = False) -> float:
         """What the device must hold at the step's peak: the total, less the moments when the
         update runs in host memory (``train.offload``)."""
-        return self.total(remat) - (self.optimizer if self.offload != "none" else 0.0)
+        return self.total(remat, upper) - (self.optimizer if self.offload != "none" else 0.0)
 
-    def total(self, remat: bool) -> float:
-        return (
-            self.params
-            + self.grads
-            + self.optimizer
-            + self.gathered_block
-            + (self.activations_remat if remat else self.activations)
-        )
+    def temporaries(self, remat: bool, upper: bool = False) -> float:
+        """The compiled step's temporary memory (``upper``: its bound). Without checkpointing the
+        gradients fill the space the freed residuals leave; with it the residuals are too small to
+        hide them."""
+        if remat:
+            block = self.recomputed_upper if upper else self.recomputed_block
+            return self.activations_remat + block + self.grads + self.accumulator
+        return max(self.activations, self.grads) + self.accumulator
 
-
-def activation_bytes(cfg: Config, n_batch_devices: int) -> tuple[float, float]:
-    m, t = cfg.model, cfg.train
-    tokens = _tokens_per_device(cfg, n_batch_devices)
-    b = DTYPE_BYTES[m.dtype]
-    d, hk, gk = m.d_model, m.n_heads * m.head_dim, m.n_kv_heads * m.head_dim
-    attn = b * (3 * d + 2 * hk + 2 * gk) + 4 * m.n_heads * t.seq_len  # + fp32 probabilities over T keys
-    moe = m.moe
-    moe_ffn = (
-        b
-        * (
-            2 * d
-            + 3 * moe.top_k * moe.expert_ffn_dim
-            + 3 * moe.n_shared_experts * moe.expert_ffn_dim
-            + 2 * moe.top_k * d
-        )
-        + 4 * 2 * moe.n_experts
-    )
-    drn_ffn = b * (2 * d + 3 * m.drn.n_experts * m.drn.expert_ffn_dim) + 4 * m.drn.n_experts
-    per_layer = [attn + (drn_ffn if i < m.drn_layers else moe_ffn) for i in range(m.n_layers)]
-    logits = 2 * 4 * m.vocab_size
-    full = tokens * (sum(per_layer) + logits)
-    remat = tokens * (m.n_layers * b * d + max(per_layer) + logits)
-    return full, remat
+    def total(self, remat: bool, upper: bool = False) -> float:
+        return self.params + self.optimizer + self.gathered_block + self.temporaries(remat, upper)
 
 
-def plan(cfg: Config) -> Plan:
+def activation_bytes(cfg: Config, n_batch_devices: int, weight_share: float = 1.0) -> tuple[float, ...]:
+    """-> (residuals without checkpointing, with checkpointing, the recomputed blocks' estimate and
+    bound), per device.
+    ``weight_share``: the fraction of the weights one device holds (weight-derived residuals)."""
+    from open_r1_jax.training.memory import recomputed_block_residuals, step_residuals
+
+    rows = _rows_per_device(cfg, n_batch_devices)
+    per_device = lambda split: weight_share * split[0] + split[1]
+    ckpt = lambda on: dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, activation_checkpoint=on))
+    full, remat = step_residuals(ckpt(False), rows), step_residuals(ckpt(True), rows)
+    largest, every_run = (per_device(x) for x in recomputed_block_residuals(cfg, rows))
+    # XLA shares some of the runs' loop temporaries (training/memory.py): the midpoint of the bounds
+    return per_device(full), per_device(remat), (largest + every_run) / 2, every_run
+
+
+def for_hardware(cfg: Config, backend: str) -> Config:
+    """``cfg`` with the MoE dispatch ``backend`` runs (``moe.grouped_impl: auto`` resolves per backend)."""
+    if cfg.model.moe.grouped_impl != "auto":
+        return cfg
+    impl = "ragged_dot" if backend == "gpu" else "blocked"
+    moe = dataclasses.replace(cfg.model.moe, grouped_impl=impl)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, moe=moe))
+
+
+def plan(cfg: Config, backend: str = "gpu", activations: bool = True) -> Plan:
+    """``backend``: the hardware whose program is traced for the activations ("gpu": the plan's
+    devices; "cpu": this machine's, to check the planner against the compiler). ``activations=False``:
+    weights and optimizer state only (no trace; a frozen teacher's share)."""
+    cfg = for_hardware(cfg, backend)
     mesh = {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "expert": cfg.mesh.expert}
     rules = {}
     for rule in cfg.mesh.rules:
@@ -137,17 +154,24 @@ def plan(cfg: Config) -> Plan:
     block = max(
         sum(math.prod(s) for n, s, _ in shapes if n.startswith(f"blocks.{i}.")) for i in range(cfg.model.n_layers)
     )
-    full, remat = activation_bytes(cfg, math.prod(mesh.values()))
+    total = sum(math.prod(s) for _, s, _ in shapes)
+    full, remat, recomputed, recomputed_upper = (
+        activation_bytes(cfg, math.prod(mesh.values()), local / total) if activations else (0.0,) * 4
+    )
+    n_micro = cfg.train.global_batch // (cfg.train.micro_batch or cfg.train.global_batch)
     return Plan(
-        count_params(cfg.model),
-        count_active(cfg.model),
-        4 * local,
-        4 * local,
-        8 * local,
-        b * block if cfg.mesh.fsdp > 1 else 0.0,
-        full,
-        remat,
-        cfg.train.offload,
+        total_params=count_params(cfg.model),
+        active_params=count_active(cfg.model),
+        params=4 * local,
+        grads=4 * local,
+        optimizer=8 * local,
+        gathered_block=b * block if cfg.mesh.fsdp > 1 else 0.0,
+        activations=full,
+        activations_remat=remat,
+        recomputed_block=recomputed,
+        recomputed_upper=recomputed_upper,
+        accumulator=4 * local if n_micro > 1 else 0.0,
+        offload=cfg.train.offload,
     )
 
 
@@ -163,15 +187,27 @@ def report(cfg: Config, name: str = "") -> str:
         "| per device (GB) | without checkpointing | with checkpointing |",
         "|---|---|---|",
     ]
+    both = lambda label, a, b: lines.append(f"| {label} | {gb(a)} | {gb(b)} |")
     for label, v in [
         ("parameters (fp32)", p.params),
-        ("gradients (fp32)", p.grads),
         ("optimizer state (2 x fp32)", p.optimizer),
         ("gathered block (FSDP)", p.gathered_block),
     ]:
-        lines.append(f"| {label} | {gb(v)} | {gb(v)} |")
-    lines.append(f"| activations (one micro-batch) | {gb(p.activations)} | {gb(p.activations_remat)} |")
+        both(label, v, v)
+    both("activations: residuals of one micro-batch", p.activations, p.activations_remat)
+    both("recomputed blocks (estimate)", 0.0, p.recomputed_block)
+    both("gradients (fp32)", p.grads, p.grads)
+    both("gradient accumulator (micro-batches)", p.accumulator, p.accumulator)
+    both("step temporaries (compiler's temp memory)", p.temporaries(False), p.temporaries(True))
     lines.append(f"| **total** | {gb(p.total(False))} | {gb(p.total(True))} |")
+    lines.append(
+        "(without checkpointing the gradients fill the space of the freed residuals, so the temporaries are "
+        "the larger of the two;"
+    )
+    lines.append(
+        f"with checkpointing the recomputed blocks are at most {gb(p.recomputed_upper).strip()} GB, and "
+        '"fits" below uses that bound)'
+    )
     offload = cfg.train.offload
     if offload != "none":
         lines += [
@@ -183,7 +219,7 @@ def report(cfg: Config, name: str = "") -> str:
         ]
     lines += ["", "| device | fits without checkpointing | fits with checkpointing |", "|---|---|---|"]
     for hw, cap in HARDWARE.items():
-        ok = lambda remat: "yes" if p.peak(remat) <= 0.9 * cap else "no"
+        ok = lambda remat: "yes" if p.peak(remat, upper=True) <= 0.9 * cap else "no"
         lines.append(f"| {hw} | {ok(False)} | {ok(True)} |")
     return "\n".join(lines)
 
@@ -215,12 +251,15 @@ def teacher_report(cfg: Config, teacher: ModelConfig) -> str:
     from open_r1_jax.training.metrics import active_matmul_params, flops_per_token
 
     t = dataclasses.replace(cfg, model=dataclasses.replace(teacher, dtype=cfg.model.dtype))
-    tp, sp = plan(t), plan(cfg)
+    tp, sp = plan(t, activations=False), plan(cfg)
     weights = tp.params
     n_dev = cfg.mesh.data * cfg.mesh.fsdp * cfg.mesh.expert
-    full, _ = activation_bytes(t, n_dev)
-    logits = 2 * 4 * teacher.vocab_size * _tokens_per_device(cfg, n_dev)  # fp32 logits and their softmax
-    forward = (full - logits) / teacher.n_layers + logits
+    from open_r1_jax.training.memory import block_residuals
+
+    rows = _rows_per_device(cfg, n_dev)
+    logits = 2 * 4 * teacher.vocab_size * rows * cfg.train.seq_len  # fp32 logits and their softmax
+    blocks = block_residuals(for_hardware(t, "gpu"), rows).values()
+    forward = max(data for _, data in blocks) + logits  # the largest block's tensors, the logits
     seq = cfg.train.seq_len
     fwd = flops_per_token(teacher, seq) / 3  # forward only: 2 N + the attention's forward
     train = flops_per_token(cfg.model, seq)
@@ -241,9 +280,9 @@ def teacher_report(cfg: Config, teacher: ModelConfig) -> str:
     )
 
 
-def _tokens_per_device(cfg: Config, n_batch_devices: int) -> int:
-    """Tokens of one micro-batch on one device (the batch is split over ``n_batch_devices``)."""
-    return max((cfg.train.micro_batch or cfg.train.global_batch) // n_batch_devices, 1) * cfg.train.seq_len
+def _rows_per_device(cfg: Config, n_batch_devices: int) -> int:
+    """Rows of one micro-batch on one device (the batch is split over ``n_batch_devices``)."""
+    return max((cfg.train.micro_batch or cfg.train.global_batch) // n_batch_devices, 1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,8 +61,59 @@ def test_distill_plan_prints_the_teachers_cost(capsys, tmp_path):
 def test_offload_plan_says_where_the_state_sits(capsys):
     assert main(["--config", "configs/a100x4_offload.yaml"]) == 0  # train.offload: optimizer
     out = capsys.readouterr().out
-    # 26.04 GB of moments per device on the host; the device's peak with checkpointing is 55.86 - 26.04
-    assert "26.04 GB per device sit in pinned host memory" in out and "29.82 GB with" in out
-    assert "| A100 40GB | no | yes |" in out  # the seed's 4xA100 plan fits 40 GB with the moments on the host
+    # 26.04 GB of moments per device on the host; the device's peak with checkpointing is 85.30 - 26.04
+    assert "26.04 GB per device sit in pinned host memory" in out and "59.26 GB with" in out
+    # the seed's 4xA100 plan fits 80 GB with the moments on the host, and not without
+    assert "| A100 80GB | no | yes |" in out and "| A100 40GB | no | no |" in out
     assert main(["--config", "configs/a100x4_offload.yaml", "train.offload=none"]) == 0
-    assert "| A100 40GB | no | no |" in capsys.readouterr().out
+    assert "| A100 80GB | no | no |" in capsys.readouterr().out
+
+
+# The planner's step temporaries against the compiled step's (XLA:CPU, fp32: on XLA:CPU a bf16 step's
+# temporaries measured the fp32 step's size, 956 vs 950 MB, so bf16 is not checked here). Shapes big
+# enough that activations, not bookkeeping, dominate; compiled only, never run.
+PLAN_SHAPES = {
+    "dense": ["model.drn_layers=4", "train.micro_batch=0"],
+    "dense, checkpointing, 2 micro-batches": ["model.drn_layers=4", "model.activation_checkpoint=true"],
+    "moe, 2 micro-batches": ["model.drn_layers=1"],
+    "moe, checkpointing": ["model.drn_layers=1", "model.activation_checkpoint=true", "train.micro_batch=0"],
+}
+PLAN_BASE = [
+    "model.d_model=128",
+    "model.n_layers=4",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.head_dim=32",
+    "model.max_seq_len=256",
+    "model.drn.expert_ffn_dim=256",
+    "model.moe.expert_ffn_dim=128",
+    "train.seq_len=256",
+    "train.global_batch=8",
+    "train.micro_batch=4",
+]
+
+
+def _compiled_temp_bytes(cfg) -> int:
+    import jax.numpy as jnp
+
+    from open_r1_jax.model import split_model
+    from open_r1_jax.training.optim import make_optimizer
+    from open_r1_jax.training.stages import Pretrain
+    from open_r1_jax.training.step import init_state, make_train_step
+
+    graphdef, params, model_state = split_model(nnx.eval_shape(lambda: build_model(cfg.model)))
+    tx = make_optimizer(cfg.train)
+    state = jax.eval_shape(lambda p, s: init_state(p, s, tx, cfg), params, model_state)
+    tokens = jax.ShapeDtypeStruct((cfg.train.global_batch, cfg.train.seq_len), jnp.int32)
+    batch = {k: tokens for k in ("inputs", "targets", "positions", "segment_ids")}
+    step = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), donate_argnums=0)
+    return step.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_planner_matches_the_compiled_steps_temporaries():
+    for name, extra in PLAN_SHAPES.items():
+        cfg = load_config(None, PLAN_BASE + extra)
+        planned = plan(cfg, backend="cpu").temporaries(cfg.model.activation_checkpoint)
+        compiled = _compiled_temp_bytes(cfg)
+        print(f"{name}: planned {planned / 1e6:.1f} MB, compiled {compiled / 1e6:.1f} MB")
+        assert abs(planned / compiled - 1) <= 0.25, (name, planned, compiled)
