@@ -169,6 +169,11 @@ class TrainConfig:
     # where the train state lives between steps (training/offload.py): all on the device, the AdamW
     # moments in pinned host memory, or the moments and the fp32 parameters there
     offload: Literal["none", "optimizer", "optimizer_and_params"] = "none"
+    # with offload: optimizer, a local directory (NVMe) that holds the moments instead of host memory,
+    # streamed through the update offload_group_layers blocks at a time (0: the whole update at once,
+    # bit-identical to the in-memory update; training/disk_offload.py)
+    offload_dir: str = ""
+    offload_group_layers: int = 1
 
 
 @dataclass(frozen=True)

@@ -89,12 +89,22 @@ class Plan:
     recomputed_upper: float  # ... at most (no temporaries shared between the runs' loops)
     accumulator: float  # the micro-batch scan's gradient accumulator (0 with one micro-batch)
     offload: str = "none"  # train.offload
+    on_disk: bool = False  # train.offload_dir: the moments on disk instead of host memory
 
     def host(self) -> float:
         """Bytes per device in pinned host memory (``train.offload``)."""
+        if self.on_disk:
+            return self.host_without_moments()
         return {"none": 0.0, "optimizer": self.optimizer, "optimizer_and_params": self.optimizer + self.params}[
             self.offload
         ]
+
+    def host_without_moments(self) -> float:
+        return self.params if self.offload == "optimizer_and_params" else 0.0
+
+    def disk(self) -> float:
+        """Bytes per device on local disk (``train.offload_dir``)."""
+        return self.optimizer if self.on_disk else 0.0
 
     def peak(self, remat: bool, upper: bool = False) -> float:
         """What the device must hold at the step's peak: the total, less the moments when the
@@ -172,6 +182,7 @@ def plan(cfg: Config, backend: str = "gpu", activations: bool = True) -> Plan:
         recomputed_upper=recomputed_upper,
         accumulator=4 * local if n_micro > 1 else 0.0,
         offload=cfg.train.offload,
+        on_disk=bool(cfg.train.offload_dir),
     )
 
 
@@ -212,7 +223,8 @@ def report(cfg: Config, name: str = "") -> str:
     if offload != "none":
         lines += [
             "",
-            f"train.offload={offload}: {gb(p.host()).strip()} GB per device sit in pinned host memory (disk: 0). The "
+            f"train.offload={offload}: {gb(p.host()).strip()} GB per device sit in pinned host memory (disk: "
+            f"{gb(p.disk()).strip()} GB, train.offload_dir). The "
             "update runs on the host, so the moments never come to the device: its peak is the total less the",
             f"optimizer state, {gb(p.peak(False)).strip()} GB without checkpointing and {gb(p.peak(True)).strip()} "
             "GB with (the parameters, offloaded or not, are on the device for the forward and backward passes).",

@@ -67,6 +67,8 @@ def test_offload_plan_says_where_the_state_sits(capsys):
     assert "| A100 80GB | no | yes |" in out and "| A100 40GB | no | no |" in out
     assert main(["--config", "configs/a100x4_offload.yaml", "train.offload=none"]) == 0
     assert "| A100 80GB | no | no |" in capsys.readouterr().out
+    assert main(["--config", "configs/a100x4_offload.yaml", "train.offload_dir=/nvme/moments"]) == 0
+    assert "0.00 GB per device sit in pinned host memory (disk: 26.04 GB" in capsys.readouterr().out
 
 
 # The planner's step temporaries against the compiled step's (XLA:CPU, fp32: on XLA:CPU a bf16 step's

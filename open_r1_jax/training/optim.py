@@ -36,12 +36,20 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     """optax.clip_by_global_norm: g * max_norm / ||g|| when ||g|| exceeds max_norm (host-safe norm)."""
 
     def update(updates, state, params=None):
-        norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(updates)))
-        trigger = norm < max_norm
-        clip = lambda t: jax.lax.select(trigger, t, (t / norm.astype(t.dtype)) * max_norm)
-        return jax.tree.map(clip, updates), state
+        return clip_to(updates, global_norm(updates), max_norm), state
 
     return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+def global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def clip_to(updates, norm: jax.Array, max_norm: float):
+    """The clipping of ``clip_by_global_norm`` with the norm given (a group of leaves of a tree whose
+    norm was taken whole: train.offload_dir)."""
+    trigger = norm < max_norm
+    return jax.tree.map(lambda t: jax.lax.select(trigger, t, (t / norm.astype(t.dtype)) * max_norm), updates)
 
 
 def set_to_zero() -> optax.GradientTransformation:
@@ -52,16 +60,21 @@ def set_to_zero() -> optax.GradientTransformation:
     )
 
 
+def optimizer_parts(cfg: TrainConfig) -> tuple[optax.GradientTransformation | None, optax.GradientTransformation]:
+    """-> (the clipping, or None without ``clip_norm``; AdamW with its schedule): the chain's two
+    parts. The clipping needs the whole gradient; AdamW is elementwise, so it can also run a group of
+    parameters at a time (``train.offload_dir``, training/disk_offload.py)."""
+    clip = clip_by_global_norm(cfg.clip_norm) if cfg.clip_norm > 0 else None
+    adamw = optax.adamw(
+        schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask
+    )
+    return clip, adamw
+
+
 def make_optimizer(cfg: TrainConfig, trainable: Callable | None = None) -> optax.GradientTransformation:
     """``trainable``: params -> tree of bools (a stage's mask); frozen parameters get no update, no
     decay and no optimizer moments, and are left out of the clipping norm."""
-    parts = [clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
-    parts.append(
-        optax.adamw(
-            schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask
-        )
-    )
-    tx = optax.chain(*parts)
+    tx = optax.chain(*[part for part in optimizer_parts(cfg) if part is not None])
     if trainable is None:
         return tx
 

@@ -24,7 +24,9 @@ from open_r1_jax.training.step import init_state
 
 def create_train_state(cfg: Config, tx: optax.GradientTransformation, mesh: Mesh, build: Callable | None = None):
     """-> (graphdef, state, shardings of the state). The model is built for the mesh's expert axis
-    (its MoE layers exchange tokens over it); ``build(model_cfg, seed, expert_parallel)``."""
+    (its MoE layers exchange tokens over it); ``build(model_cfg, seed, expert_parallel)``. With
+    ``train.offload_dir`` the state's ``opt_state`` is empty (the moments are on disk) and
+    ``shardings["opt_state"]`` places the moments' tree when a checkpoint is written or read."""
     build = build or build_model  # looked up at call time (tests replace it)
     ep = dict(mesh.shape).get("expert", 1)
     abstract_model = nnx.eval_shape(lambda: build(cfg.model, cfg.train.seed, ep))
@@ -49,5 +51,9 @@ def create_train_state(cfg: Config, tx: optax.GradientTransformation, mesh: Mesh
         return init_state(*weights(), tx, cfg)
 
     shardings = offload_shardings(state_shardings(jax.eval_shape(init), param_sh, rest_sh, mesh), cfg.train.offload)
+    if cfg.train.offload_dir:  # the moments live on disk (training/disk_offload.py): none in memory
+        on_disk = lambda: {**init(), "opt_state": ()}
+        state = jax.jit(on_disk, out_shardings={**shardings, "opt_state": ()})()
+        return graphdef, state, shardings  # shardings["opt_state"]: the moments' tree, for checkpoints
     state = jax.jit(init, out_shardings=shardings)()
     return graphdef, state, shardings

@@ -136,7 +136,8 @@ def make_grad_fn(stage, cfg: Config) -> Callable:
 
 
 def make_train_step(stage, tx: optax.GradientTransformation, cfg: Config, return_grads: bool = False) -> Callable:
-    """-> step(state, batch, frozen=None) -> (state, metrics), for the stage's loss (see stages/base.py).
+    """-> step(state, batch, frozen=None) -> (state, metrics), for the stage's loss (see stages/base.py);
+    with ``train.offload_dir`` -> (state, metrics, gradient), the parameters not yet updated.
 
     ``frozen``: the stage's weights that are read but never trained (a DPO reference model), passed as
     an argument so that they are not baked into the compiled step as constants. ``return_grads``: add
@@ -147,6 +148,9 @@ def make_train_step(stage, tx: optax.GradientTransformation, cfg: Config, return
     grad_fn = make_grad_fn(stage, cfg)
 
     offload = cfg.train.offload
+    # train.offload_dir: the step returns the clipped gradient and DiskMoments.update streams the
+    # moments from disk through AdamW afterwards (training/disk_offload.py)
+    on_disk = bool(cfg.train.offload_dir)
 
     @jax.jit  # a computation of its own: with train.offload it runs on the host (compute_on)
     def update(grads, opt_state, params, finite):
@@ -167,7 +171,10 @@ def make_train_step(stage, tx: optax.GradientTransformation, cfg: Config, return
             grad_norm = optax.tree.norm(grads)
             loss = metrics["loss"]
             finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
-            if offload == "none":
+            if on_disk:
+                new_params, new_opt = params, state["opt_state"]
+                step_grads = grads
+            elif offload == "none":
                 new_params, new_opt = update(grads, state["opt_state"], params, finite)
             else:  # the update runs in host memory, beside the moments (training/offload.py)
                 host = lambda tree: jax.device_put(tree, jax.memory.Space.Host)
@@ -198,6 +205,7 @@ def make_train_step(stage, tx: optax.GradientTransformation, cfg: Config, return
             (state["nonfinite_step"] < 0) & diverged, state["step"], state["nonfinite_step"]
         )
         metrics = {**metrics, "grad_norm": grad_norm, "finite": finite}
-        return new_state, {**metrics, "grads": grads} if return_grads else metrics
+        metrics = {**metrics, "grads": grads} if return_grads else metrics
+        return (new_state, metrics, step_grads) if on_disk else (new_state, metrics)
 
     return train_step

@@ -30,6 +30,7 @@ from open_r1_jax.data.pipeline import pad_rows
 from open_r1_jax.model import lora
 from open_r1_jax.model.layers import DTYPES
 from open_r1_jax.parallel.mesh import batch_sharding, check_batch, make_mesh, replicated
+from open_r1_jax.training import disk_offload
 from open_r1_jax.training import metrics as M
 from open_r1_jax.training.offload import OFFLOADED, on_device, resident_bytes
 from open_r1_jax.training.optim import make_optimizer, schedule
@@ -84,6 +85,8 @@ class Trainer:
         # the stage freezes some parameters, or LoRA trains only its adapters
         masked = cfg.lora.rank > 0 or type(stage).trainable is not Stage.trainable
         self.tx = make_optimizer(cfg.train, stage.trainable if masked else None)
+        if cfg.train.offload_dir:
+            disk_offload.check(cfg, masked)
         graphdef, state, self.shardings = create_train_state(cfg, self.tx, mesh)
         if pretrained is not None:
             params = {**pretrained.params, **{k: v for k, v in state["params"].items() if k == lora.KEY}}
@@ -92,6 +95,13 @@ class Trainer:
                 "params": jax.device_put(params, self.shardings["params"]),
                 "model_state": jax.device_put(pretrained.model_state, self.shardings["model_state"]),
             }
+        self.disk = None
+        if cfg.train.offload_dir:  # the moments on disk: the state holds none (training/disk_offload.py)
+            self.opt_shardings, self.shardings = self.shardings["opt_state"], {**self.shardings, "opt_state": ()}
+            self.disk = disk_offload.DiskMoments(
+                cfg.train.offload_dir, self.tx, cfg.train, state["params"], cfg.train.offload_group_layers
+            )
+            self.disk.init(state["params"])
         view = self.view(state)
         model_view = {**view, "params": model_params(view["params"], cfg)}  # what stages see: adapters folded
         self.bsh = batch_sharding(mesh)
@@ -131,6 +141,32 @@ class Trainer:
         (GRPO generates with the policy); the others would pay a copy of the parameters per step."""
         return state if type(self.stage).next_batch is Stage.next_batch else self.view(state)
 
+    def saved(self, state: dict) -> dict:
+        """The state as checkpoints hold it: with the moments on disk, their tree read back."""
+        if self.disk is None:
+            return state
+        return {**state, "opt_state": jax.device_put(self.disk.to_tree(), self.opt_shardings)}
+
+    def restore(self, ckpt: Checkpointer, step: int, state: dict) -> dict:
+        """``step``'s state; with the moments on disk, the checkpoint's moments are written there."""
+        if self.disk is None or "optimizer" not in ckpt.items(step):
+            return ckpt.restore(step, state, self.stage.train_iter)
+        moments = jax.tree.map(
+            lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+            jax.eval_shape(self.tx.init, state["params"]),
+            self.opt_shardings,
+        )
+        restored = ckpt.restore(step, {**state, "opt_state": moments}, self.stage.train_iter)
+        self.disk.load_tree(restored["opt_state"])
+        return {**restored, "opt_state": ()}
+
+    def step(self, compiled, state: dict, batch: dict):
+        """One train step; with the moments on disk, then the streamed update (DiskMoments.update)."""
+        if self.disk is None:
+            return compiled(state, self.put(batch), self.stage.frozen)
+        state, metrics, grads = compiled(state, self.put(batch), self.stage.frozen)
+        return {**state, "params": self.disk.update(grads, state["params"], metrics["finite"])}, metrics
+
     def put(self, batch: dict) -> dict:
         """This process's rows of a host batch -> global arrays sharded over the batch axes."""
         return {k: jax.make_array_from_process_local_data(self.bsh, v) for k, v in batch.items()}
@@ -142,7 +178,7 @@ class Trainer:
             make_train_step(stage, self.tx, cfg),
             donate_argnums=0,
             in_shardings=(sh, self.bsh, frozen_sh),
-            out_shardings=(sh, replicated(self.mesh)),
+            out_shardings=(sh, replicated(self.mesh)) + ((sh["params"],) if self.disk else ()),
         )
         self.eval_fn = jax.jit(
             lambda p, s, b, f: stage.eval_fn(model_params(p, cfg), s, {**b, "frozen": f}),
@@ -178,7 +214,7 @@ class Trainer:
         counters = {"tokens_seen": 0, "train_seconds": 0.0, "wall_seconds": 0.0}
         start = ckpt.latest_step()
         if start is not None:  # step 0: imported weights (export --from-torch), fresh optimizer and data
-            state = ckpt.restore(start, state, stage.train_iter)
+            state = self.restore(ckpt, start, state)
             counters.update(ckpt.counters(start))
             log.info(
                 "resumed from %s at step %d (%d tokens seen)",
@@ -212,7 +248,7 @@ class Trainer:
             for step in range(start, t.steps):
                 if step > start:
                     batch = stage.next_batch(self.batch_view(state))
-                state, metrics = compiled(state, self.put(batch), stage.frozen)
+                state, metrics = self.step(compiled, state, batch)
                 tok_window += stage.tokens(batch) * jax.process_count()
                 done = step + 1
                 pbar.update(1)
@@ -235,7 +271,7 @@ class Trainer:
                 pbar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_sec']:,.0f}", refresh=False)
                 if ckpt_now:
                     counters["wall_seconds"] = wall_before + time.perf_counter() - self.t_start
-                    ckpt.save(done, state, stage.train_iter, config_lib.to_dict(cfg), counters=counters)
+                    ckpt.save(done, self.saved(state), stage.train_iter, config_lib.to_dict(cfg), counters=counters)
                     last_saved = done
                 t_window, tok_window = time.perf_counter(), 0
         finally:
