@@ -77,6 +77,27 @@ def test_engine_equals_the_generator_as_sequences_join_and_leave(weights):
     assert engine.running == 0 and bucket(17, 64) == 32 and bucket(3, 64) == 16 and bucket(60, 64) == 64
 
 
+def test_prompts_that_arrive_together_are_prefilled_in_one_call(weights):
+    """Three prompts of different lengths: one prefill call of 4 rows (the padding row repeats the
+    first), and each sequence is still the generator's."""
+    gen = Generator(*weights)
+    engine = Engine(*weights, slots=4, context=64)
+    real, calls = engine._prefill, []
+
+    def counted(*args):
+        calls.append(args[4].shape)  # tokens [R,P]
+        return real(*args)
+
+    engine._prefill = counted
+    requests = [Request(p, 6) for p in PROMPTS[:3]]
+    engine.submit(*requests)
+    while not all(r.done.is_set() for r in requests):
+        engine.step()
+    assert calls == [(4, bucket(max(len(p) for p in PROMPTS[:3]), 64))]
+    for r, prompt in zip(requests, PROMPTS):
+        assert r.tokens == gen.generate([prompt], 6).tokens[0].tolist()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,7 +7,8 @@ A request waits in a bounded queue until a slot is free. Its prompt is then pref
 slot's row of the cache (right-padded to a power-of-two bucket: one compilation per bucket) and its
 first token sampled. Each iteration of the loop admits new prompts (all that fit when nothing is
 decoding; ``prefills_per_step`` while sequences are running, so a burst of arrivals delays the
-running ones by one prefill each, not by the whole queue), then runs one decode step for all B
+running ones by one prefill, not by the whole queue), prefilled together in one call (rows padded
+to a power of two), then runs one decode step for all B
 slots: every slot feeds its last token at its own cache slot (``model/kv_cache.py``) and samples
 with its own temperature, top-p and key. Empty slots ride along (their tokens are dropped), so one
 compilation serves every mix of requests. A sequence leaves at a stop token, at its request's stop
@@ -129,20 +130,27 @@ class Engine:
 
     # ------------------------------------------------------------------ jitted parts
 
-    def _prefill_fn(self, params, model_state, cache, slot, tokens, length, key_data, temperature, top_p):
-        """tokens [1,P] (right-padded, ``length`` real) into row ``slot`` -> (first token [1], cache).
+    def _prefill_fn(self, params, model_state, cache, slots, tokens, lengths, key_data, temperature, top_p):
+        """tokens [R,P] (right-padded, ``lengths`` [R] real) into rows ``slots`` [R] -> (first tokens
+        [R], cache). R prompts in one call: the prefill's fixed cost is paid once, not R times.
 
-        The prompt runs against a cache of its own P slots (attention over P keys, not the context),
-        which then becomes the first P slots of the row; the row's other slots are marked empty."""
+        The prompts run against a cache of their own P slots (attention over P keys, not the context),
+        which then becomes the first P slots of each row; the rows' other slots are marked empty. A
+        padding row repeats row 0 (same slot, same tokens), so its write changes nothing."""
         model = self._model(params, model_state)
-        p = tokens.shape[1]
-        real = (jnp.arange(p) < length)[None]
-        logits, row = model.decode(tokens, jnp.arange(p)[None], real, model.init_cache(1, p), jnp.int32(0))
-        last = jax.lax.dynamic_index_in_dim(logits, length - 1, axis=1, keepdims=False)  # [1,V]
-        first = sample_rows(last, key_data, jnp.zeros(1, jnp.int32), temperature, top_p)
-        cache = {**cache, "valid": cache["valid"].at[slot].set(False)}  # what the last sequence left
-        put = lambda c, r: jax.lax.dynamic_update_slice(c, r.astype(c.dtype), (slot,) + (0,) * (c.ndim - 1))
-        return first, jax.tree.map(put, cache, row)
+        r, p = tokens.shape
+        real = jnp.arange(p)[None] < lengths[:, None]
+        positions = jnp.broadcast_to(jnp.arange(p), (r, p))
+        logits, rows = model.decode(tokens, positions, real, model.init_cache(r, p), jnp.int32(0))
+        last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [R,V]
+        first = sample_rows(last, key_data, jnp.zeros(r, jnp.int32), temperature, top_p)
+        cache = {**cache, "valid": cache["valid"].at[slots].set(False)}  # what the last sequences left
+        for j in range(r):  # R is static (a power of two): one write per row
+            put = lambda c, x, j=j: jax.lax.dynamic_update_slice(
+                c, x[j : j + 1].astype(c.dtype), (slots[j],) + (0,) * (c.ndim - 1)
+            )
+            cache = jax.tree.map(put, cache, rows)
+        return first, cache
 
     def _decode_fn(self, params, model_state, cache, tokens, positions, key_data, counts, temperature, top_p):
         """One token per slot: tokens/positions [B] (a slot's position is also its cache slot)."""
@@ -208,39 +216,46 @@ class Engine:
 
     def _admit(self) -> bool:
         budget = self.n_slots if self.running == 0 else self.prefills_per_step
-        admitted = False
-        while budget and None in self.slots:
-            with self._cv:  # step() dropped the cancelled ones
-                if not self.queue:
-                    break
-                r = self.queue.popleft()
-                self.metrics.queue.set(len(self.queue))
-            self._start(self.slots.index(None), r)
-            budget, admitted = budget - 1, True
-        return admitted
+        group: list[tuple[int, Request]] = []
+        free = [i for i, r in enumerate(self.slots) if r is None]
+        with self._cv:  # step() dropped the cancelled ones
+            while len(group) < min(budget, len(free)) and self.queue:
+                group.append((free[len(group)], self.queue.popleft()))
+            self.metrics.queue.set(len(self.queue))
+        if group:
+            self._start(group)
+        return bool(group)
 
-    def _start(self, i: int, r: Request) -> None:
-        n = len(r.prompt)
-        tokens = np.zeros((1, bucket(n, self.context)), np.int32)
-        tokens[0, :n] = r.prompt
-        self.key_data[i] = np.asarray(jax.random.key_data(jax.random.key(r.seed)))
-        self.temperature[i], self.top_p[i] = r.temperature, r.top_p
-        self.slots[i] = r  # before the prefill: if it fails, _fail_running ends this request too
+    def _start(self, group: list[tuple[int, Request]]) -> None:
+        """Prefill the prompts of ``group`` ((slot, request) pairs) in one call, padded to a power of
+        two of rows (one compilation per rows x prompt bucket) and to the longest prompt's bucket."""
+        p = bucket(max(len(r.prompt) for _, r in group), self.context)
+        padded = group + [group[0]] * ((1 << (len(group) - 1).bit_length()) - len(group))
+        tokens = np.zeros((len(padded), p), np.int32)
+        for j, (_, r) in enumerate(padded):
+            tokens[j, : len(r.prompt)] = r.prompt
+        for i, r in group:
+            self.key_data[i] = np.asarray(jax.random.key_data(jax.random.key(r.seed)))
+            self.temperature[i], self.top_p[i] = r.temperature, r.top_p
+            self.slots[i] = r  # before the prefill: if it fails, _fail_running ends these requests too
+        slots = np.array([i for i, _ in padded], np.int32)
         first, self.cache = self._prefill(
             self.params,
             self.model_state,
             self.cache,
-            np.int32(i),
+            slots,
             tokens,
-            np.int32(n),
-            self.key_data[i : i + 1],
-            self.temperature[i : i + 1],
-            self.top_p[i : i + 1],
+            np.array([len(r.prompt) for _, r in padded], np.int32),
+            self.key_data[slots],
+            self.temperature[slots],
+            self.top_p[slots],
         )
-        self.metrics.prompt_tokens.inc(n)
-        self.position[i], self.count[i] = n, 0
-        self.metrics.sampled(1)
-        self._accept(i, int(np.asarray(first)[0]))
+        first = np.asarray(first)
+        self.metrics.sampled(len(group))
+        for j, (i, r) in enumerate(group):
+            self.metrics.prompt_tokens.inc(len(r.prompt))
+            self.position[i], self.count[i] = len(r.prompt), 0
+            self._accept(i, int(first[j]))
 
     def _decode_step(self) -> None:
         t0 = time.perf_counter()
@@ -306,13 +321,17 @@ class Engine:
         return jax.jit(lambda: model.init_cache(self.n_slots, self.context))()
 
     def warmup(self, prompt_lengths: tuple[int, ...] = (1,)) -> None:
-        """Compile the decode step and the prefill buckets of these prompt lengths (the first request
-        would otherwise pay for them)."""
+        """Compile the decode step and the prefill buckets of these prompt lengths, for every
+        power-of-two number of prompts that can arrive together (the first requests would otherwise
+        pay for them)."""
         for n in prompt_lengths:
-            r = Request([0] * n, max_tokens=2)
-            self.submit(r)
-            while not r.done.is_set():
-                self.step()
+            rows = 1
+            while rows <= min(self.n_slots, self.max_queue):  # each power-of-two group of prompts
+                batch = [Request([0] * n, max_tokens=2) for _ in range(rows)]
+                self.submit(*batch)
+                while not all(r.done.is_set() for r in batch):
+                    self.step()
+                rows *= 2
 
     def start(self) -> None:
         """Run ``step`` in a background thread until ``stop``."""
