@@ -42,67 +42,46 @@ MODES = tuple(OFFLOADED)
 
 
 class Setting:
+    """One offload setting's train state and compiled step; with ``train.offload_dir`` the moments
+    are on disk and each step is followed by the streamed update (training/disk_offload.py)."""
+
     def __init__(self, cfg, batch):
         mesh = make_mesh(cfg.mesh)
         tx = make_optimizer(cfg.train)
         graphdef, self.state, sh = create_train_state(cfg, tx, mesh)
+        self.disk = None
+        if cfg.train.offload_dir:
+            self.disk = DiskMoments(tx, cfg.train, self.state["params"])
+            self.disk.init(self.state["params"])
+            sh = {**sh, "opt_state": ()}
         self.device_bytes, self.host_bytes = resident_bytes(self.state)
         self.param_bytes = sum(resident_bytes({"p": self.state["params"]}))
-        # per step, optimizer: gradients and parameters to the host, parameters back (12 bytes a parameter);
-        # optimizer_and_params: parameters to the device, gradients to the host (8)
-        self.moved = {"none": 0, "optimizer": 3, "optimizer_and_params": 2}[cfg.train.offload] * self.param_bytes
+        if self.disk:  # each step reads and writes every moment
+            self.moved = 2 * self.disk.n_bytes
+        else:  # optimizer: gradients and parameters to the host, parameters back (12 bytes a parameter);
+            # optimizer_and_params: parameters to the device, gradients to the host (8)
+            self.moved = {"none": 0, "optimizer": 3, "optimizer_and_params": 2}[cfg.train.offload] * self.param_bytes
         step = make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg)
         self.batch = jax.device_put(batch, batch_sharding(mesh))
-        self.step = (
-            jax.jit(
-                step, donate_argnums=0, in_shardings=(sh, batch_sharding(mesh)), out_shardings=(sh, replicated(mesh))
-            )
-            .lower(self.state, self.batch)
-            .compile()
-        )
+        out = (sh, replicated(mesh)) + ((sh["params"],) if self.disk else ())
+        self.step = jax.jit(step, donate_argnums=0, in_shardings=(sh, batch_sharding(mesh)), out_shardings=out)
+        self.step = self.step.lower(self.state, self.batch).compile()
+        self.update_s: list[float] = []  # the streamed update's share of each step (disk only)
         self.run(1)  # warm-up
 
     def run(self, n: int) -> float:
         t0 = time.perf_counter()
         for _ in range(n):
-            self.state, m = self.step(self.state, self.batch)
-        jax.block_until_ready(m)
-        return (time.perf_counter() - t0) / n
-
-
-class DiskSetting:
-    """``train.offload_dir``: the moments in tensorstore arrays on disk, streamed through the update
-    group by group after the step (training/disk_offload.py)."""
-
-    def __init__(self, cfg, batch):
-        mesh = make_mesh(cfg.mesh)
-        tx = make_optimizer(cfg.train)
-        graphdef, self.state, sh = create_train_state(cfg, tx, mesh)
-        self.disk = DiskMoments(
-            cfg.train.offload_dir, tx, cfg.train, self.state["params"], cfg.train.offload_group_layers
-        )
-        self.disk.init(self.state["params"])
-        sh = {**sh, "opt_state": ()}
-        self.device_bytes, self.host_bytes = resident_bytes(self.state)
-        self.disk_bytes = self.disk.n_bytes
-        self.moved = 2 * self.disk_bytes  # each step reads and writes every moment
-        self.batch = jax.device_put(batch, batch_sharding(mesh))
-        step = make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg)
-        out = (sh, replicated(mesh), sh["params"])
-        self.step = jax.jit(step, donate_argnums=0, in_shardings=(sh, batch_sharding(mesh)), out_shardings=out)
-        self.step = self.step.lower(self.state, self.batch).compile()
-        self.update_s: list[float] = []
-        self.run(1)
-
-    def run(self, n: int) -> float:
-        t0 = time.perf_counter()
-        for _ in range(n):
+            if self.disk is None:
+                self.state, m = self.step(self.state, self.batch)
+                continue
             self.state, m, grads = self.step(self.state, self.batch)
             jax.block_until_ready(grads)
             t1 = time.perf_counter()
             self.state = {**self.state, "params": self.disk.update(grads, self.state["params"], m["finite"])}
             jax.block_until_ready(self.state["params"])
             self.update_s.append(time.perf_counter() - t1)
+        jax.block_until_ready(m)
         return (time.perf_counter() - t0) / n
 
 
@@ -120,7 +99,7 @@ def main() -> None:
     settings = {m: Setting(replace(cfg, **{"train.offload": m}), batch) for m in MODES}
     with tempfile.TemporaryDirectory(dir=args.offload_dir) as d:
         disk_cfg = replace(cfg, **{"train.offload": "optimizer", "train.offload_dir": d})
-        settings["optimizer on disk"] = DiskSetting(disk_cfg, batch)
+        settings["optimizer on disk"] = Setting(disk_cfg, batch)
         return report(args, cfg, batch, settings)
 
 
@@ -149,9 +128,9 @@ def report(args, cfg, batch, settings) -> None:
             "pcie_s_per_step": moved / (args.pcie_gbs * 1e9),
         }
         r = rows[m]
-        if isinstance(s, DiskSetting):
+        if s.disk is not None:
             update_s = statistics.median(s.update_s)
-            r.update(disk_bytes=s.disk_bytes, update_s=update_s, disk_gbs=s.moved / update_s / 1e9)
+            r.update(disk_bytes=s.disk.n_bytes, update_s=update_s, disk_gbs=s.moved / update_s / 1e9)
         print(
             f"{m:<22} {s.device_bytes / 1e6:>10.1f} {s.host_bytes / 1e6:>9.1f} {r['device_fraction'] - 1:>+14.0%} "
             f"{r['step_s']:>8.3f} {r['step_ratio']:>7.2f}x {moved / 1e6:>14.1f} {r['pcie_s_per_step']:>7.4f}"
@@ -159,7 +138,7 @@ def report(args, cfg, batch, settings) -> None:
     disk = settings["optimizer on disk"]
     r = rows["optimizer on disk"]
     print(
-        f"on disk: {disk.disk_bytes / 1e6:.1f} MB of moments in {len(disk.disk.groups)} groups; the streamed update "
+        f"on disk: {disk.disk.n_bytes / 1e6:.1f} MB of moments in {len(disk.disk.groups)} groups; the streamed update "
         f"takes {r['update_s']:.3f} s of the {r['step_s']:.3f} s step (reads and writes {disk.moved / 1e6:.1f} MB: "
         f"{r['disk_gbs']:.2f} GB/s with the update's compute)"
     )

@@ -105,6 +105,16 @@ def validate_train(t: TrainConfig) -> None:
         raise ConfigError(
             f"train.warmup_steps ({t.warmup_steps}) must be < train.steps ({t.steps}); accepted: 0..{t.steps - 1}"
         )
+    if t.offload_dir and t.offload != "optimizer":
+        raise ConfigError(
+            f"train.offload_dir={t.offload_dir!r} moves the optimizer moments to disk: it needs "
+            f"train.offload: optimizer (got {t.offload!r})"
+        )
+    if t.offload_group_layers < 0:
+        raise ConfigError(
+            f"train.offload_group_layers: got {t.offload_group_layers}; accepted: blocks per group >= 1, or 0 "
+            "for one group"
+        )
 
 
 def validate_mesh(mesh: MeshConfig) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -37,16 +36,15 @@ HARDWARE = {"A100 40GB": 40e9, "A100 80GB": 80e9, "H100 80GB": 80e9, "H200 141GB
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-@functools.lru_cache(maxsize=16)  # ModelConfig is frozen, so hashable; plans ask several times
 def param_shapes(m: ModelConfig) -> list[tuple[str, tuple[int, ...], tuple]]:
     """(name, shape, logical axes) of every parameter, read from the model itself: an abstract build
-    (``nnx.eval_shape``: shapes only, no memory, seconds even for the 13B plans), so the planner cannot
-    drift from what the trainer builds."""
+    (``nnx.eval_shape``: shapes only, no memory, seconds even for the 13B plans; the one the activation
+    trace uses), so the planner cannot drift from what the trainer builds."""
     from flax import nnx
 
-    from open_r1_jax.model import build_model
+    from open_r1_jax.training.memory import abstract_model
 
-    abstract = nnx.eval_shape(lambda: build_model(m))
+    abstract, _ = abstract_model(m)
     return [
         (".".join(map(str, path)), tuple(v.get_value().shape), v.get_metadata().get("axes"))
         for path, v in nnx.to_flat_state(nnx.state(abstract, nnx.Param))
@@ -170,7 +168,7 @@ def plan(cfg: Config, backend: str = "gpu", activations: bool = True) -> Plan:
     )
     n_micro = cfg.train.global_batch // (cfg.train.micro_batch or cfg.train.global_batch)
     return Plan(
-        total_params=count_params(cfg.model),
+        total_params=total,
         active_params=count_active(cfg.model),
         params=4 * local,
         grads=4 * local,

@@ -4,6 +4,7 @@ host memory; and the same on an 8-device FSDP mesh."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -167,7 +168,8 @@ def test_disk_moments_update_like_the_in_memory_optimizer(micro, tmp_path):
         return optax.apply_updates(p, updates), o
 
     for group_layers, n_groups in ((0, 1), (1, 3)):  # micro: 2 blocks, and the rest
-        disk = DiskMoments(tmp_path / str(group_layers), tx, cfg.train, state["params"], group_layers)
+        where = {"offload_dir": str(tmp_path / str(group_layers)), "offload_group_layers": group_layers}
+        disk = DiskMoments(tx, dataclasses.replace(cfg.train, **where), state["params"])
         disk.init(state["params"])
         assert len(disk.groups) == n_groups
         p_mem, o_mem, p_disk = state["params"], state["opt_state"], state["params"]

@@ -31,34 +31,14 @@ import numpy as np
 import optax
 import tensorstore as ts
 
-from open_r1_jax.config import Config, ConfigError
+from open_r1_jax.config import ConfigError, TrainConfig
 from open_r1_jax.training.optim import clip_to, global_norm, optimizer_parts
 
 log = logging.getLogger(__name__)
 
 
-def placeholder() -> optax.GradientTransformation:
-    """The Trainer's optimizer when the moments live on disk: its state in the train state is empty."""
-
-    def update(updates, state, params=None):
-        raise RuntimeError("train.offload_dir: the update runs in DiskMoments.update, not in the step")
-
-    return optax.GradientTransformation(lambda params: (), update)
-
-
-def check(cfg: Config, masked: bool) -> None:
-    """The settings the disk tier supports, with what to change otherwise."""
-    t = cfg.train
-    if t.offload != "optimizer":
-        raise ConfigError(
-            f"train.offload_dir={t.offload_dir!r} moves the optimizer moments to disk: it needs "
-            f"train.offload: optimizer (got {t.offload!r})"
-        )
-    if t.offload_group_layers < 0:
-        raise ConfigError(
-            f"train.offload_group_layers: got {t.offload_group_layers}; accepted: blocks per group >= 1, or 0 "
-            "for one group"
-        )
+def check(masked: bool) -> None:
+    """What the disk tier cannot do at run time (its settings are checked in config_checks.py)."""
     if masked:
         raise ConfigError(
             "train.offload_dir: not with frozen parameters (LoRA or a stage that freezes weights); their "
@@ -83,17 +63,18 @@ def groups(params: dict, group_layers: int) -> list[list[int]]:
 
 
 class DiskMoments:
-    """The moments of ``rest`` (the optimizer chain after clipping) on disk, group by group."""
+    """The moments of the optimizer chain ``full`` (``make_optimizer(train_cfg)``) in
+    ``train_cfg.offload_dir``, group by group."""
 
-    def __init__(self, directory: str | Path, full: optax.GradientTransformation, train_cfg, params, group_layers: int):
-        self.directory = Path(directory)
-        self.full = full
+    def __init__(self, full: optax.GradientTransformation, train_cfg: TrainConfig, params):
+        self.directory = Path(train_cfg.offload_dir)
         clip, self.rest = optimizer_parts(train_cfg)
         self.max_norm = train_cfg.clip_norm if clip is not None else None
+        self.layout = jax.eval_shape(full.init, params)  # the moments' tree as checkpoints hold it
         self.treedef = jax.tree.structure(params)
-        self.shardings = [x.sharding for x in jax.tree.leaves(params)]
-        self.groups = groups(params, group_layers)
         leaves = jax.tree.leaves(params)
+        self.shardings = [x.sharding for x in leaves]
+        self.groups = groups(params, train_cfg.offload_group_layers)
         # per group: the structure of its state and one tensorstore array per leaf
         self.templates = [jax.eval_shape(self.rest.init, [leaves[i] for i in g]) for g in self.groups]
         self.arrays = [
@@ -136,13 +117,8 @@ class DiskMoments:
             return state
         shardings = [self.shardings[i] for i in self.groups[group]]
         # the moments are lists shaped like the group's parameters: place each like its parameter
-        return jax.tree.map(
-            lambda node: (
-                [jax.device_put(v, s) for v, s in zip(node, shardings)] if _is_moments(node, shardings) else node
-            ),
-            state,
-            is_leaf=lambda node: _is_moments(node, shardings),
-        )
+        place_list = lambda node: [jax.device_put(v, s) for v, s in zip(node, shardings)]
+        return jax.tree.map(lambda node: place_list(node) if _is_list(node) else node, state, is_leaf=_is_list)
 
     def _write(self, group: int, state) -> list:
         return [a.write(np.asarray(v)) for a, v in zip(self.arrays[group], jax.tree.leaves(state))]
@@ -197,7 +173,7 @@ class DiskMoments:
         rest = jax.tree.map(
             lambda node: jax.tree.unflatten(self.treedef, node) if _is_list(node) else node, merged, is_leaf=_is_list
         )
-        return self._wrap(rest)
+        return (*self.layout[:-1], rest)  # the chain's state: the clipping's (empty) before the rest's
 
     def load_tree(self, opt_state) -> None:
         """Write a checkpoint's optimizer state (the ``full.init(params)`` layout) to disk."""
@@ -211,18 +187,9 @@ class DiskMoments:
             for f in self._write(gi, state):
                 f.result()
 
-    def _wrap(self, rest):
-        """The chain's state: the clipping's empty state (if any) before the rest's."""
-        template = jax.eval_shape(self.full.init, jax.tree.unflatten(self.treedef, [0.0] * len(self.shardings)))
-        return (*template[:-1], rest) if isinstance(template, tuple) and len(template) > 1 else (rest,)
-
 
 def _is_list(node) -> bool:
     return isinstance(node, list)
-
-
-def _is_moments(node, shardings) -> bool:
-    return isinstance(node, list) and len(node) == len(shardings)
 
 
 def _lists(tree) -> list[list]:

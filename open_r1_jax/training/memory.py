@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend.core import Literal
 
-from open_r1_jax.config import Config
+from open_r1_jax.config import Config, ModelConfig
 
 
 def saved_bytes(f, params, *data) -> tuple[int, int]:
@@ -57,13 +57,14 @@ def saved_bytes(f, params, *data) -> tuple[int, int]:
     return size(residuals - tainted), size(residuals & tainted)
 
 
-@functools.lru_cache(maxsize=8)
-def _abstract_model(cfg: Config):
+@functools.lru_cache(maxsize=8)  # ModelConfig is frozen, so hashable; plans ask several times
+def abstract_model(m: ModelConfig):
+    """-> (the model built abstractly: shapes only, no memory; its (graphdef, params, model_state))."""
     from flax import nnx
 
     from open_r1_jax.model import build_model, split_model
 
-    model = nnx.eval_shape(lambda: build_model(cfg.model))
+    model = nnx.eval_shape(lambda: build_model(m))
     return model, split_model(model)
 
 
@@ -78,47 +79,41 @@ def _batch(rows: int, seq: int) -> dict:
     }
 
 
-_traced: dict[tuple, object] = {}  # (what, model config, T, rows) -> result: plans re-ask (CLI, tests)
+def _memoised(fn):
+    """``fn(cfg, rows)`` memoised on what it reads: the model config, the sequence length, the rows
+    (plans ask again: the CLI's report and the teacher's, the tests)."""
+    cache: dict[tuple, object] = {}
 
-
-def _cached(what: str, fn):
-    """``fn(cfg, rows)`` memoised on what it reads: the model config, the sequence length, the rows."""
-
+    @functools.wraps(fn)
     def wrapper(cfg: Config, rows: int):
-        key = (what, cfg.model, cfg.train.seq_len, rows)
-        if key not in _traced:
-            _traced[key] = fn(cfg, rows)
-        return _traced[key]
+        key = (cfg.model, cfg.train.seq_len, rows)
+        if key not in cache:
+            cache[key] = fn(cfg, rows)
+        return cache[key]
 
-    return functools.wraps(fn)(wrapper)
+    return wrapper
 
 
+@_memoised
 def step_residuals(cfg: Config, rows: int) -> tuple[int, int]:
     """Residuals of a micro-batch of ``rows`` rows through the language-modelling loss, as
     ``saved_bytes`` splits them (the router biases count as data: they are not sharded like weights)."""
-    return _step_residuals(cfg, rows)
-
-
-def _step_residuals_uncached(cfg: Config, rows: int) -> tuple[int, int]:
     from open_r1_jax.training.stages import Pretrain
 
-    _, (graphdef, params, model_state) = _abstract_model(cfg)
+    _, (graphdef, params, model_state) = abstract_model(cfg.model)
     stage = Pretrain(cfg).bind(graphdef)
     loss = lambda p, b, s: stage.loss_fn(p, s, b, jax.random.key(0))[0]
     return saved_bytes(loss, params, _batch(rows, cfg.train.seq_len), model_state)
 
 
+@_memoised
 def block_residuals(cfg: Config, rows: int) -> dict[tuple[str, bool], tuple[int, int]]:
     """-> {(block kind, LSH?): ``saved_bytes`` of one such block run without checkpointing}."""
-    return _block_residuals(cfg, rows)
-
-
-def _block_residuals_uncached(cfg: Config, rows: int) -> dict[tuple[str, bool], tuple[int, int]]:
     from flax import nnx
 
     from open_r1_jax.model.attention import attention_mask
 
-    model, _ = _abstract_model(cfg)
+    model, _ = abstract_model(cfg.model)
     seq, d = cfg.train.seq_len, cfg.model.d_model
     x = jax.ShapeDtypeStruct((rows, seq), jnp.int32)
     h = jax.ShapeDtypeStruct((rows, seq, d), model.dtype)
@@ -139,10 +134,6 @@ def _block_residuals_uncached(cfg: Config, rows: int) -> dict[tuple[str, bool], 
     return out
 
 
-_step_residuals = _cached("step", _step_residuals_uncached)
-_block_residuals = _cached("blocks", _block_residuals_uncached)
-
-
 def recomputed_block_residuals(cfg: Config, rows: int) -> tuple[float, float]:
     """What the backward pass of checkpointed blocks holds while it recomputes them, per device
     rows: each run of same-kind blocks is one scan (``Transformer._scan_blocks``) whose backward
@@ -151,7 +142,7 @@ def recomputed_block_residuals(cfg: Config, rows: int) -> tuple[float, float]:
     (weight-derived, data-dependent) pair summed. XLA:CPU measured between the two (a DRN run of 90 MB
     and a MoE run of 65 MB added 131 MB), so ``plan.py`` takes the midpoint and fits on the sum."""
     per_kind = block_residuals(cfg, rows)
-    model, _ = _abstract_model(cfg)
+    model, _ = abstract_model(cfg.model)
     kinds = [(b.kind, b.lsh) for b in model.blocks]
     runs = [k for i, k in enumerate(kinds) if i == 0 or k != kinds[i - 1]]
     return max((per_kind[k] for k in runs), key=sum), tuple(sum(per_kind[k][j] for k in runs) for j in (0, 1))

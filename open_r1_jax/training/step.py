@@ -148,8 +148,8 @@ def make_train_step(stage, tx: optax.GradientTransformation, cfg: Config, return
     grad_fn = make_grad_fn(stage, cfg)
 
     offload = cfg.train.offload
-    # train.offload_dir: the step returns the clipped gradient and DiskMoments.update streams the
-    # moments from disk through AdamW afterwards (training/disk_offload.py)
+    # train.offload_dir: the step returns the gradient, and DiskMoments.update clips it and streams
+    # the moments from disk through AdamW afterwards (training/disk_offload.py)
     on_disk = bool(cfg.train.offload_dir)
 
     @jax.jit  # a computation of its own: with train.offload it runs on the host (compute_on)
@@ -173,7 +173,6 @@ def make_train_step(stage, tx: optax.GradientTransformation, cfg: Config, return
             finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
             if on_disk:
                 new_params, new_opt = params, state["opt_state"]
-                step_grads = grads
             elif offload == "none":
                 new_params, new_opt = update(grads, state["opt_state"], params, finite)
             else:  # the update runs in host memory, beside the moments (training/offload.py)
@@ -206,6 +205,6 @@ def make_train_step(stage, tx: optax.GradientTransformation, cfg: Config, return
         )
         metrics = {**metrics, "grad_norm": grad_norm, "finite": finite}
         metrics = {**metrics, "grads": grads} if return_grads else metrics
-        return (new_state, metrics, step_grads) if on_disk else (new_state, metrics)
+        return (new_state, metrics, grads) if on_disk else (new_state, metrics)
 
     return train_step

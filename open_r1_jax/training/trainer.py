@@ -86,7 +86,7 @@ class Trainer:
         masked = cfg.lora.rank > 0 or type(stage).trainable is not Stage.trainable
         self.tx = make_optimizer(cfg.train, stage.trainable if masked else None)
         if cfg.train.offload_dir:
-            disk_offload.check(cfg, masked)
+            disk_offload.check(masked)
         graphdef, state, self.shardings = create_train_state(cfg, self.tx, mesh)
         if pretrained is not None:
             params = {**pretrained.params, **{k: v for k, v in state["params"].items() if k == lora.KEY}}
@@ -98,9 +98,7 @@ class Trainer:
         self.disk = None
         if cfg.train.offload_dir:  # the moments on disk: the state holds none (training/disk_offload.py)
             self.opt_shardings, self.shardings = self.shardings["opt_state"], {**self.shardings, "opt_state": ()}
-            self.disk = disk_offload.DiskMoments(
-                cfg.train.offload_dir, self.tx, cfg.train, state["params"], cfg.train.offload_group_layers
-            )
+            self.disk = disk_offload.DiskMoments(self.tx, cfg.train, state["params"])
             self.disk.init(state["params"])
         view = self.view(state)
         model_view = {**view, "params": model_params(view["params"], cfg)}  # what stages see: adapters folded
@@ -152,9 +150,7 @@ class Trainer:
         if self.disk is None or "optimizer" not in ckpt.items(step):
             return ckpt.restore(step, state, self.stage.train_iter)
         moments = jax.tree.map(
-            lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-            jax.eval_shape(self.tx.init, state["params"]),
-            self.opt_shardings,
+            lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), self.disk.layout, self.opt_shardings
         )
         restored = ckpt.restore(step, {**state, "opt_state": moments}, self.stage.train_iter)
         self.disk.load_tree(restored["opt_state"])
