@@ -227,6 +227,13 @@ class GRPOConfig:
     scale_rewards: bool = True  # advantages divided by the group's reward std (Dr. GRPO: false)
     loss_type: Literal["bnpo", "grpo", "dr_grpo"] = "bnpo"  # token-level / per-sequence / constant normalisation
     num_iterations: int = 1  # optimizer steps per generation batch (the old policy's log-probs are kept)
+    # DAPO's dynamic sampling with a fixed budget: sample groups for oversample x the step's prompts, keep
+    # the step's number of groups, those whose rewards differ first (a group of equal rewards has no
+    # advantage and teaches nothing); 1 = off
+    oversample: int = 1
+    # the loss's log-probs at the sampling temperature (logits / temperature), as TRL's GRPOTrainer: the
+    # ratio and the KL are then of the distribution the completions came from
+    logp_temperature: bool = True
     demo_examples: int = 5000  # embedded demo: training prompts
     demo_eval_examples: int = 200  # embedded demo: held-out prompts for eval_accuracy
 

@@ -370,7 +370,14 @@ def _validate_grpo(cfg: Config) -> None:
             "train.init_from: required with train.stage 'grpo' (the cold-start policy: an SFT or pretraining "
             "run, a checkpoint, an export or a transformers folder)"
         )
-    for key in ("num_generations", "max_new_tokens", "num_iterations", "demo_examples", "demo_eval_examples"):
+    for key in (
+        "num_generations",
+        "max_new_tokens",
+        "num_iterations",
+        "oversample",
+        "demo_examples",
+        "demo_eval_examples",
+    ):
         _positive(f"grpo.{key}", getattr(g, key))
     if t.stage == "grpo" and (g.num_generations < 2 or t.global_batch % g.num_generations):
         raise ConfigError(

@@ -13,7 +13,7 @@ from open_r1_jax.config import ConfigError
 from open_r1_jax.data import arith
 from open_r1_jax.data.chat import ChatTemplate
 from open_r1_jax.data.prompts import PromptReport, read_prompts
-from open_r1_jax.training.stages.grpo import group_advantages
+from open_r1_jax.training.stages.grpo import group_advantages, keep_groups
 from open_r1_jax.training.trainer import train
 
 
@@ -73,6 +73,13 @@ def test_group_advantages_are_relative_to_the_group():
     np.testing.assert_allclose(group_advantages(r, 4, scale=False)[0][:4], [0.75, -0.25, -0.25, -0.25])
 
 
+def test_dynamic_sampling_keeps_the_groups_whose_rewards_differ():
+    pool = np.asarray([[1, 1, 1], [0, 1, 0], [0, 0, 0], [1, 0, 0]], np.float32)  # 4 groups of G=3
+    np.testing.assert_array_equal(keep_groups(pool, 2), [3, 4, 5, 9, 10, 11])  # groups 1 and 3, in order
+    # too few groups differ: the rest are filled in order, each group's rows stay together
+    np.testing.assert_array_equal(keep_groups(pool, 3), [0, 1, 2, 3, 4, 5, 9, 10, 11])
+
+
 def test_prompt_files_report_bad_lines(tmp_path):
     path = tmp_path / "p.jsonl"
     rows = [
@@ -110,7 +117,8 @@ def test_grpo_trains_with_trl_metrics_and_heldout_accuracy(cold_start, tmp_path)
     cfg = micro_config(
         "train.stage=grpo", f"train.init_from={cold_start}", "train.steps=4", "train.global_batch=8",
         "train.seq_len=64", "train.eval_every=4", "train.lr=1e-3", "grpo.num_generations=4", "grpo.max_new_tokens=24",
-        "grpo.num_iterations=2", "grpo.beta=0.1", "grpo.demo_examples=50", "grpo.demo_eval_examples=6",
+        "grpo.num_iterations=2", "grpo.beta=0.1", "grpo.oversample=2", "grpo.demo_examples=50",
+        "grpo.demo_eval_examples=6",
         "grpo.rewards=[accuracy,format,length,flaky]", f"grpo.reward_file={user}", "grpo.stop=[</answer>]",
         run_dir=run,
     )  # fmt: skip
@@ -118,13 +126,15 @@ def test_grpo_trains_with_trl_metrics_and_heldout_accuracy(cold_start, tmp_path)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     logged = next(r for r in rows if "reward" in r)
     for key in ("reward", "reward_std", "rewards/accuracy", "rewards/format", "rewards/flaky", "kl", "clip_ratio",
-                "completion_length", "frac_reward_zero_std"):  # fmt: skip
+                "completion_length", "frac_reward_zero_std", "pool_frac_reward_zero_std"):  # fmt: skip
         assert key in logged and np.isfinite(logged[key]), key
     assert 0 < logged["completion_length"] <= 25 and 0 <= logged["frac_reward_zero_std"] <= 1
     assert rows[0]["step"] == 0 and "eval_accuracy" in rows[0] and "eval_accuracy" in summary
     assert logged["kl"] >= 0 and rows[-1]["kl"] > 0  # the policy moved away from the reference
     with pytest.raises(ConfigError, match="must be >= 2 and divide train.global_batch"):
         micro_config("train.stage=grpo", f"train.init_from={cold_start}", "grpo.num_generations=3")
+    with pytest.raises(ConfigError, match="grpo.oversample"):
+        micro_config("train.stage=grpo", f"train.init_from={cold_start}", "grpo.oversample=0")
     with pytest.raises(ConfigError, match="train.init_from: required"):
         micro_config("train.stage=grpo")
 

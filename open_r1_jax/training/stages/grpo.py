@@ -81,6 +81,15 @@ def group_advantages(r: np.ndarray, g: int, scale: bool) -> tuple[np.ndarray, np
     return adv.reshape(-1).astype(np.float32), np.broadcast_to(std, groups.shape).reshape(-1).astype(np.float32)
 
 
+def keep_groups(rewards: np.ndarray, n: int) -> np.ndarray:
+    """Group rewards [K,G] (K >= n groups, in random order) -> the rows [n*G] of n groups: first those
+    whose rewards differ (DAPO's dynamic sampling), then, if too few differ, the others in order."""
+    differ = rewards.max(1) > rewards.min(1)
+    groups = np.concatenate([np.flatnonzero(differ), np.flatnonzero(~differ)])[:n]
+    g = rewards.shape[1]
+    return (np.sort(groups)[:, None] * g + np.arange(g)).reshape(-1)
+
+
 class GRPO(Stage):
     name = "grpo"
     updates_router_bias = False  # as DPO: the policy keeps its routing
@@ -148,18 +157,25 @@ class GRPO(Stage):
         t0 = time.perf_counter()
         params = model_params(state["params"], self.cfg)
         step = int(jax.device_get(state["step"]))
-        prompts = [self.prompts[i] for i in next(self.train_iter)["index"] for _ in range(g.num_generations)]
+        index = np.concatenate([next(self.train_iter)["index"] for _ in range(g.oversample)])
+        prompts = [self.prompts[i] for i in index for _ in range(g.num_generations)]
         sampling = Sampling(temperature=g.temperature, top_p=g.top_p, seed=t.seed * 1_000_003 + step)
         tokens, texts = self._complete(params, state["model_state"], prompts, sampling)
         t1 = time.perf_counter()
         lengths = [len(x) for x in tokens]
         per_fn = self._score(prompts, lengths, texts)
         weights = np.asarray([w for _, _, w in self.rewards], np.float32)
+        pool = (per_fn @ weights).reshape(-1, g.num_generations)  # [oversample * P, G]
+        rows = keep_groups(pool, len(index) // g.oversample)  # [P*G] rows of the kept groups
+        prompts, tokens, texts = [prompts[r] for r in rows], [tokens[r] for r in rows], [texts[r] for r in rows]
+        lengths, per_fn = [lengths[r] for r in rows], per_fn[rows]
         reward = per_fn @ weights
         adv, std = group_advantages(reward, g.num_generations, g.scale_rewards)
         b = self._rows(prompts, tokens)
         b.update(advantages=adv, reward=reward, reward_std=std, frac_reward_zero_std=(std == 0).astype(np.float32))
         b["completion_length"] = np.asarray(lengths, np.float32)
+        if g.oversample > 1:  # the share of sampled groups that had nothing to teach, before the selection
+            b["pool_frac_reward_zero_std"] = np.full(len(rows), np.mean(pool.max(1) == pool.min(1)), np.float32)
         for j, (name, _, _) in enumerate(self.rewards):
             b[f"rewards/{name}"] = per_fn[:, j]
         t2 = time.perf_counter()
@@ -194,6 +210,8 @@ class GRPO(Stage):
     def _token_logps(self, params, model_state, batch, rng=None):
         model = merge_model(self.graphdef, params, model_state)
         logits, aux = model(batch["inputs"], batch["positions"], batch["segment_ids"], rng=rng)
+        if self.cfg.grpo.logp_temperature:  # the sampling distribution's log-probs (TRL does the same)
+            logits = logits / self.cfg.grpo.temperature
         return -token_nll(logits, batch["targets"]), aux
 
     def count(self, batch):
@@ -220,7 +238,7 @@ class GRPO(Stage):
             "clip_ratio/low_mean": jnp.sum(low * w),
             "clip_ratio/high_mean": jnp.sum(high * w),
         }
-        row_keys = ("reward", "reward_std", "frac_reward_zero_std", "completion_length")
+        row_keys = ("reward", "reward_std", "frac_reward_zero_std", "pool_frac_reward_zero_std", "completion_length")
         metrics.update({k: rows(batch[k]) for k in batch if k in row_keys or k.startswith("rewards/")})
         return self.with_aux(metrics, aux, batch)
 
