@@ -150,6 +150,11 @@ def test_media_without_adapter_raises(micro):
         model(tokens(), images=jnp.zeros((B, 8, 8, 3)))
     with pytest.raises(ValueError, match="model.audio.enabled is false"):
         model(tokens(), audio=jnp.zeros((B, 100)))
+    torch = pytest.importorskip("torch")
+    import torch_ref
+
+    with pytest.raises(ValueError, match="vision.enabled is false"):
+        torch_ref.Transformer(torch_ref.TorchModelConfig())(torch.zeros(1, 4).long(), images=torch.zeros(1, 8, 8, 3))
 
 
 @pytest.mark.parametrize(
@@ -241,3 +246,5 @@ def test_greedy_generation_with_prefix_equals_full_forward():
         assert out.tokens[i].tolist() == seq[len(prompt) :], i
     with pytest.raises(ValueError, match="one row per prompt"):
         gen.generate(prompts, 2, images=images[:1])
+    with pytest.raises(ValueError, match=r"prefix \(4\) \+ prompt"):
+        gen.generate(prompts, 2, images=images, cache_len=8)

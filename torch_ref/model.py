@@ -24,6 +24,8 @@ Everything is eager and fp32, and mirrors the JAX model formula for formula:
 - MoE FFN: top-k softmax router (Mixtral) or DeepSeek-V3 sigmoid router (select by sigmoid + bias,
   weight by the unbiased sigmoid), times route_scale; optional shared experts; auxiliary losses.
   Only the dense dispatch exists here: every expert runs, outputs mixed by the routing weights.
+- Image / audio adapters (``vision`` / ``audio`` sections, when enabled): ``torch_ref/multimodal.py``;
+  their prefix goes in front of the text, and logits are returned for the text positions only.
 
 Parameter names are those of ``open_r1_jax.name_map.to_torch_state``. This module never imports
 jax or flax.
