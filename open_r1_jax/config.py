@@ -65,6 +65,38 @@ class AttentionConfig:
 
 
 @dataclass(frozen=True)
+class VisionConfig:
+    enabled: bool = False  # image adapter (model/multimodal.py): each row's image -> prefix tokens before the text
+    image_size: int = 32  # images of any size are resized to image_size x image_size pixels (R)
+    patch_size: int = 8  # square patches of this many pixels (ViT); image_size must be a multiple of it
+    channels: int = 3  # colour channels of the input images (C)
+    resize_method: Literal["linear", "nearest"] = "linear"  # jax.image.resize method (antialiased when shrinking)
+    width: int = 64  # encoder residual width (W)
+    depth: int = 2  # encoder blocks (bidirectional attention + SwiGLU, pre-norm)
+    n_heads: int = 4  # encoder attention heads; width / n_heads must be even
+    ffn_dim: int = 128  # encoder SwiGLU hidden width
+    projector_dim: int = 128  # hidden width of the 2-layer MLP projector from width to model.d_model
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    enabled: bool = False  # audio adapter (model/multimodal.py): each row's clip -> prefix tokens before the text
+    sample_rate: int = 16000  # Hz of the input: mono float32 waveforms (the mel filters depend on it)
+    max_samples: int = 16000  # clips are zero-padded or cut to this many samples (fixes the prefix length)
+    n_fft: int = 400  # STFT frame and FFT size, periodic Hann window (400 = 25 ms at 16 kHz, as Whisper)
+    hop_length: int = 160  # STFT hop in samples (10 ms at 16 kHz)
+    n_mels: int = 80  # mel bands: Slaney mel scale and area-normalised filters (librosa's default)
+    f_min: float = 0.0  # lowest filter edge in Hz
+    f_max: float = 0.0  # highest filter edge in Hz; 0 = sample_rate / 2
+    log_floor: float = 1e-10  # mel power is clipped below at this before the natural log
+    width: int = 64  # encoder residual width (W), also the channels of the convolutional subsampler
+    depth: int = 2  # encoder blocks (bidirectional attention + SwiGLU, pre-norm)
+    n_heads: int = 4  # encoder attention heads; width / n_heads must be even
+    ffn_dim: int = 128  # encoder SwiGLU hidden width
+    projector_dim: int = 128  # hidden width of the 2-layer MLP projector from width to model.d_model
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int = 272  # embedding rows; must cover the tokenizer's vocabulary
     d_model: int = 64  # residual width (D)
@@ -86,6 +118,8 @@ class ModelConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     drn: DRNConfig = field(default_factory=DRNConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)  # image adapter (off by default)
+    audio: AudioConfig = field(default_factory=AudioConfig)  # audio adapter (off by default)
 
 
 # How a model computes, not what it is: a stage that starts from trained weights takes the architecture

@@ -12,6 +12,7 @@ from typing import Any
 from open_r1_jax.config import (
     MODEL_RUNTIME_KEYS,
     AttentionConfig,
+    AudioConfig,
     CleanConfig,
     Config,
     ConfigError,
@@ -26,6 +27,7 @@ from open_r1_jax.config import (
     MoEConfig,
     SFTConfig,
     TrainConfig,
+    VisionConfig,
 )
 
 
@@ -88,6 +90,55 @@ def validate_model(m: ModelConfig) -> None:
         if not 0 <= i < m.n_layers:
             raise ConfigError(f"model.attention.lsh_layers: layer {i} does not exist; accepted: 0..{m.n_layers - 1}")
     _validate_attention(m.attention)
+    _validate_vision(m.vision)
+    _validate_audio(m.audio)
+
+
+def _validate_encoder(prefix: str, e: VisionConfig | AudioConfig) -> None:
+    """The keys both adapters' encoders share (model/multimodal.py)."""
+    for key in ("width", "n_heads", "ffn_dim", "projector_dim"):
+        _positive(f"{prefix}.{key}", getattr(e, key))
+    _positive(f"{prefix}.depth", e.depth, allow_zero=True)
+    if e.width % e.n_heads or (e.width // e.n_heads) % 2:
+        raise ConfigError(
+            f"{prefix}.width ({e.width}) must be divisible by {prefix}.n_heads ({e.n_heads}) into an even head "
+            "width (the encoder reuses the decoder's attention, whose rotary pairs need it)"
+        )
+
+
+def _validate_vision(v: VisionConfig) -> None:
+    for key in ("image_size", "patch_size", "channels"):
+        _positive(f"model.vision.{key}", getattr(v, key))
+    if v.image_size % v.patch_size:
+        raise ConfigError(
+            f"model.vision.image_size ({v.image_size}) must be divisible by model.vision.patch_size "
+            f"({v.patch_size}): images are cut into whole square patches"
+        )
+    _validate_encoder("model.vision", v)
+
+
+def _validate_audio(a: AudioConfig) -> None:
+    for key in ("sample_rate", "max_samples", "n_fft", "hop_length", "n_mels", "log_floor"):
+        _positive(f"model.audio.{key}", getattr(a, key))
+    nyquist = a.sample_rate / 2
+    f_max = a.f_max or nyquist
+    if not 0 <= a.f_min < f_max <= nyquist:
+        raise ConfigError(
+            f"model.audio.f_min / f_max: need 0 <= f_min < f_max <= sample_rate / 2 ({nyquist:g} Hz); got "
+            f"{a.f_min:g} and {a.f_max:g} (0 = sample_rate / 2)"
+        )
+    _validate_encoder("model.audio", a)
+    if a.enabled:
+        from open_r1_jax.model.audio_features import mel_filters
+
+        empty = [
+            i for i, row in enumerate(mel_filters(a.sample_rate, a.n_fft, a.n_mels, a.f_min, a.f_max)) if not row.any()
+        ]
+        if empty:
+            raise ConfigError(
+                f"model.audio.n_mels ({a.n_mels}): mel bands {empty[:5]} fall between two FFT bins and get none "
+                f"(n_fft {a.n_fft} gives {a.n_fft // 2 + 1} bins); lower n_mels or raise n_fft"
+            )
 
 
 def validate_train(t: TrainConfig) -> None:
@@ -237,6 +288,9 @@ def ignored_keys(cfg: Config) -> list[tuple[str, str]]:
         flag([k for k in _changed(m.moe, MoEConfig(), "model.moe.")], "every layer is a DRN layer (no MoE layer)")
     if m.drn_layers == 0:
         flag([k for k in _changed(m.drn, DRNConfig(), "model.drn.")], "model.drn_layers is 0")
+    for name, section, default in (("vision", m.vision, VisionConfig()), ("audio", m.audio, AudioConfig())):
+        if not section.enabled:
+            flag(_changed(section, default, f"model.{name}."), f"model.{name}.enabled is false (adapter off)")
     return out
 
 

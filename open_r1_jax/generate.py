@@ -19,6 +19,11 @@ length, cache length, sampling). A full-attention layer attends to every cached 
 query, so cached decoding equals recomputing the whole sequence (tests/test_generate.py); an LSH layer
 attends in each round to the cached keys of the query's bucket (see ``model/lsh_attention.py``).
 Positions beyond ``model.max_seq_len`` use the configured rotary scaling (``--rope-scaling``).
+
+Media (``generate(..., images=, has_image=, audio=, has_audio=)``, see ``model/multimodal.py``): the
+prefill runs the adapters and writes their prefix to the first P cache slots, before the left-padded
+prompts; the prompts' positions start after each row's real prefix slots, as in the forward pass, so
+greedy decoding with a prefix equals the full forward pass (tests/test_multimodal.py).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 from open_r1_jax.config import ModelConfig
+from open_r1_jax.model.multimodal import prefix_slots, text_offset
 
 PROMPT_ALIGN = 16  # prompts are left-padded to a multiple of this (fewer compilations)
 
@@ -110,14 +116,20 @@ class Generator:
 
         return merge_model(self.graphdef, params, model_state)
 
-    def _prefill_fn(self, params, model_state, tokens, valid, key, cache_len: int, sampling: Sampling):
-        """tokens/valid [B,P] (left-padded) -> (first new token [B], its position [B], cache)."""
+    def _prefill_fn(self, params, model_state, tokens, valid, media, key, cache_len: int, sampling: Sampling):
+        """tokens/valid [B,P] (left-padded), media (keyword arguments of ``media_prefix``; may be empty)
+        -> (first new token [B], its position [B], cache)."""
         model = self._model(params, model_state)
         b, p = tokens.shape
         positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
+        prefix = model.media_prefix(**media)
+        n_prefix = 0
+        if prefix is not None:  # the prefix takes the first cache slots; the text continues after it
+            n_prefix = prefix.embeds.shape[1]
+            positions = positions + text_offset(prefix)[:, None]
         cache = model.init_cache(b, cache_len)
-        logits, cache = model.decode(tokens, positions, valid, cache, jnp.int32(0))
-        first = sample(logits[:, -1], jax.random.fold_in(key, p), sampling)
+        logits, cache = model.decode(tokens, positions, valid, cache, jnp.int32(0), prefix=prefix)
+        first = sample(logits[:, -1], jax.random.fold_in(key, n_prefix + p), sampling)
         return first, positions[:, -1] + 1, cache
 
     def _steps_fn(
@@ -149,12 +161,19 @@ class Generator:
         should_stop: Callable[[int, list[int]], bool] | None = None,
         steps_per_call: int = 16,
         cache_len: int | None = None,
+        images: np.ndarray | None = None,
+        has_image: np.ndarray | None = None,
+        audio: np.ndarray | None = None,
+        has_audio: np.ndarray | None = None,
     ) -> Generation:
         """Continue every prompt (token ids, at least one each) by up to ``max_new_tokens`` tokens.
 
         A row ends at a token in ``stop_ids`` (left out of the output) or when ``should_stop(row,
         tokens so far)`` is true (checked between calls). ``on_tokens`` receives, after every call,
         each row's newly accepted tokens. ``cache_len`` fixes the cache size (to reuse a compilation).
+        images [B,H,W,C] / audio [B,S] (one row per prompt; ``multimodal.stack_images`` /
+        ``stack_audio`` build them from per-prompt media) with has_image / has_audio [B] (None = every
+        row has one) go before the prompts through the model's adapters.
         """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("prompts: need at least one prompt, each with at least one token")
@@ -169,11 +188,18 @@ class Generator:
             valid[i, p - len(x) :] = True
         if tokens.max() >= self.config.vocab_size or tokens.min() < 0:
             raise ValueError(f"prompts: token ids must be in [0, {self.config.vocab_size}) (model.vocab_size)")
+        media = {"images": images, "has_image": has_image, "audio": audio, "has_audio": has_audio}
+        media = {k: jnp.asarray(v) for k, v in media.items() if v is not None}
+        if any(v.shape[0] != b for v in media.values()):
+            raise ValueError(f"images / audio / has_*: need one row per prompt ({b})")
+        n_prefix = prefix_slots(self.config, images is not None, audio is not None)  # first cache slots
         n_calls = -(-(max_new_tokens - 1) // steps_per_call)
-        need = p + n_calls * steps_per_call  # every slot a call may write
+        need = n_prefix + p + n_calls * steps_per_call  # every slot a call may write
         cache_len = cache_len or need
         if cache_len < need:
-            raise ValueError(f"cache_len ({cache_len}) < prompt ({p}) + decoding steps ({need - p})")
+            raise ValueError(
+                f"cache_len ({cache_len}) < prefix ({n_prefix}) + prompt ({p}) + decoding steps ({need - p - n_prefix})"
+            )
         key = jax.random.key(sampling.seed)
         sampling = dataclasses.replace(sampling, seed=0)  # the key carries the seed: one compilation for all seeds
         stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
@@ -184,6 +210,7 @@ class Generator:
             self.model_state,
             jnp.asarray(tokens),
             jnp.asarray(valid),
+            media,
             key,
             cache_len=cache_len,
             sampling=sampling,
@@ -215,7 +242,7 @@ class Generator:
 
         accept(first_np[:, None])
         result.calls.append((1, result.prefill_s))
-        carry = (cache, first, position, jnp.int32(p), jnp.asarray(np.isin(first_np, list(stop_ids))))
+        carry = (cache, first, position, jnp.int32(n_prefix + p), jnp.asarray(np.isin(first_np, list(stop_ids))))
         n = 1
         while not all(finished):
             t0 = time.perf_counter()

@@ -2,7 +2,9 @@
 
 Used by the parity tests and by export, so a passing parity test means a working export.
 JAX stores dense kernels as [in, out]; ``torch.nn.Linear`` stores [out, in]: those are transposed.
-Stacked expert weights ([E,D,F] and [E,F,D]) and embeddings keep their layout.
+Stacked expert weights ([E,D,F] and [E,F,D]) and embeddings keep their layout. The audio adapter's
+convolutions are [width, in, out] in JAX and [out, in, width] in ``torch.nn.Conv1d``: ``.T`` reverses
+all three axes, so "transpose" covers them too.
 
     JAX path (nnx.to_pure_dict)           torch key                              transpose
     embed                                 embed.weight                           no
@@ -15,6 +17,11 @@ Stacked expert weights ([E,D,F] and [E,F,D]) and embeddings keep their layout.
     blocks/i/ffn/shared/w_{gate,up,down}  blocks.i.ffn.shared.{gate,up,down}_proj.weight  yes
     final_norm/scale                      final_norm.weight                      no
     lm_head                               lm_head.weight                         yes
+    A = vision or audio (model/multimodal.py; present only when enabled):
+    A/patch_embed, audio/conv{1,2}        A.patch_embed.weight, audio.conv{1,2}.weight  yes
+    A/encoder/pos_embed                   A.encoder.pos_embed                    no
+    A/encoder/blocks/i/...                as the decoder's blocks; mlp/w_* -> mlp.*_proj.weight  yes
+    A/encoder/{proj_in,proj_out}          A.encoder.{proj_in,proj_out}.weight    yes
 """
 
 from __future__ import annotations
@@ -46,12 +53,14 @@ def torch_key(path: tuple[str, ...]) -> tuple[str, bool]:
         return ".".join(p[:-1]) + ".weight", False
     if parent == "attn" and last in ("wq", "wk", "wv", "wo"):
         return ".".join(p[:-1] + [_LINEAR[last]]) + ".weight", True
-    if parent == "shared":
+    if parent in ("shared", "mlp"):  # mlp: the adapters' encoder blocks
         return ".".join(p[:-1] + [_LINEAR[last]]) + ".weight", True
     if parent == "experts" or last == "router_bias":
         return ".".join(p), False
     if last == "router":
         return ".".join(p) + ".weight", True
+    if p[0] in ("vision", "audio"):  # the adapters' own matrices and convolutions
+        return (".".join(p), False) if last == "pos_embed" else (".".join(p) + ".weight", True)
     raise KeyError(f"no torch name for JAX parameter {'/'.join(p)}")
 
 

@@ -24,6 +24,8 @@ Everything is eager and fp32, and mirrors the JAX model formula for formula:
 - MoE FFN: top-k softmax router (Mixtral) or DeepSeek-V3 sigmoid router (select by sigmoid + bias,
   weight by the unbiased sigmoid), times route_scale; optional shared experts; auxiliary losses.
   Only the dense dispatch exists here: every expert runs, outputs mixed by the routing weights.
+- Image / audio adapters (``vision`` / ``audio`` sections, when enabled): ``torch_ref/multimodal.py``;
+  their prefix goes in front of the text, and logits are returned for the text positions only.
 
 Parameter names are those of ``open_r1_jax.name_map.to_torch_state``. This module never imports
 jax or flax.
@@ -83,6 +85,41 @@ class MoEConfig:
 
 
 @dataclass(frozen=True)
+class VisionConfig:  # the image adapter (torch_ref/multimodal.py)
+    enabled: bool = False
+    image_size: int = 32
+    patch_size: int = 8
+    channels: int = 3
+    resize_method: str = "linear"  # "linear" (bilinear, antialiased) or "nearest"
+    width: int = 64
+    depth: int = 2
+    n_heads: int = 4
+    ffn_dim: int = 128
+    projector_dim: int = 128
+
+
+@dataclass(frozen=True)
+class AudioConfig:  # the audio adapter (torch_ref/multimodal.py)
+    enabled: bool = False
+    sample_rate: int = 16000
+    max_samples: int = 16000
+    n_fft: int = 400
+    hop_length: int = 160
+    n_mels: int = 80
+    f_min: float = 0.0
+    f_max: float = 0.0
+    log_floor: float = 1e-10
+    width: int = 64
+    depth: int = 2
+    n_heads: int = 4
+    ffn_dim: int = 128
+    projector_dim: int = 128
+
+
+SECTIONS = ("attention", "drn", "moe", "vision", "audio")
+
+
+@dataclass(frozen=True)
 class TorchModelConfig:
     """The model section of the JAX config, less the keys that only concern JAX execution."""
 
@@ -98,6 +135,8 @@ class TorchModelConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     drn: DRNConfig = field(default_factory=DRNConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
 
     # Keys of the JAX model section that change how JAX computes, not what: accepted and ignored.
     JAX_ONLY = {
@@ -105,6 +144,8 @@ class TorchModelConfig:
         "attention": ("lsh_seed", "decode_block"),
         "drn": (),
         "moe": ("dispatch", "grouped_impl", "block_size", "capacity_factor"),
+        "vision": (),
+        "audio": (),
     }
 
     @classmethod
@@ -120,6 +161,8 @@ class TorchModelConfig:
             "attention": (AttentionConfig, att),
             "drn": (DRNConfig, dict(d.pop("drn", None) or {})),
             "moe": (MoEConfig, dict(d.pop("moe", None) or {})),
+            "vision": (VisionConfig, dict(d.pop("vision", None) or {})),
+            "audio": (AudioConfig, dict(d.pop("audio", None) or {})),
         }
         kwargs = {
             name: _section(sub_cls, values, cls.JAX_ONLY[name], f"{name}.") for name, (sub_cls, values) in subs.items()
@@ -131,7 +174,7 @@ class TorchModelConfig:
 def _section(sub_cls, values: dict, ignored: tuple, prefix: str, target=None):
     """Keep the fields of ``sub_cls`` (or of ``target``'s scalar fields), drop JAX-only keys."""
     cls = target or sub_cls
-    names = {f.name for f in dataclasses.fields(cls) if f.name not in ("attention", "drn", "moe")}
+    names = {f.name for f in dataclasses.fields(cls) if f.name not in SECTIONS}
     unknown = sorted(set(values) - names - set(ignored))
     if unknown:
         raise ValueError(f"unknown model config key(s) {[prefix + k for k in unknown]}; accepted: {sorted(names)}")
@@ -398,6 +441,10 @@ class Transformer(nn.Module):
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        from torch_ref.multimodal import AudioAdapter, VisionAdapter  # it builds on this file's layers
+
+        self.vision = VisionAdapter(cfg.vision, cfg.d_model, cfg.norm_eps) if cfg.vision.enabled else None
+        self.audio = AudioAdapter(cfg.audio, cfg.d_model, cfg.norm_eps) if cfg.audio.enabled else None
         self.reset_parameters()
 
     def reset_parameters(self, std: float = INIT_STD) -> None:
@@ -413,8 +460,15 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
         rotations: dict | None = None,
+        images: torch.Tensor | None = None,
+        has_image: torch.Tensor | None = None,
+        audio: torch.Tensor | None = None,
+        has_audio: torch.Tensor | None = None,
     ):
         """tokens [B,T] long -> (logits [B,T,V] fp32, aux dict).
+
+        images [B,H,W,C] / audio [B,S] with has_image / has_audio [B] bool (None = every row): the
+        adapters' prefix goes in front of the text (``torch_ref/multimodal.py``); logits stay [B,T,V].
 
         rotations: {layer index: [K, n_hashes, n_buckets/2] tensor} for every LSH layer (the JAX model
         draws them as ``open_r1_jax.model.lsh_attention.lsh_rotations(fold_in(rng, i), ...)``).
@@ -428,6 +482,13 @@ class Transformer(nn.Module):
             positions = torch.arange(t, device=tokens.device).expand(b, t)
         if segment_ids is None:
             segment_ids = torch.ones(b, t, dtype=torch.long, device=tokens.device)
+        from torch_ref.multimodal import build_prefix, prepend
+
+        n_prefix = 0
+        prefix = build_prefix(self.vision, self.audio, images, has_image, audio, has_audio)
+        if prefix is not None:
+            n_prefix = prefix[0].shape[1]
+            x, positions, segment_ids = prepend(*prefix, x, positions, segment_ids)  # [B,P+T,...]
         lsh = [i for i, block in enumerate(self.blocks) if block.lsh]
         missing = sorted(set(lsh) - set(rotations or {}))
         if missing:
@@ -439,7 +500,7 @@ class Transformer(nn.Module):
             x, aux = block(x, positions, mask, token_mask, segment_ids, (rotations or {}).get(i))
             if aux:
                 layer_aux.append(aux)
-        x = self.final_norm(x)
+        x = self.final_norm(x[:, n_prefix:])
         # the head module is called (not its weight read) so that a LoRA wrapper applies (torch_ref/lora.py)
         logits = (x @ self.embed.weight.T if self.cfg.tie_embeddings else self.lm_head(x)).float()
         aux = self._collect(layer_aux)

@@ -35,13 +35,17 @@ _MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)} - set(MODEL_RUNT
 
 
 def check_exportable(section: dict) -> None:
-    """The remote code has full attention only: an LSH model is refused, naming the key."""
+    """The remote code has full attention and text only: an LSH model, or one with an image or audio
+    adapter, is refused, naming the key."""
     att = section.get("attention") or {}
     if att.get("kind", "full") != "full" or att.get("lsh_layers"):
         raise ValueError(
             f"model.attention: kind {att.get('kind')!r}, lsh_layers {list(att.get('lsh_layers') or [])}: the "
             "transformers export implements full attention only (LSH layers have no KV-cache decoding there)"
         )
+    for name in ("vision", "audio"):
+        if (section.get(name) or {}).get("enabled"):
+            raise ValueError(f"model.{name}.enabled: the transformers export has no {name} adapter (text only)")
 
 
 def hf_config(section: dict, dtype: str, eos_id: int) -> dict:

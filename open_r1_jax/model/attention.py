@@ -136,8 +136,10 @@ class Attention(nnx.Module):
         dtype,
         rngs: nnx.Rngs,
         kernels: str = "xla",
+        causal: bool = True,
     ):
         self.kernels = kernels  # resolved model.kernels: "triton" or "xla"
+        self.causal = causal  # False: the mask alone decides (the adapters' bidirectional encoders)
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.theta, self.dtype = cfg.rope_theta, dtype
         self.rope_scaling, self.rope_factor = cfg.rope_scaling, cfg.rope_factor  # long context (layers.rotary)
@@ -150,7 +152,9 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
         """x [B,T,D], positions [B,T], mask [B,1,1,T,T] -> [B,T,D]."""
         q, k, v = self._qkv(x, positions)
-        if self.kernels == "triton":
+        if not self.causal:  # the flash kernel and the block skipping of causal_attention assume causality
+            out = dot_product_attention(q, k, v, mask)
+        elif self.kernels == "triton":
             out = ops.attention(q, k, v, segment_ids_from_mask(mask), impl="triton")
         else:
             out = causal_attention(q, k, v, mask)

@@ -1,7 +1,8 @@
 """The "sandwich" decoder of the seed.
 
-    tokens ──embed──┐   (optional prefix embeddings from multimodal adapters are prepended here)
-                    ▼
+    images, audio ──adapters──> prefix [B,P,D]      (model.vision / model.audio; model/multimodal.py)
+    tokens ──embed──> [B,T,D] ──┐  the prefix goes in front: [B,P+T,D]
+                                ▼
     DRN blocks      model.drn_layers at the bottom: attention + dense softmax mixture of experts
     MoE blocks      the rest: attention + sparse top-k routed experts (+ shared experts)
                     ▼
@@ -30,6 +31,7 @@ from open_r1_jax.model.kv_cache import write_slots
 from open_r1_jax.model.layers import DTYPES, RMSNorm, param
 from open_r1_jax.model.lsh_attention import LSHAttention
 from open_r1_jax.model.moe import DRNFeedForward, MoEFeedForward
+from open_r1_jax.model.multimodal import AudioAdapter, Prefix, VisionAdapter, build_prefix, prefix_positions, prepend
 
 REMAT_POLICIES = {
     "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
@@ -108,20 +110,31 @@ class Transformer(nnx.Module):
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if not cfg.tie_embeddings:
             self.lm_head = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
+        # adapters exist only when enabled: a text-only model keeps its parameter tree
+        adapter_args = (cfg.d_model, cfg.norm_eps, cfg.init_std, self.dtype, rngs)
+        self.vision = VisionAdapter(cfg.vision, *adapter_args) if cfg.vision.enabled else None
+        self.audio = AudioAdapter(cfg.audio, *adapter_args) if cfg.audio.enabled else None
 
     def __call__(
         self,
         tokens: jax.Array,
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
-        prefix_embeds: jax.Array | None = None,
         rng: jax.Array | None = None,
         logits_at: jax.Array | None = None,
+        images: jax.Array | None = None,
+        has_image: jax.Array | None = None,
+        audio: jax.Array | None = None,
+        has_audio: jax.Array | None = None,
     ):
         """tokens [B,T] int -> (logits [B,T,V] fp32, aux).
 
         positions/segment_ids [B,T] describe packed rows (segment 0 = padding); by default one
-        document per row. prefix_embeds [B,P,D] (multimodal adapters) are prepended to unpacked rows.
+        document per row.
+        images [B,H,W,C] (uint8, or float in 0..1), audio [B,S] (float mono), each with has_image /
+        has_audio [B] bool (None = every row has one): the adapters' prefix goes in front of the text
+        (``model/multimodal.py`` states the positions and segment ids it gets). Logits stay [B,T,V],
+        text positions only. No media = no prefix: the text-only computation.
         rng: a PRNG key for the LSH rotations (training passes a fresh one per step); None = the fixed
         ``key(attention.lsh_seed)``. Unused without LSH layers.
         logits_at [B,K] int: only the logits at these text positions, [B,K,V] (scoring that reads a few
@@ -137,14 +150,10 @@ class Transformer(nnx.Module):
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
         n_prefix = 0
-        if prefix_embeds is not None:
-            n_prefix = prefix_embeds.shape[1]
-            x = jnp.concatenate([prefix_embeds.astype(self.dtype), x], axis=1)
-            positions = jnp.concatenate(
-                [jnp.broadcast_to(jnp.arange(n_prefix, dtype=positions.dtype), (b, n_prefix)), positions + n_prefix],
-                axis=1,
-            )
-            segment_ids = jnp.concatenate([jnp.broadcast_to(segment_ids[:, :1], (b, n_prefix)), segment_ids], axis=1)
+        prefix = self.media_prefix(images, has_image, audio, has_audio)
+        if prefix is not None:
+            n_prefix = prefix.embeds.shape[1]
+            x, positions, segment_ids = prepend(prefix, x, positions, segment_ids)  # [B,P+T,...]
         n_lsh = sum(block.lsh for block in self.blocks)
         rng = self._lsh_rng(rng) if n_lsh else None
         mask = attention_mask(segment_ids) if n_lsh < len(self.blocks) else None  # full attention only
@@ -162,6 +171,11 @@ class Transformer(nnx.Module):
         if logits_at is not None:
             x = jnp.take_along_axis(x, logits_at[..., None], axis=1)  # [B,K,D]
         return self._logits(x), self._collect(layer_aux)
+
+    def media_prefix(self, images=None, has_image=None, audio=None, has_audio=None) -> Prefix | None:
+        """The adapters' prefix (embeds [B,P,D], valid [B,P]) of these media, or None without media."""
+        with jax.named_scope("adapters"):
+            return build_prefix(self.vision, self.audio, images, has_image, audio, has_audio, self.dtype)
 
     def _lsh_rng(self, rng):
         return jax.random.key(self.cfg.attention.lsh_seed) if rng is None else rng
@@ -181,13 +195,29 @@ class Transformer(nnx.Module):
         }
 
     def decode(
-        self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, cache: dict, index: jax.Array
+        self,
+        tokens: jax.Array,
+        positions: jax.Array,
+        valid: jax.Array,
+        cache: dict,
+        index: jax.Array,
+        prefix: Prefix | None = None,
     ) -> tuple[jax.Array, dict]:
         """T new tokens [B,T] (positions [B,T], valid [B,T]: False for padding) written to cache slots
         [index, index+T) (index scalar, or [B]: each row its own, ``model/kv_cache.py``) -> (logits
         [B,T,V] fp32, updated cache). LSH layers use the fixed rotations
-        of the evaluation forward."""
+        of the evaluation forward.
+
+        prefix (``media_prefix``; prefill only): its P slots go to [index, index+P) before the tokens,
+        at ``multimodal.prefix_positions``; the caller gives the tokens positions after it
+        (``multimodal.text_offset``). Logits stay [B,T,V], tokens only."""
         x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)  # [B,T,D]
+        n_prefix = 0
+        if prefix is not None:
+            n_prefix = prefix.embeds.shape[1]
+            x = jnp.concatenate([prefix.embeds.astype(self.dtype), x], axis=1)  # [B,P+T,D]
+            positions = jnp.concatenate([prefix_positions(prefix).astype(positions.dtype), positions], axis=1)
+            valid = jnp.concatenate([prefix.valid, valid], axis=1)
         valid_all = write_slots(cache["valid"], valid, index)  # [B,S]
         rng = self._lsh_rng(None)
         layers = []
@@ -195,7 +225,7 @@ class Transformer(nnx.Module):
             key = jax.random.fold_in(rng, i) if block.lsh else None
             x, layer_cache = block.decode(x, positions, cache["layers"][i], index, valid_all, valid, key)
             layers.append(layer_cache)
-        return self._logits(x), {"valid": valid_all, "layers": layers}
+        return self._logits(x[:, n_prefix:]), {"valid": valid_all, "layers": layers}
 
     def _scan_blocks(self, x, positions, mask, token_mask, segment_ids=None, rng=None):
         """Activation checkpointing: each run of same-kind blocks is one ``lax.scan`` over their

@@ -20,6 +20,7 @@ from open_r1_jax.data.pipeline import make_dataset
 from open_r1_jax.data.text import build_text_data
 from open_r1_jax.data.tokenizer import BPETokenizer, tokenizer_file
 from open_r1_jax.model import merge_model
+from open_r1_jax.model.multimodal import media_kwargs
 from open_r1_jax.training.losses import lm_metrics, summed_nll
 from open_r1_jax.training.stages.base import Stage, StageContext
 
@@ -74,7 +75,7 @@ class Pretrain(Stage):
 
     def _forward(self, params, model_state, batch, rng=None):
         model = merge_model(self.graphdef, params, model_state)
-        return model(batch["inputs"], batch["positions"], batch["segment_ids"], rng=rng)
+        return model(batch["inputs"], batch["positions"], batch["segment_ids"], rng=rng, **media_kwargs(batch))
 
     def target_bytes(self, batch, mask) -> jax.Array:
         """UTF-8 bytes of the masked-in targets (bits per byte)."""
