@@ -152,7 +152,7 @@ class CleanConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    # text files, folders, JSONL files, "stdlib" (the embedded corpus), "synthetic:NAME" (data/synthetic.py);
+    # text files, folders, JSONL files, "stdlib" (the embedded corpus), "synthetic:NAME" (data/synthetic/);
     # empty = the embedded stdlib corpus
     sources: tuple[str, ...] = ()
     eval_sources: tuple[str, ...] = ()  # held-out files, folders, JSONL files; set = all of sources is train
