@@ -242,6 +242,7 @@ class SFTConfig:
     demo: Literal["functions", "arith", "multimodal"] = "functions"
     demo_examples: int = 3000  # embedded demo: training examples
     demo_eval_examples: int = 128  # embedded demo: held-out examples
+    demo_questions: int = 1  # multimodal demo: questions about one image / clip per training row (held-out: 1)
 
 
 @dataclass(frozen=True)

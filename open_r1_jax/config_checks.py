@@ -382,7 +382,7 @@ def _validate_sft(cfg: Config) -> None:
     s = cfg.sft
     if not 0 <= s.max_bad_fraction <= 1:
         raise ConfigError(f"sft.max_bad_fraction: got {s.max_bad_fraction}; accepted: 0 <= x <= 1")
-    for key in ("demo_examples", "demo_eval_examples"):
+    for key in ("demo_examples", "demo_eval_examples", "demo_questions"):
         _positive(f"sft.{key}", getattr(s, key))
     m = cfg.model
     if cfg.train.stage == "sft" and s.demo == "multimodal" and not s.train_path:

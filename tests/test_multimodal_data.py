@@ -255,3 +255,23 @@ def test_media_rows_of_files_mix_text_and_media_in_one_shape(tmp_path):
     assert batch["has_image"].tolist() == [True, True, True, False, False, False, False]
     assert batch["has_audio"].tolist() == [False, False, False, True, True, True, False]
     assert not batch["audio"][:3].any() and not batch["image"][3:].any()
+
+
+def test_demo_rows_with_several_questions_train_every_answer_of_one_scene():
+    cfg = micro_config(*MEDIA)
+    tok = ByteTokenizer()
+    one = multimodal.DemoExamples(cfg.model, 8, 0, False)
+    many = multimodal.DemoExamples(cfg.model, 8, 0, False, questions=4)
+    need = multimodal.longest_demo_row(tok, 4)
+    rows = multimodal.MediaRows(many, tok, need, cfg.model)
+    for i in range(8):
+        a, b = one[i], many[i]
+        assert b.segments[:2] == a.segments[:2]  # the drawn question first, as evaluation asks it
+        assert np.array_equal(a.image, b.image) if a.image is not None else np.array_equal(a.audio, b.audio)
+        answers = [t for t, trained in b.segments if trained]
+        questions = [t for t, trained in b.segments if not trained]
+        # every question type of the scene once: 3 for a count scene, 4 for a pair scene or a clip
+        assert len(set(questions)) == len(answers) == (3 if "How many shapes" in "".join(questions) else 4)
+        row = rows[i]
+        assert row["segment_ids"].sum() <= need and row["loss_mask"].sum() == sum(map(len, answers)) + 1
+    assert multimodal.longest_demo_row(tok, 4) > multimodal.longest_demo_row(tok, 1)

@@ -15,7 +15,11 @@ masked, so text-only, image and audio rows share one shape and one compilation.
 
 The embedded demo (``sft.demo: multimodal``) draws examples on the fly from ``synthetic/shapes.py``
 (when vision is on) and ``synthetic/tones.py`` (when audio is on), alternating rows when both are,
-in the prompt format ``PROMPT``; held-out rows come from the held-out combinations.
+in the prompt format ``PROMPT``; held-out rows come from the held-out combinations. With
+``sft.demo_questions`` > 1 a training row asks up to that many questions about its media, one after
+the other (LLaVA's multi-turn rows): the drawn question first, as evaluation asks it, then other
+question types of the same scene in random order, every answer trained. One forward pass of the
+adapter then teaches several answers.
 """
 
 from __future__ import annotations
@@ -39,9 +43,13 @@ class MediaExample(Example):
     qtype: str = ""  # question type (synthetic data), for per-type figures
 
 
-def qa_example(question: str, answer: str, where: str = "", **media) -> MediaExample:
-    """The answer (and the end-of-document token) trained, the question not."""
-    return MediaExample([(PROMPT.format(question=question), False), (answer, True)], eos=True, where=where, **media)
+def qa_example(question: str, answer: str, where: str = "", more=(), **media) -> MediaExample:
+    """The answer (and the end-of-document token) trained, the question not. ``more``: further
+    (question, answer) pairs about the same media, asked after it in the same row."""
+    segments = [(PROMPT.format(question=question), False), (answer, True)]
+    for q, a in more:
+        segments += [("\n" + PROMPT.format(question=q), False), (a, True)]
+    return MediaExample(segments, eos=True, where=where, **media)
 
 
 def demo_seconds(cfg: ModelConfig) -> float:
@@ -58,11 +66,14 @@ def demo_seconds(cfg: ModelConfig) -> float:
 class DemoExamples:
     """Random access over ``n`` synthetic examples of one split (see the module docstring)."""
 
-    def __init__(self, cfg: ModelConfig, n: int, seed: int, heldout: bool, qtype: str | None = None):
+    def __init__(
+        self, cfg: ModelConfig, n: int, seed: int, heldout: bool, qtype: str | None = None, questions: int = 1
+    ):
         self.kinds = [k for k, on in (("image", cfg.vision.enabled), ("audio", cfg.audio.enabled)) if on]
         if not self.kinds:
             raise ConfigError("sft.demo 'multimodal' needs model.vision.enabled or model.audio.enabled")
         self.cfg, self.n, self.seed, self.heldout, self.qtype = cfg, n, seed, heldout, qtype
+        self.questions = questions  # per row: the drawn question first, then others about the same media
         self.seconds = demo_seconds(cfg)
 
     def __len__(self) -> int:
@@ -78,16 +89,23 @@ class DemoExamples:
             ex = tones.example(self.seed, index, self.heldout, self.cfg.audio.sample_rate, self.qtype, self.seconds)
             media = {"audio": ex["audio"]}
         where = f"{'shapes' if kind == 'image' else 'tones'}:{split}:{index}"
-        return qa_example(ex["question"], ex["answer"], where, qtype=ex["qtype"], **media)
+        others = [qa for t, qa in ex["qa"].items() if t != ex["qtype"]]
+        order = np.random.default_rng([self.seed, i, 3]).permutation(len(others))
+        more = [others[j] for j in order[: self.questions - 1]]
+        return qa_example(ex["question"], ex["answer"], where, more, qtype=ex["qtype"], **media)
 
 
-def longest_demo_row(tokenizer) -> int:
-    """Tokens of the demo's longest row (question, answer and end-of-document): the least train.seq_len."""
-    questions = [q for _, q in shapes.QUESTIONS.values()] + list(tones.QUESTIONS.values())
-    answers = [*shapes.COLOURS, *shapes.SHAPES, *tones.REGISTERS, *tones.CONTOURS, *tones.LENGTHS, "4"]
-    prompt = max(len(tokenizer.encode(PROMPT.format(question=q))) for q in questions)
-    # + 1 for the end-of-document token, - 1 because the inputs leave out the last token
-    return prompt + max(len(tokenizer.encode(a)) for a in answers)
+def longest_demo_row(tokenizer, questions: int = 1) -> int:
+    """Tokens of the demo's longest row (``questions`` questions and answers about one scene or clip,
+    end-of-document): the least train.seq_len. A bound: each question with its source's longest answer."""
+    n = lambda text: len(tokenizer.encode(text))
+    image_answer = max(n(a) for a in [*shapes.COLOURS, *shapes.SHAPES, "4"])
+    audio_answer = max(n(a) for a in [*tones.REGISTERS, *tones.CONTOURS, *tones.LENGTHS, "4"])
+    sources = [[n(PROMPT.format(question=q)) + image_answer for k, q in shapes.QUESTIONS.values() if k == kind]
+               for kind in ("count", "pair")]  # fmt: skip
+    sources.append([n(PROMPT.format(question=q)) + audio_answer for q in tones.QUESTIONS.values()])
+    # later turns start with "\n"; + 1 for the end-of-document token, - 1 as the inputs leave out the last token
+    return max(sum(sorted(turns)[::-1][:questions]) + (min(questions, len(turns)) - 1) * n("\n") for turns in sources)
 
 
 def media_row(item: dict, ex: MediaExample, seq_len: int, cfg: ModelConfig) -> dict[str, np.ndarray]:

@@ -174,11 +174,13 @@ def rng_for(seed: int, index: int, heldout: bool) -> np.random.Generator:
 
 def example(seed: int, index: int, heldout: bool, size: int, qtype: str | None = None) -> dict:
     """Example ``index`` of a split: ``{"image" uint8 [size,size,3], "caption", "qtype", "question",
-    "answer", "combination"}``. ``qtype`` None picks the question type uniformly (so a count scene,
+    "answer", "combination", "qa"}`` (``qa``: every question type of the scene -> (question, answer)).
+    ``qtype`` None picks the question type uniformly (so a count scene,
     with 3 of the 7 types, is drawn 3/7 of the time)."""
     rng = rng_for(seed, index, heldout)
     qtype = qtype or str(rng.choice(list(QUESTIONS)))
     kind, question = QUESTIONS[qtype]
     scene = sample_scene(rng, kind, heldout)
     return {"image": draw(scene, size), "caption": scene.caption, "qtype": qtype, "question": question,
-            "answer": scene.answers()[qtype], "combination": scene.combination}  # fmt: skip
+            "answer": scene.answers()[qtype], "combination": scene.combination,
+            "qa": {t: (QUESTIONS[t][1], a) for t, a in scene.answers().items()}}  # fmt: skip

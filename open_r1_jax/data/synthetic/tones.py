@@ -110,9 +110,11 @@ def rng_for(seed: int, index: int, heldout: bool) -> np.random.Generator:
 def example(seed: int, index: int, heldout: bool, sample_rate: int, qtype: str | None = None,
             seconds: float = 1.0) -> dict:  # fmt: skip
     """Example ``index`` of a split: ``{"audio" float32 [seconds * sample_rate], "caption", "qtype",
-    "question", "answer", "combination"}``; ``qtype`` None picks the question type uniformly."""
+    "question", "answer", "combination", "qa"}`` (every question type -> (question, answer));
+    ``qtype`` None picks the question type uniformly."""
     rng = rng_for(seed, index, heldout)
     qtype = qtype or str(rng.choice(list(QUESTIONS)))
     clip = sample_clip(rng, heldout, seconds)
     return {"audio": synthesize(clip, sample_rate, seconds, rng), "caption": clip.caption, "qtype": qtype,
-            "question": QUESTIONS[qtype], "answer": clip.answers()[qtype], "combination": clip.combination}  # fmt: skip
+            "question": QUESTIONS[qtype], "answer": clip.answers()[qtype], "combination": clip.combination,
+            "qa": {t: (QUESTIONS[t], a) for t, a in clip.answers().items()}}  # fmt: skip

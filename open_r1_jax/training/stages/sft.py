@@ -85,8 +85,8 @@ class SFT(Stage):
                 read = lambda path, r: instruct.read_examples(path, template, s.max_bad_fraction, r)
             return read(s.train_path, report), (read(s.eval_path, held_report) if s.eval_path else [])
         if s.demo == "multimodal":  # drawn on access: a list of media would not fit in memory
-            demo = lambda heldout, n: multimodal.DemoExamples(self.cfg.model, n, t.seed, heldout)
-            return demo(False, s.demo_examples), demo(True, s.demo_eval_examples)
+            demo = lambda heldout, n, q: multimodal.DemoExamples(self.cfg.model, n, t.seed, heldout, questions=q)
+            return demo(False, s.demo_examples, s.demo_questions), demo(True, s.demo_eval_examples, 1)
         demo = arith.sft_examples if s.demo == "arith" else instruct.demo_examples
         train = demo(False, s.demo_examples, t.seed, t.seq_len)
         if not train:
@@ -100,7 +100,7 @@ class SFT(Stage):
         """Unpacked rows with the media arrays (data/multimodal.py)."""
         t = self.cfg.train
         if isinstance(train, multimodal.DemoExamples):
-            need = multimodal.longest_demo_row(self.tokenizer)
+            need = multimodal.longest_demo_row(self.tokenizer, train.questions)
             if t.seq_len < need:
                 raise ConfigError(f"train.seq_len ({t.seq_len}): the multimodal demo's rows need {need} tokens")
             report.examples, held_report.examples = len(train), len(held)
