@@ -152,7 +152,7 @@ class CleanConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    # text files, folders, JSONL files, "stdlib" (the embedded corpus), "synthetic:NAME" (data/synthetic.py);
+    # text files, folders, JSONL files, "stdlib" (the embedded corpus), "synthetic:NAME" (data/synthetic/);
     # empty = the embedded stdlib corpus
     sources: tuple[str, ...] = ()
     eval_sources: tuple[str, ...] = ()  # held-out files, folders, JSONL files; set = all of sources is train
@@ -228,17 +228,21 @@ class DPOConfig:
 
 @dataclass(frozen=True)
 class SFTConfig:
-    # JSONL of {"prompt", "completion"} or {"messages": [{"role", "content"}, ...]} (TRL's layouts);
-    # empty = the embedded demo (signature + docstring -> function, from the stdlib corpus)
+    # JSONL of {"prompt", "completion"} or {"messages": [{"role", "content"}, ...]} (TRL's layouts), with an
+    # adapter also {"image" | "audio": path, "question", "answer"} (data/media_files.py);
+    # empty = the embedded demo (sft.demo)
     train_path: str = ""
     eval_path: str = ""  # held-out JSONL; empty = demo examples from held-out files (or none with train_path)
     # Jinja chat template for "messages" rows (as transformers' tokenizer_config.json); empty = the
     # tokenizer's own (tokenizer_config.json beside train.init_from), else open_r1_jax.data.chat.DEFAULT_TEMPLATE
     chat_template: str = ""
     max_bad_fraction: float = 0.01  # malformed lines tolerated (share of lines) before the run fails
-    demo: Literal["functions", "arith"] = "functions"  # embedded demo: docstring -> function, or worked arithmetic
+    # embedded demo: docstring -> function, worked arithmetic, or questions about synthetic shapes images and
+    # beep clips (data/synthetic/; needs model.vision.enabled and/or model.audio.enabled)
+    demo: Literal["functions", "arith", "multimodal"] = "functions"
     demo_examples: int = 3000  # embedded demo: training examples
     demo_eval_examples: int = 128  # embedded demo: held-out examples
+    demo_questions: int = 1  # multimodal demo: questions about one image / clip per training row (held-out: 1)
 
 
 @dataclass(frozen=True)

@@ -382,8 +382,17 @@ def _validate_sft(cfg: Config) -> None:
     s = cfg.sft
     if not 0 <= s.max_bad_fraction <= 1:
         raise ConfigError(f"sft.max_bad_fraction: got {s.max_bad_fraction}; accepted: 0 <= x <= 1")
-    for key in ("demo_examples", "demo_eval_examples"):
+    for key in ("demo_examples", "demo_eval_examples", "demo_questions"):
         _positive(f"sft.{key}", getattr(s, key))
+    m = cfg.model
+    if cfg.train.stage == "sft" and s.demo == "multimodal" and not s.train_path:
+        if not (m.vision.enabled or m.audio.enabled):
+            raise ConfigError("sft.demo 'multimodal' needs model.vision.enabled or model.audio.enabled (or both)")
+        if m.audio.enabled and m.audio.max_samples < m.audio.sample_rate:
+            raise ConfigError(
+                f"sft.demo 'multimodal': model.audio.max_samples ({m.audio.max_samples}) holds under 1 s at "
+                f"model.audio.sample_rate ({m.audio.sample_rate}); the demo's beep clips need 1 s"
+            )
 
 
 def _validate_distill(cfg: Config) -> None:

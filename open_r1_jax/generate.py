@@ -311,6 +311,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
     parser.add_argument("--prompt-file", help="one prompt per line")
+    parser.add_argument(
+        "--question", action="append", default=[], help="a question, asked as 'Q: ...\\nA: ' (the demo's format)"
+    )
+    parser.add_argument("--image", help="an image file every prompt is about (needs model.vision.enabled)")
+    parser.add_argument(
+        "--audio", help="an audio file (WAV, FLAC, OGG) the prompts are about (needs model.audio.enabled)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=0, help="0 = no top-k filter")
@@ -344,14 +351,39 @@ def _note_long_context(cfg: ModelConfig, longest: int) -> None:
         )
 
 
+def _media(args, cfg: ModelConfig, n: int) -> dict:
+    """--image / --audio -> the generator's media arguments (one copy per prompt); ValueError names the
+    file or the disabled adapter."""
+    from open_r1_jax.data import media_files
+
+    out = {}
+    if args.image:
+        if not cfg.vision.enabled:
+            raise ValueError(f"--image {args.image}: this model has no image adapter (model.vision.enabled is false)")
+        image = media_files.load_image(args.image, cfg.vision)  # [R,R,C]
+        out |= {"images": np.repeat(image[None], n, 0), "has_image": np.ones(n, bool)}
+    if args.audio:
+        if not cfg.audio.enabled:
+            raise ValueError(f"--audio {args.audio}: this model has no audio adapter (model.audio.enabled is false)")
+        clip = media_files.load_audio(args.audio, cfg.audio)
+        audio = np.zeros((n, cfg.audio.max_samples), np.float32)
+        audio[:, : len(clip)] = clip
+        out |= {"audio": audio, "has_audio": np.ones(n, bool)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     prompts = list(args.prompt)
     if args.prompt_file:
         prompts += [line for line in Path(args.prompt_file).read_text().splitlines() if line.strip()]
+    if args.question:
+        from open_r1_jax.data.multimodal import PROMPT
+
+        prompts += [PROMPT.format(question=q) for q in args.question]
     if not prompts:
-        parser.error("give at least one --prompt or --prompt-file")
+        parser.error("give at least one --prompt, --prompt-file or --question")
     if args.rope_factor is not None and args.rope_factor < 1:
         parser.error(f"--rope-factor: got {args.rope_factor}; accepted: >= 1")
     from open_r1_jax.pretrained import load_pretrained
@@ -372,6 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     if any(len(x) == 0 for x in ids):
         print("error: empty prompt", file=sys.stderr)
         return 1
+    try:
+        media = _media(args, gen.config, len(prompts))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     _note_long_context(gen.config, max(len(x) for x in ids) + args.max_new_tokens)
 
     stream = not args.no_stream and len(prompts) == 1
@@ -391,7 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     stop_ids = () if args.ignore_eos else (tokenizer.eos_id,)
     sampling = Sampling(args.temperature, args.top_k, args.top_p, args.seed)
     t0 = time.perf_counter()
-    out = gen.generate(ids, args.max_new_tokens, sampling, stop_ids, on_tokens, should_stop, args.steps_per_call)
+    out = gen.generate(
+        ids, args.max_new_tokens, sampling, stop_ids, on_tokens, should_stop, args.steps_per_call, **media
+    )
     seconds = time.perf_counter() - t0
     if stream:
         streamers[0].update(out.tokens[0].tolist(), final=True)

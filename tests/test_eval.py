@@ -212,5 +212,5 @@ def test_default_suite_runs_and_writes_its_outputs(run_dir, tmp_path):
     md = (out / "results.md").read_text()
     assert "| mc | acc |" in md and "| code | pass@1 |" in md
 
-    assert cli.main(["--run", str(run_dir), "--out", str(out), "--tasks", "vqa", "--no-progress"]) == 0
-    assert "reserved" in json.loads((out / "results.json").read_text())["tasks"]["vqa"]["skipped"]
+    assert cli.main(["--run", str(run_dir), "--out", str(out), "--tasks", "vqa", "--no-progress"]) == 1
+    assert "no image adapter" in json.loads((out / "results.json").read_text())["tasks"]["vqa"]["error"]

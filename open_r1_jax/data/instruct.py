@@ -75,10 +75,12 @@ class InstructReport:
     truncated: int = 0
     empty: int = 0  # nothing trained left after truncation: dropped
     trained_tokens: int = 0
+    media: dict[str, int] = field(default_factory=dict)  # media files read and what was done to them
 
     def summary(self) -> str:
         s = f"{self.examples} examples, {self.trained_tokens} trained tokens" + skipped_lines(self.bad)
-        return s + f", {self.truncated} truncated, {self.empty} dropped with no trained token left"
+        s += f", {self.truncated} truncated, {self.empty} dropped with no trained token left"
+        return s + "".join(f", {n} {event}" for event, n in sorted(self.media.items()))
 
 
 def messages_ok(msgs) -> bool:

@@ -2,7 +2,7 @@
 
 The embedded corpus is the Python standard library's source (``sysconfig``'s ``stdlib`` path,
 without ``site-packages``): present wherever Python is, so the main job needs no download.
-``synthetic:NAME`` names a generated domain (``data/synthetic.py``); ``read_documents`` (evaluation
+``synthetic:NAME`` names a generated domain (``data/synthetic/``); ``read_documents`` (evaluation
 files) reads only its held-out documents.
 
 Held-out text never overlaps training text. With ``data.eval_sources`` the held-out documents are

@@ -7,13 +7,15 @@ transformers Llama / Mixtral folder. With no ``--tasks`` the embedded suite runs
 
     basic      ppl (perplexity, bits per byte), mc (MMLU-layout multiple choice), latency
     special    code (HumanEval pass@k), long (loss by position to 20K tokens, full vs LSH; a 20K
-               generation), vqa (reserved: the multimodal issue fills it)
+               generation)
     resources  generation throughput at batch 1 / 8 / 32, peak memory, the run's training figures,
                this evaluation's energy and CO2
 
 Also (not in the default suite): complete (held-out prompts completed greedily against their
 references: the check of supervised fine-tuning, ``eval/complete.py``); arith (held-out arithmetic,
-greedy exact match and pass@k: the GRPO demo's figures, ``eval/arith.py``).
+greedy exact match and pass@k: the GRPO demo's figures, ``eval/arith.py``); vqa / aqa (questions about
+held-out images / audio clips, normalised exact match beside a blind baseline with the media masked
+out: the multimodal demo's figures, ``eval/vqa.py``, ``eval/aqa.py``).
 
 Settings: ``key=value`` overrides of ``open_r1_jax/eval/config.py`` (``mc.file=mmlu/ mc.shots=5
 code.n=10``). Outputs in ``--out`` (default DIR/eval): results.json, results.md (also printed) and
@@ -32,7 +34,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 DEFAULT = ("ppl", "mc", "latency", "code", "long", "resources")
-KNOWN = (*DEFAULT, "vqa", "complete", "arith")
+KNOWN = (*DEFAULT, "vqa", "complete", "arith", "aqa")
 log = logging.getLogger("open_r1_jax.eval")
 
 
@@ -60,7 +62,7 @@ def _mc(model, cfg) -> dict:
 
 
 def run_task(name: str, model, lsh_model, cfg, args, started: float) -> dict:
-    from open_r1_jax.eval import arith, code, complete, long, perf, ppl
+    from open_r1_jax.eval import aqa, arith, code, complete, long, perf, ppl, vqa
 
     if name == "ppl":
         res = ppl.run(model, cfg.ppl)
@@ -78,9 +80,13 @@ def run_task(name: str, model, lsh_model, cfg, args, started: float) -> dict:
         return complete.run(model, cfg.complete, cfg.seed, not args.no_progress)
     if name == "arith":
         return arith.run(model, cfg.arith, cfg.seed, not args.no_progress)
+    if name == "vqa":
+        return vqa.run(model, cfg.vqa, cfg.seed, not args.no_progress)
+    if name == "aqa":
+        return aqa.run(model, cfg.aqa, cfg.seed, not args.no_progress)
     if name == "resources":
         return perf.resources(model, cfg.resources, time.perf_counter() - started)
-    return {"skipped": "reserved: the multimodal issue adds VQA"}
+    raise ValueError(f"unknown task {name!r}")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -84,6 +84,15 @@ class ArithConfig:
 
 
 @dataclass(frozen=True)
+class MediaQAConfig:
+    file: str = ""  # JSONL of {"image" | "audio": path, "question", "answer"}; empty = the demo's held-out media
+    n: int = 50  # questions per question type of the demo (at most, of a file; 0 = all of a file)
+    max_new_tokens: int = 12  # answers are a few words
+    batch: int = 64  # questions per generation call
+    max_bad_fraction: float = 0.01  # malformed lines and bad media files tolerated (share of lines)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     ppl: PplConfig = field(default_factory=PplConfig)
     mc: MCConfig = field(default_factory=MCConfig)
@@ -93,4 +102,6 @@ class EvalConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     complete: CompleteConfig = field(default_factory=CompleteConfig)
     arith: ArithConfig = field(default_factory=ArithConfig)
+    vqa: MediaQAConfig = field(default_factory=MediaQAConfig)  # questions about images
+    aqa: MediaQAConfig = field(default_factory=MediaQAConfig)  # questions about audio clips
     seed: int = 0

@@ -1,9 +1,4 @@
-"""Synthetic text domains, generated deterministically: data for demos and tests, nothing downloaded.
-
-``data.sources: ["synthetic:finance"]`` (also in ``ppl.files``) reads the documents of a domain here.
-Held-out documents are chosen by the name hash, as for files (``sources.split_source``).
-
-``finance``: quarterly earnings releases of fictional companies, the domain of the LoRA demo
+"""``finance``: quarterly earnings releases of fictional companies, the domain of the LoRA demo
 (``configs/lora_tiny.yaml``). It is English prose with figures, tickers and dates, which the
 embedded pretraining corpus (Python source) does not contain. The figures are consistent within a
 release (growth is computed from last year's figure, per-share income from income and shares), so
@@ -16,7 +11,6 @@ import random
 
 from open_r1_jax.data.sources import Document
 
-PREFIX = "synthetic:"
 _FIRST = ("Northwind", "Bluestone", "Harbor", "Crescent", "Summit", "Ironwood", "Pioneer", "Lakeshore",
           "Granite", "Silverline", "Evergreen", "Redwood", "Atlas", "Meridian", "Keystone", "Oakmont")  # fmt: skip
 _SECOND = ("Capital", "Industries", "Logistics", "Energy", "Foods", "Materials", "Semiconductor", "Health",
@@ -86,19 +80,4 @@ def _release(rng: random.Random) -> str:
 
 def finance_documents(n: int = 800, seed: int = 0) -> list[Document]:
     rng = random.Random(f"finance-{seed}")
-    return [Document(f"{PREFIX}finance/{i:05d}", "\n".join(_release(rng) for _ in range(3))) for i in range(n)]
-
-
-DOMAINS = {"finance": finance_documents}
-
-
-def is_synthetic(source: str) -> bool:
-    return source.startswith(PREFIX)
-
-
-def documents(source: str, what: str = "data.sources") -> list[Document]:
-    """``synthetic:NAME`` -> that domain's documents."""
-    name = source[len(PREFIX) :]
-    if name not in DOMAINS:
-        raise ValueError(f"{what}: unknown synthetic domain {source!r}; known: {[PREFIX + d for d in DOMAINS]}")
-    return DOMAINS[name]()
+    return [Document(f"synthetic:finance/{i:05d}", "\n".join(_release(rng) for _ in range(3))) for i in range(n)]

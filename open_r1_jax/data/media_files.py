@@ -1,0 +1,169 @@
+"""User media files -> the arrays the adapters read; JSONL examples that name them.
+
+Images: any file Pillow opens, converted to the model's channels (``RGB``, or ``L`` when
+``model.vision.channels`` is 1; palette, grey or alpha images are converted, counted as
+``image_converted``), resized to ``image_size`` x ``image_size`` (Pillow's bilinear filter, which
+widens with the shrink factor, i.e. antialiased; a non-square image is squashed, not cropped) ->
+uint8 [R,R,C].
+
+Audio: any file soundfile reads (WAV, FLAC, OGG); several channels are averaged to mono
+(``audio_downmixed``); another sample rate is resampled to ``model.audio.sample_rate`` with
+``scipy.signal.resample_poly`` (polyphase, anti-aliased; ``audio_resampled``); a clip longer than
+``max_samples`` is cut (``audio_cut``; a shorter one is zero-padded in its row) -> float32 [S].
+
+A missing, unreadable, corrupt or truncated file (a WAV cut short is found by libsndfile's own
+header check, which it logs and ``soundfile.info(verbose=True)`` shows) raises ``MediaError`` with the reason; readers
+count it as a bad record, reported with ``file:line``, and go on.
+
+JSONL layouts (media paths relative to the JSONL file's folder, or absolute), one example a line:
+
+    {"image": path, "caption": str}                  trained as  Q: Describe the image.  A: caption
+    {"image": path, "question": str, "answer": str}  (VQA)
+    {"audio": path, "transcript": str}               trained as  Q: Transcribe the audio.  A: transcript
+    {"audio": path, "question": str, "answer": str}
+    any text-only layout of ``data/instruct.py``     (a row with no media)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from PIL import Image, UnidentifiedImageError
+from scipy.signal import resample_poly
+
+from open_r1_jax.config import AudioConfig, ModelConfig, VisionConfig
+from open_r1_jax.data.instruct import InstructDataError, InstructReport, parse_example
+from open_r1_jax.data.multimodal import MediaExample, qa_example
+
+CAPTION_QUESTION = "Describe the image."
+TRANSCRIPT_QUESTION = "Transcribe the audio."
+
+
+class MediaError(ValueError):
+    """A media file that cannot be used; the message says why."""
+
+
+def load_image(path: str | Path, cfg: VisionConfig, events: Counter | None = None) -> np.ndarray:
+    """An image file -> uint8 [R,R,C] (see the module docstring); ``events`` counts conversions."""
+    events = Counter() if events is None else events
+    mode = "L" if cfg.channels == 1 else "RGB"
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: a truncated or corrupt file fails here, not later
+            if img.mode != mode:
+                events["image_converted"] += 1
+                img = img.convert(mode)
+            if img.size != (cfg.image_size, cfg.image_size):
+                events["image_resized"] += 1
+                img = img.resize((cfg.image_size, cfg.image_size), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, np.uint8)
+    except FileNotFoundError:
+        raise MediaError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # Pillow's decoders raise these
+        raise MediaError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    if cfg.channels not in (1, 3):
+        raise MediaError(f"{path}: model.vision.channels {cfg.channels}; image files give 1 (grey) or 3 (RGB)")
+    return arr.reshape(cfg.image_size, cfg.image_size, cfg.channels)
+
+
+def load_audio(path: str | Path, cfg: AudioConfig, events: Counter | None = None) -> np.ndarray:
+    """An audio file -> float32 mono [<= max_samples] at ``cfg.sample_rate`` (see the module docstring)."""
+    events = Counter() if events is None else events
+    if not Path(path).is_file():
+        raise MediaError(f"{path}: no such file")
+    try:
+        # libsndfile reads a cut file up to where it ends; its log says so ("data : N (should be M)")
+        if re.search(r"^data\s*:.*should be", soundfile.info(str(path), verbose=True).extra_info, re.M):
+            raise MediaError(f"{path}: truncated (its data chunk is shorter than its header says)")
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)  # [N,channels]
+    except (soundfile.LibsndfileError, RuntimeError, ValueError) as e:
+        if isinstance(e, MediaError):
+            raise
+        raise MediaError(f"{path}: not a readable audio file ({e})") from None
+    if data.shape[0] == 0:
+        raise MediaError(f"{path}: no samples (empty or truncated file)")
+    if not np.all(np.isfinite(data)):
+        raise MediaError(f"{path}: non-finite samples")
+    if data.shape[1] > 1:
+        events["audio_downmixed"] += 1
+    wav = data.mean(axis=1)
+    if rate != cfg.sample_rate:
+        events["audio_resampled"] += 1
+        g = math.gcd(rate, cfg.sample_rate)
+        wav = resample_poly(wav, cfg.sample_rate // g, rate // g).astype(np.float32)
+    if len(wav) > cfg.max_samples:
+        events["audio_cut"] += 1
+        wav = wav[: cfg.max_samples]
+    return wav.astype(np.float32)
+
+
+def _media_example(rec: dict, base: Path, cfg: ModelConfig, events: Counter, where: str) -> MediaExample | str:
+    """A record naming an image or audio file -> MediaExample, or why it cannot be used."""
+    kind = "image" if "image" in rec else "audio"
+    other = {"image": "caption", "audio": "transcript"}[kind]
+    if "audio" in rec and "image" in rec:
+        return "a record names both 'image' and 'audio'; give one per line"
+    if not (cfg.vision if kind == "image" else cfg.audio).enabled:
+        return f"an {kind} record, but model.{'vision' if kind == 'image' else 'audio'}.enabled is false"
+    if isinstance(rec.get("question"), str) and isinstance(rec.get("answer"), str):
+        question, answer = rec["question"], rec["answer"]
+    elif isinstance(rec.get(other), str):
+        question, answer = (CAPTION_QUESTION if kind == "image" else TRANSCRIPT_QUESTION), rec[other]
+    else:
+        return f"an {kind} record needs string fields 'question' and 'answer', or '{other}'"
+    if not isinstance(rec[kind], str):
+        return f"'{kind}' must be a file path (a string)"
+    path = Path(rec[kind]) if Path(rec[kind]).is_absolute() else base / rec[kind]
+    try:
+        media = load_image(path, cfg.vision, events) if kind == "image" else load_audio(path, cfg.audio, events)
+    except MediaError as e:
+        events[f"bad_{kind}_file"] += 1
+        return str(e)
+    events[f"{kind}s"] += 1
+    return qa_example(question, answer, where, **{kind: media})
+
+
+def read_examples(path, template, max_bad_fraction: float, report: InstructReport, cfg: ModelConfig) -> list:
+    """Examples of a JSONL file (see the module docstring); malformed lines and bad media files are
+    counted in ``report.bad`` as ``file:line: why`` and the run fails only above ``max_bad_fraction``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sft: data file {path} does not exist")
+    examples, lines, before, events = [], 0, len(report.bad), Counter()
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            lines += 1
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                report.bad.append(f"{where}: not valid JSON ({type(e).__name__})")
+                continue
+            if isinstance(rec, dict) and ("image" in rec or "audio" in rec):
+                got = _media_example(rec, path.parent, cfg, events, where)
+            else:
+                got = parse_example(rec, template, where)
+                got = MediaExample(got.segments, got.eos, got.where) if not isinstance(got, str) else got
+            if isinstance(got, str):
+                report.bad.append(f"{where}: {got}")
+            else:
+                examples.append(got)
+    for event, n in events.items():
+        report.media[event] = report.media.get(event, 0) + n
+    bad = report.bad[before:]
+    if lines and len(bad) > max_bad_fraction * lines:
+        raise InstructDataError(
+            f"{path}: {len(bad)} of {lines} lines are malformed or name bad media files (more than "
+            f"sft.max_bad_fraction = {max_bad_fraction}); first: {bad[0]}"
+        )
+    if not examples:
+        raise InstructDataError(f"{path}: no usable example")
+    return examples
