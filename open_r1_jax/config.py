@@ -243,6 +243,7 @@ class SFTConfig:
     demo_examples: int = 3000  # embedded demo: training examples
     demo_eval_examples: int = 128  # embedded demo: held-out examples
     demo_questions: int = 1  # multimodal demo: questions about one image / clip per training row (held-out: 1)
+    demo_blind: float = 0.0  # multimodal demo: share of training rows with the media left out (the question's prior)
 
 
 @dataclass(frozen=True)

@@ -382,6 +382,8 @@ def _validate_sft(cfg: Config) -> None:
     s = cfg.sft
     if not 0 <= s.max_bad_fraction <= 1:
         raise ConfigError(f"sft.max_bad_fraction: got {s.max_bad_fraction}; accepted: 0 <= x <= 1")
+    if not 0 <= s.demo_blind < 1:
+        raise ConfigError(f"sft.demo_blind: got {s.demo_blind}; accepted: 0 <= x < 1")
     for key in ("demo_examples", "demo_eval_examples", "demo_questions"):
         _positive(f"sft.{key}", getattr(s, key))
     m = cfg.model

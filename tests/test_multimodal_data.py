@@ -275,3 +275,12 @@ def test_demo_rows_with_several_questions_train_every_answer_of_one_scene():
         row = rows[i]
         assert row["segment_ids"].sum() <= need and row["loss_mask"].sum() == sum(map(len, answers)) + 1
     assert multimodal.longest_demo_row(tok, 4) > multimodal.longest_demo_row(tok, 1)
+
+
+def test_demo_blind_share_leaves_the_media_out_of_some_rows_only():
+    cfg = micro_config(*MEDIA).model
+    blind = multimodal.DemoExamples(cfg, 400, 0, False, blind=0.25)
+    sighted = multimodal.DemoExamples(cfg, 400, 0, False)
+    out = [i for i in range(400) if blind[i].image is None and blind[i].audio is None]
+    assert 70 < len(out) < 130 and all(blind[i].where.endswith(":blind") for i in out)
+    assert all(blind[i].segments == sighted[i].segments for i in range(0, 400, 7))  # same questions and answers

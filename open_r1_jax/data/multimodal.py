@@ -19,7 +19,9 @@ in the prompt format ``PROMPT``; held-out rows come from the held-out combinatio
 ``sft.demo_questions`` > 1 a training row asks up to that many questions about its media, one after
 the other (LLaVA's multi-turn rows): the drawn question first, as evaluation asks it, then other
 question types of the same scene in random order, every answer trained. One forward pass of the
-adapter then teaches several answers.
+adapter then teaches several answers. ``sft.demo_blind`` leaves the media out of that share of
+training rows (modality dropout): the model then learns each question's prior answer, so the blind
+baseline of ``eval --tasks vqa,aqa`` is a fair guess from the question, not an untrained input.
 """
 
 from __future__ import annotations
@@ -67,13 +69,14 @@ class DemoExamples:
     """Random access over ``n`` synthetic examples of one split (see the module docstring)."""
 
     def __init__(
-        self, cfg: ModelConfig, n: int, seed: int, heldout: bool, qtype: str | None = None, questions: int = 1
+        self, cfg: ModelConfig, n: int, seed: int, heldout: bool, qtype=None, questions: int = 1, blind: float = 0.0
     ):
         self.kinds = [k for k, on in (("image", cfg.vision.enabled), ("audio", cfg.audio.enabled)) if on]
         if not self.kinds:
             raise ConfigError("sft.demo 'multimodal' needs model.vision.enabled or model.audio.enabled")
         self.cfg, self.n, self.seed, self.heldout, self.qtype = cfg, n, seed, heldout, qtype
         self.questions = questions  # per row: the drawn question first, then others about the same media
+        self.blind = blind  # share of rows whose media is left out (has_* False)
         self.seconds = demo_seconds(cfg)
 
     def __len__(self) -> int:
@@ -92,6 +95,8 @@ class DemoExamples:
         others = [qa for t, qa in ex["qa"].items() if t != ex["qtype"]]
         order = np.random.default_rng([self.seed, i, 3]).permutation(len(others))
         more = [others[j] for j in order[: self.questions - 1]]
+        if self.blind and np.random.default_rng([self.seed, i, 4]).random() < self.blind:
+            media, where = {}, where + ":blind"
         return qa_example(ex["question"], ex["answer"], where, more, qtype=ex["qtype"], **media)
 
 
