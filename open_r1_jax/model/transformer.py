@@ -189,10 +189,10 @@ class Transformer(nnx.Module):
         of the evaluation forward."""
         x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)  # [B,T,D]
         valid_all = write_slots(cache["valid"], valid, index)  # [B,S]
-        rng = self._lsh_rng(None)
         layers = []
         for i, block in enumerate(self.blocks):
-            key = jax.random.fold_in(rng, i) if block.lsh else None
+            with jax.ensure_compile_time_eval():  # concrete keys: the LSH layers' rotations become constants
+                key = jax.random.fold_in(self._lsh_rng(None), i) if block.lsh else None
             x, layer_cache = block.decode(x, positions, cache["layers"][i], index, valid_all, valid, key)
             layers.append(layer_cache)
         return self._logits(x), {"valid": valid_all, "layers": layers}
