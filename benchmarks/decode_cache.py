@@ -1,6 +1,8 @@
 """Decode cost against cache capacity: time per output token with a large, mostly empty KV cache,
 reading only the filled blocks (``model.attention.decode_block``, the default 256) versus attending
-over every preallocated slot (``decode_block=0``: how decoding worked before).
+over every preallocated slot (``decode_block=0``: how decoding worked before). LSH layers also read
+only the query's bucket lists (``model.attention.lsh_bucket_index``, the default) instead of every key
+of the filled blocks.
 
 The tiny model's architecture (``configs/tiny.yaml``, random weights: speed does not depend on them),
 with full attention and with LSH attention in every layer,
@@ -58,35 +60,45 @@ def main() -> None:
     base = load_config(ROOT / "configs/tiny.yaml").model
     prompt = [(7 * i) % 250 + 1 for i in range(args.filled - NEW)]
     lsh = dataclasses.replace(base, attention=dataclasses.replace(base.attention, kind="lsh", chunk_size=64))
-    ms: dict[str, dict[str, dict[int, float]]] = {}
-    for name, cfg in (("full", base), ("lsh", lsh)):
+    whole = {"decode_block": 0}
+    blocks = {"decode_block": base.attention.decode_block, "lsh_bucket_index": False}
+    buckets = {"decode_block": base.attention.decode_block, "lsh_bucket_index": True}
+    runs = {
+        "full": (base, {"whole": whole, "blocks": blocks}),
+        "lsh": (lsh, {"whole": whole, "blocks": blocks, "buckets": buckets}),
+    }
+    ms: dict[str, dict[str, dict[str, float]]] = {}  # attention -> path -> read -> ms per token
+    for name, (cfg, reads) in runs.items():
         _, params, rest = split_model(build_model(cfg))
         variants = {}
-        for block in (0, cfg.attention.decode_block):
-            c = dataclasses.replace(cfg, attention=dataclasses.replace(cfg.attention, decode_block=block))
+        for read, keys in reads.items():
+            c = dataclasses.replace(cfg, attention=dataclasses.replace(cfg.attention, **keys))
             gen, engine = Generator(c, params, rest), Engine(c, params, rest, slots=1, context=args.capacity)
             per_token_generator(gen, prompt, args.capacity), per_token_engine(engine, prompt)  # compile
-            variants[block] = (gen, engine, {"generator": [], "engine": []})
+            variants[read] = (gen, engine, {"generator": [], "engine": []})
         for _ in range(args.rounds):
             for gen, engine, times in variants.values():
                 times["generator"].append(per_token_generator(gen, prompt, args.capacity))
                 times["engine"].append(per_token_engine(engine, prompt))
-        for b, (_, _, t) in variants.items():
+        for read, (_, _, t) in variants.items():
             for k, v in t.items():
-                ms.setdefault(name, {}).setdefault(k, {})[b] = 1e3 * statistics.median(v)
-    block = base.attention.decode_block
+                ms.setdefault(name, {}).setdefault(k, {})[read] = 1e3 * statistics.median(v)
     print(f"cache of {args.capacity} slots, about {args.filled} filled, batch 1, ms per output token (median)")
-    print(f"{'attention':<10} {'path':<10} {'whole cache':>12} {'filled blocks':>14} {'speed-up':>9}")
+    print(
+        f"{'attention':<10} {'path':<10} {'whole cache':>12} {'filled blocks':>14} {'bucket lists':>13} {'speed-up':>9}"
+    )
+    best = lambda t: t.get("buckets", t["blocks"])  # the default read of each attention
     for name, paths in ms.items():
         for k, t in paths.items():
-            print(f"{name:<10} {k:<10} {t[0]:>12.2f} {t[block]:>14.2f} {t[0] / t[block]:>8.1f}x")
+            lists = f"{t['buckets']:>13.2f}" if "buckets" in t else f"{'-':>13}"
+            print(f"{name:<10} {k:<10} {t['whole']:>12.2f} {t['blocks']:>14.2f} {lists} {t['whole'] / best(t):>8.1f}x")
     emit(
         "decode_cache",
         {
             "capacity": args.capacity,
             "filled": args.filled,
-            "ms_per_token": {n: {k: {"whole": t[0], "blocked": t[block]} for k, t in p.items()} for n, p in ms.items()},
-            "speedup": {n: {k: t[0] / t[block] for k, t in p.items()} for n, p in ms.items()},
+            "ms_per_token": ms,
+            "speedup": {n: {k: t["whole"] / best(t) for k, t in p.items()} for n, p in ms.items()},
         },
     )
 

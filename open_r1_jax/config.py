@@ -62,6 +62,8 @@ class AttentionConfig:
     lsh_seed: int = 0  # LSH: rotations when the caller passes no rng (eval, generation): key(lsh_seed)
     decode_block: int = 256  # cached (full) attention reads the KV cache in blocks of this many slots, up to
     # the last filled one, so decoding costs what is cached, not the capacity; 0 = the whole cache at once
+    lsh_bucket_index: bool = True  # LSH decoding keeps per round and bucket the list of cache slots whose key fell
+    # in it, and reads only the query's lists (decode_block > 0); false: every key of the filled blocks, masked
 
 
 @dataclass(frozen=True)

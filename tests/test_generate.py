@@ -15,6 +15,7 @@ from open_r1_jax.generate import Generator, Sampling, main, sample
 from open_r1_jax.model import build_model, split_model
 from open_r1_jax.model.attention import cached_attention, dot_product_attention
 from open_r1_jax.model.lsh_attention import LSHAttention, hash_buckets
+from open_r1_jax.model.lsh_decode import BUCKET_BLOCK
 
 PROMPTS = [[72, 101, 108, 108, 111, 32, 119], [40, 41, 42]]  # two lengths: the short one is left-padded
 NEW = 12
@@ -122,23 +123,68 @@ def test_lsh_decode_attends_to_its_bucket(micro):
     assert float(jnp.max(jnp.abs(decode({**cache, "v": mine}) - ref))) > 1e-3
 
 
+def _listed(index: dict, buckets: np.ndarray, valid: np.ndarray, end: int, row: int) -> None:
+    """The index of ``row`` lists, per key group, round and bucket, exactly the valid slots < end whose
+    key is in that bucket, in increasing order (no slot twice, none under an old key's bucket)."""
+    slots, counts = np.asarray(index["slots"][row]), np.asarray(index["counts"][row])  # [Gk,N,U,S], [Gk,N,U]
+    for gk, n, u in np.ndindex(counts.shape):
+        want = [s for s in range(end) if valid[row, s] and buckets[row, s, gk, n] == u]
+        assert slots[gk, n, u, : counts[gk, n, u]].tolist() == want
+
+
 @pytest.mark.parametrize("shared_qk", [False, True])
-def test_lsh_decode_in_blocks_equals_the_whole_cache(micro, shared_qk):
-    """Per-row slots, blocks of 8 over 28 slots (the last overlaps): the online softmax of each round
-    over the filled blocks gives the whole-cache result."""
-    cfg = micro("model.attention.n_hashes=2", "model.attention.n_buckets=4", f"model.attention.shared_qk={shared_qk}")
-    outs = []
-    for block in (0, 8):
-        att = dataclasses.replace(cfg.model.attention, decode_block=block)
+def test_lsh_decode_reads_equal_the_whole_cache(micro, shared_qk):
+    """Prefill (a padded slot), a step of two tokens, then single-token steps at per-row slots, row 1
+    restarting at an earlier slot (its later slots stale). Reading the filled blocks of 8 (the last
+    overlaps; every write of several tokens reads them) and reading only the query's bucket lists (the
+    single-token steps) give the whole cache's result at every step, and the index lists exactly
+    each bucket's slots. Two buckets: lists longer than one block of the read."""
+    cfg = micro("model.attention.n_hashes=2", "model.attention.n_buckets=2", f"model.attention.shared_qk={shared_qk}")
+    x = jax.random.normal(jax.random.key(1), (2, 76, 32))
+    pos = jnp.broadcast_to(jnp.arange(76), (2, 76))
+    valid = jnp.ones((2, 92), bool).at[1, 5].set(False)  # a padded prompt slot
+    rng = jax.random.key(7)
+    caches, steps = [], []
+    for block, index in ((0, False), (8, False), (8, True)):  # whole cache, filled blocks, bucket lists
+        att = dataclasses.replace(cfg.model.attention, decode_block=block, lsh_bucket_index=index)
         attn = LSHAttention(32, 2, 1, 16, att, 0.3, jnp.float32, nnx.Rngs(params=0))
-        x = jax.random.normal(jax.random.key(1), (2, 20, 32))
-        pos = jnp.broadcast_to(jnp.arange(20), (2, 20))
-        valid = jnp.ones((2, 28), bool)
-        rng = jax.random.key(7)
-        _, cache = attn.decode(x[:, :18], pos[:, :18], attn.init_cache(2, 28), jnp.int32(0), valid, rng)
-        index = jnp.array([18, 11])  # row 1 continues from slot 11: its later slots are stale
-        outs.append(jax.jit(attn.decode)(x[:, 18:], pos[:, 18:], cache, index, valid, rng)[0])
-    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+        step = jax.jit(attn.decode)
+        caches.append(step(x[:, :70], pos[:, :70], attn.init_cache(2, 92), jnp.int32(0), valid, rng)[1])
+        steps.append(step)
+    assert int(jnp.max(caches[2]["index"]["counts"])) > BUCKET_BLOCK  # the read loops over two blocks
+    for start, t in ((0, 2), (2, 1), (3, 1), (4, 1), (5, 1)):
+        index = jnp.array([70 + start, 40 + start])  # row 1 continues from slot 40
+        outs = []
+        for j, step in enumerate(steps):
+            new = slice(70 + start, 70 + start + t)
+            out, caches[j] = step(x[:, new], pos[:, new], caches[j], index, valid, rng)
+            outs.append(out)
+        np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(outs[2], outs[0], rtol=1e-5, atol=1e-6)
+    buckets, valid = np.asarray(caches[2]["buckets"]), np.asarray(valid)
+    _listed(caches[2]["index"], buckets, valid, 76, row=0)
+    _listed(caches[2]["index"], buckets, valid, 46, row=1)
+
+
+def test_lsh_bucket_index_serves_the_whole_cache_tokens(micro):
+    """The serving engine with the bucket index (two slots: sequences join and leave, an idle slot
+    rewrites slot 0 of its row) gives the greedy tokens of the generator's whole-cache LSH decoding."""
+    from open_r1_jax.serving.engine import Engine, Request
+
+    cfg = micro("model.init_std=0.3", "model.moe.dispatch=dense", "model.attention.kind=lsh",
+                "model.attention.n_buckets=2", "model.attention.decode_block=16").model  # fmt: skip
+    whole = dataclasses.replace(cfg, attention=dataclasses.replace(cfg.attention, decode_block=0))
+    _, params, rest = split_model(build_model(cfg))
+    prompts = [*PROMPTS, [9, 8, 7, 6]]
+    want = [t.tolist() for t in Generator(whole, params, rest).generate(prompts, NEW, steps_per_call=4).tokens]
+    engine = Engine(cfg, params, rest, slots=2, context=48)
+    requests = [Request(p, NEW) for p in prompts]
+    engine.submit(requests[0])
+    engine.step()
+    engine.submit(*requests[1:])
+    while not all(r.done.is_set() for r in requests):
+        engine.step()
+    assert [r.tokens for r in requests] == want
 
 
 def test_sampling_filters():

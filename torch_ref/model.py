@@ -141,7 +141,7 @@ class TorchModelConfig:
     # Keys of the JAX model section that change how JAX computes, not what: accepted and ignored.
     JAX_ONLY = {
         "": ("dtype", "kernels", "activation_checkpoint", "remat_policy", "max_seq_len", "init_std"),
-        "attention": ("lsh_seed", "decode_block"),
+        "attention": ("lsh_seed", "decode_block", "lsh_bucket_index"),
         "drn": (),
         "moe": ("dispatch", "grouped_impl", "block_size", "capacity_factor"),
         "vision": (),

@@ -73,6 +73,24 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
     return jnp.concatenate(outs, axis=1)
 
 
+def online_softmax_init(shape: tuple[int, ...], kd: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The empty state of an online softmax over rows ``shape``: running max and sum [...], weighted
+    values [...,K] (fp32)."""
+    stats = jnp.full(shape, -jnp.inf, jnp.float32)
+    return stats, jnp.zeros_like(stats), jnp.zeros((*shape, kd), jnp.float32)
+
+
+def online_softmax_step(carry: tuple, scores: jax.Array, weighted_values) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One more block of keys into an online softmax (as flash attention): carry from
+    ``online_softmax_init``, scores [...,C] fp32, weighted_values(p [...,C]) -> [...,K] the block's
+    values weighted by p. The result is (max m, sum of exp(score - m), sum of exp(score - m) * value)."""
+    m, total, acc = carry
+    m_new = jnp.maximum(m, scores.max(axis=-1))
+    p = jnp.exp(scores - m_new[..., None])
+    scale = jnp.exp(m - m_new)
+    return m_new, total * scale + p.sum(axis=-1), acc * scale[..., None] + weighted_values(p)
+
+
 def cached_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, q_slot: jax.Array, block: int
 ) -> jax.Array:
@@ -104,22 +122,15 @@ def cached_attention(
     n_blocks = jnp.max(q_slot) // block + 1  # blocks up to the last slot any query sees
 
     def one_block(i, carry):
-        m, total, acc = carry  # running max and sum [B,G,R,T], weighted values [B,G,R,T,K] (fp32)
         start = jnp.minimum(i * block, s - block)  # the last block may overlap the one before it...
         slots = start + jnp.arange(block)
         kb, vb = (jax.lax.dynamic_slice_in_dim(x, start, block, axis=2) for x in (k, v))
         vis = jax.lax.dynamic_slice_in_dim(valid, start, block, axis=1)[:, None, :]  # [B,1,C]
         vis &= (slots >= i * block) & (slots <= q_slot[:, :, None])  # ...whose slots are not counted twice
-        scores = scores_of(kb, vis)
-        m_new = jnp.maximum(m, scores.max(axis=-1))
-        p = jnp.exp(scores - m_new[..., None])
-        scale = jnp.exp(m - m_new)
-        pv = jnp.einsum("bgrts,bgsk->bgrtk", p.astype(v.dtype), vb, preferred_element_type=jnp.float32)
-        return m_new, total * scale + p.sum(axis=-1), acc * scale[..., None] + pv
+        pv = lambda p: jnp.einsum("bgrts,bgsk->bgrtk", p.astype(v.dtype), vb, preferred_element_type=jnp.float32)
+        return online_softmax_step(carry, scores_of(kb, vis), pv)
 
-    stats = jnp.full((b, g, h // g, t), -jnp.inf, jnp.float32)
-    init = (stats, jnp.zeros_like(stats), jnp.zeros((b, g, h // g, t, kd), jnp.float32))
-    _, total, acc = jax.lax.fori_loop(0, n_blocks, one_block, init)
+    _, total, acc = jax.lax.fori_loop(0, n_blocks, one_block, online_softmax_init((b, g, h // g, t), kd))
     out = (acc / total[..., None]).astype(v.dtype)  # [B,G,R,T,K]
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, kd)
 

@@ -219,10 +219,10 @@ class Transformer(nnx.Module):
             positions = jnp.concatenate([prefix_positions(prefix).astype(positions.dtype), positions], axis=1)
             valid = jnp.concatenate([prefix.valid, valid], axis=1)
         valid_all = write_slots(cache["valid"], valid, index)  # [B,S]
-        rng = self._lsh_rng(None)
         layers = []
         for i, block in enumerate(self.blocks):
-            key = jax.random.fold_in(rng, i) if block.lsh else None
+            with jax.ensure_compile_time_eval():  # concrete keys: the LSH layers' rotations become constants
+                key = jax.random.fold_in(self._lsh_rng(None), i) if block.lsh else None
             x, layer_cache = block.decode(x, positions, cache["layers"][i], index, valid_all, valid, key)
             layers.append(layer_cache)
         return self._logits(x[:, n_prefix:]), {"valid": valid_all, "layers": layers}
