@@ -33,6 +33,7 @@ class MoEConfig:
     dispatch: Literal["dense", "dropless"] = "dropless"  # dense computes every expert (the oracle)
     grouped_impl: Literal["auto", "blocked", "ragged_dot"] = "auto"  # grouped matmul of dropless dispatch
     block_size: int = 0  # rows per block of the blocked grouped matmul; 0 picks from tokens per expert
+    dense_token_experts: int = 512  # a call with tokens x n_experts <= this (decoding) runs every expert: 0 = never
     balance_coef: float = 0.01  # Switch load-balancing loss coefficient
     seq_balance_coef: float = 0.0  # DeepSeek-V3 sequence-wise balance loss coefficient
     z_loss_coef: float = 0.001  # ST-MoE router z-loss coefficient

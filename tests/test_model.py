@@ -108,3 +108,22 @@ def test_blocked_causal_attention_equals_dense():
     np.testing.assert_allclose(a, d, rtol=1e-5)
     for x, y in zip(ga, gd):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("tokens, dense", [(4, True), (32, False)])
+def test_few_tokens_run_every_expert(tokens, dense):
+    """A decode-sized call (tokens x experts <= moe.dense_token_experts) takes the dense dispatch (no
+    sort of (token, slot) rows in its program), a larger one the dropless; both give the same output."""
+    from open_r1_jax.config import MoEConfig
+    from open_r1_jax.model.moe import MoEFeedForward
+
+    x = jax.random.normal(jax.random.key(1), (tokens, 1, 32))
+    mask = jnp.ones((tokens, 1), bool)
+    out = {}
+    for threshold in (0, 64):  # 0: always dropless; 64 = 16 tokens x 4 experts
+        cfg = MoEConfig(n_experts=4, top_k=2, expert_ffn_dim=32, dense_token_experts=threshold)
+        layer = MoEFeedForward(32, cfg, 0.3, jnp.float32, nnx.Rngs(0))
+        jaxpr = str(jax.make_jaxpr(lambda x, layer=layer: layer(x, mask)[0])(x))
+        assert ("sort" not in jaxpr) == (threshold > 0 and dense), threshold
+        out[threshold] = layer(x, mask)[0]
+    np.testing.assert_allclose(out[64], out[0], rtol=1e-5, atol=1e-6)

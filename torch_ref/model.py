@@ -143,7 +143,7 @@ class TorchModelConfig:
         "": ("dtype", "kernels", "activation_checkpoint", "remat_policy", "max_seq_len", "init_std"),
         "attention": ("lsh_seed", "decode_block", "lsh_bucket_index"),
         "drn": (),
-        "moe": ("dispatch", "grouped_impl", "block_size", "capacity_factor"),
+        "moe": ("dispatch", "grouped_impl", "block_size", "capacity_factor", "dense_token_experts"),
         "vision": (),
         "audio": (),
     }
