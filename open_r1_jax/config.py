@@ -192,6 +192,7 @@ class TrainConfig:
     beta2: float = 0.95  # AdamW beta2
     eps: float = 1e-8  # AdamW epsilon
     clip_norm: float = 1.0  # global-norm clipping of the accumulated gradient (0 = off)
+    adapter_lr_scale: float = 1.0  # the image / audio adapters' learning rate is lr times this
     seed: int = 0  # seeds parameters and data order
     # start from these weights (run, checkpoint, export, transformers Llama/Mixtral folder): their
     # architecture replaces model (runtime keys such as model.dtype stay), fresh optimizer; empty = seeded init

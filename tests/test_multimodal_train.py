@@ -91,3 +91,24 @@ def test_generate_answers_about_an_image_or_a_clip(media_run, tmp_path, capsys):
     assert "Q: What colour are the shapes?\nA: " in capsys.readouterr().out
     assert generate.main([*argv, "--image", str(tmp_path / "missing.png")]) == 1
     assert "missing.png: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_adapter_lr_scale_multiplies_only_the_adapters_updates(frozen):
+    import jax.numpy as jnp
+
+    from open_r1_jax.config import TrainConfig
+    from open_r1_jax.training.optim import make_optimizer
+
+    params = {"vision": {"w": jnp.ones((2, 2))}, "audio": {"w": jnp.ones((2, 2))}, "blocks": {"w": jnp.ones((2, 2))}}
+    grads = {k: {"w": jnp.full((2, 2), 0.5)} for k in params}
+    updates = {}
+    for scale in (1.0, 4.0):
+        cfg = TrainConfig(lr=1e-2, warmup_steps=0, steps=10, adapter_lr_scale=scale)
+        trainable = (lambda p: {k: {"w": True} for k in p}) if frozen else None
+        tx = make_optimizer(cfg, trainable)
+        updates[scale], _ = tx.update(grads, tx.init(params), params)
+    for k in ("vision", "audio"):
+        np.testing.assert_allclose(updates[4.0][k]["w"], 4 * updates[1.0][k]["w"], rtol=1e-6)
+    np.testing.assert_allclose(updates[4.0]["blocks"]["w"], updates[1.0]["blocks"]["w"], rtol=1e-6)
+    assert float(jnp.abs(updates[1.0]["blocks"]["w"]).max()) > 0

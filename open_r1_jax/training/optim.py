@@ -71,10 +71,27 @@ def optimizer_parts(cfg: TrainConfig) -> tuple[optax.GradientTransformation | No
     return clip, adamw
 
 
+ADAPTERS = ("vision", "audio")  # top-level parameter keys of the media adapters (model/multimodal.py)
+
+
+def scale_adapters(factor: float) -> optax.GradientTransformation:
+    """Multiply the updates of the adapters' parameters by ``factor``: after AdamW, a learning rate
+    (and decay) ``factor`` times the schedule's for them. A from-scratch adapter's gradients are
+    noisy and weak next to the decoder's; the decoder then fits each question's prior first."""
+
+    def update(updates, state, params=None):
+        return {k: jax.tree.map(lambda u: u * factor, v) if k in ADAPTERS else v for k, v in updates.items()}, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(cfg: TrainConfig, trainable: Callable | None = None) -> optax.GradientTransformation:
     """``trainable``: params -> tree of bools (a stage's mask); frozen parameters get no update, no
     decay and no optimizer moments, and are left out of the clipping norm."""
-    tx = optax.chain(*[part for part in optimizer_parts(cfg) if part is not None])
+    parts = [part for part in optimizer_parts(cfg) if part is not None]
+    if cfg.adapter_lr_scale != 1.0:
+        parts.append(scale_adapters(cfg.adapter_lr_scale))
+    tx = optax.chain(*parts)
     if trainable is None:
         return tx
 
