@@ -161,6 +161,11 @@ def validate_train(t: TrainConfig) -> None:
             f"train.offload_dir={t.offload_dir!r} moves the optimizer moments to disk: it needs "
             f"train.offload: optimizer (got {t.offload!r})"
         )
+    if t.offload_dir and t.adapter_lr_scale != 1.0:  # the disk groups run optimizer_parts alone
+        raise ConfigError(
+            f"train.adapter_lr_scale={t.adapter_lr_scale} is not applied by train.offload_dir's disk tier; "
+            "accepted there: 1.0"
+        )
     if t.offload_group_layers < 0:
         raise ConfigError(
             f"train.offload_group_layers: got {t.offload_group_layers}; accepted: blocks per group >= 1, or 0 "

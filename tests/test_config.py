@@ -153,6 +153,13 @@ def test_warmup_must_leave_a_decay_step():
     assert load_config(None, ["train.steps=2", "train.warmup_steps=1"]).train.warmup_steps == 1
 
 
+def test_disk_tier_refuses_an_adapter_lr_scale(tmp_path):
+    overrides = ["train.offload=optimizer", f"train.offload_dir={tmp_path}"]
+    with pytest.raises(ConfigError, match=r"train.adapter_lr_scale=2.0 is not applied .* accepted there: 1.0"):
+        load_config(None, [*overrides, "train.adapter_lr_scale=2.0"])
+    assert load_config(None, overrides).train.adapter_lr_scale == 1.0
+
+
 def test_model_section_validates_alone():
     from open_r1_jax.config import model_from_dict
 

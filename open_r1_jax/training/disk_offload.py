@@ -37,10 +37,8 @@ from open_r1_jax.training.optim import clip_to, global_norm, optimizer_parts
 log = logging.getLogger(__name__)
 
 
-def check(masked: bool, adapter_lr_scale: float = 1.0) -> None:
+def check(masked: bool) -> None:
     """What the disk tier cannot do at run time (its settings are checked in config_checks.py)."""
-    if adapter_lr_scale != 1.0:  # the groups run optimizer_parts alone, without the per-path scaling
-        raise ConfigError("train.offload_dir: not with train.adapter_lr_scale (leave it at 1.0)")
     if masked:
         raise ConfigError(
             "train.offload_dir: not with frozen parameters (LoRA or a stage that freezes weights); their "

@@ -78,11 +78,7 @@ def scale_adapters(factor: float) -> optax.GradientTransformation:
     """Multiply the updates of the adapters' parameters by ``factor``: after AdamW, a learning rate
     (and decay) ``factor`` times the schedule's for them. A from-scratch adapter's gradients are
     noisy and weak next to the decoder's; the decoder then fits each question's prior first."""
-
-    def update(updates, state, params=None):
-        return {k: jax.tree.map(lambda u: u * factor, v) if k in ADAPTERS else v for k, v in updates.items()}, state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return optax.masked(optax.scale(factor), lambda params: {k: k in ADAPTERS for k in params})
 
 
 def make_optimizer(cfg: TrainConfig, trainable: Callable | None = None) -> optax.GradientTransformation:

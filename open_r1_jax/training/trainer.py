@@ -86,7 +86,7 @@ class Trainer:
         masked = cfg.lora.rank > 0 or type(stage).trainable is not Stage.trainable
         self.tx = make_optimizer(cfg.train, stage.trainable if masked else None)
         if cfg.train.offload_dir:
-            disk_offload.check(masked, cfg.train.adapter_lr_scale)
+            disk_offload.check(masked)
         graphdef, state, self.shardings = create_train_state(cfg, self.tx, mesh)
         if pretrained is not None:
             params = {**pretrained.params, **{k: v for k, v in state["params"].items() if k == lora.KEY}}
