@@ -23,6 +23,7 @@ class ServeConfig:
     context: int = 0  # cache slots per sequence, prompt + completion; 0 = model.max_seq_len
     max_queue: int = 64  # requests waiting for a slot; beyond it, 429 with Retry-After
     prefills_per_step: int = 1  # prompts admitted per decode step while sequences are running
+    decode_steps: int = 8  # decode steps per compiled call while no request waits (1 = one per call)
     chat_max_tokens: int = 256  # a chat request's max_tokens when it gives none (within the context)
     api_key: str = ""  # required as "Authorization: Bearer KEY" when set (or OPEN_R1_API_KEY)
     model_name: str = ""  # the model id clients send; "" = the run folder's name
@@ -62,6 +63,7 @@ def build(args: argparse.Namespace, cfg: ServeConfig):
         context=cfg.context,
         max_queue=cfg.max_queue,
         prefills_per_step=cfg.prefills_per_step,
+        decode_steps=cfg.decode_steps,
     )
     if cfg.warmup:
         engine.warmup()

@@ -98,6 +98,33 @@ def test_prompts_that_arrive_together_are_prefilled_in_one_call(weights):
         assert r.tokens == gen.generate([prompt], 6).tokens[0].tolist()
 
 
+def test_several_decode_steps_per_call_sample_what_single_steps_do(weights):
+    """With the queue empty, one call runs 4 steps; sampled tokens (fold_in of the request's count)
+    and a stop inside a call's steps are the same as with one step per call."""
+    runs = {}
+    for k in (1, 4):
+        engine = Engine(*weights, slots=2, context=64, decode_steps=k)
+        real, calls = engine._decode, []
+
+        def counted(*args, steps, real=real, calls=calls):
+            calls.append(steps)
+            return real(*args, steps=steps)
+
+        engine._decode = counted
+        sampled = Request(PROMPTS[1], 11, temperature=1.0, top_p=0.9, seed=5)
+        greedy = Request(PROMPTS[0], 11)
+        engine.submit(sampled, greedy)
+        while not (sampled.done.is_set() and greedy.done.is_set()):
+            engine.step()
+        stop = Request(PROMPTS[0], 11, stop_ids=(greedy.tokens[5],))  # the 6th token: inside a call
+        engine.submit(stop)
+        while not stop.done.is_set():
+            engine.step()
+        runs[k] = (sampled.tokens, greedy.tokens, stop.tokens, stop.finish, calls)
+    assert runs[4][:4] == runs[1][:4] and runs[1][3] == "stop" and len(runs[1][2]) == 5
+    assert set(runs[1][4]) == {1} and runs[4][4].count(4) >= 3  # 10 tokens after the prefill: 4 + 4 + 1 + 1
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -225,11 +252,11 @@ def test_a_failed_step_fails_its_requests_not_the_server(server, monkeypatch):
     url, engine, gen = server
     real, calls = engine._decode, []
 
-    def flaky(*args):
+    def flaky(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("device lost")
-        return real(*args)
+        return real(*args, **kwargs)
 
     def flaky_prefill(*args):
         raise MemoryError("no room for the prompt")

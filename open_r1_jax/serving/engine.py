@@ -8,12 +8,18 @@ slot's row of the cache (right-padded to a power-of-two bucket: one compilation 
 first token sampled. Each iteration of the loop admits new prompts (all that fit when nothing is
 decoding; ``prefills_per_step`` while sequences are running, so a burst of arrivals delays the
 running ones by one prefill, not by the whole queue), prefilled together in one call (rows padded
-to a power of two), then runs one decode step for all B
-slots: every slot feeds its last token at its own cache slot (``model/kv_cache.py``) and samples
-with its own temperature, top-p and key. Empty slots ride along (their tokens are dropped), so one
-compilation serves every mix of requests. A sequence leaves at a stop token, at its request's stop
-condition (stop strings), at ``max_tokens``, or when its client goes away (``Request.cancel``), and
-its slot takes a new prompt at the next iteration.
+to a power of two), then runs one decode step for all B slots: every slot feeds its last token at
+its own cache slot (``model/kv_cache.py``) and samples with its own temperature, top-p and key.
+Empty slots ride along (their tokens are dropped), so one compilation serves every mix of requests.
+A sequence leaves at a stop token, at its request's stop condition (stop strings), at
+``max_tokens``, or when its client goes away (``Request.cancel``), and its slot takes a new prompt
+at the next iteration.
+
+While no request waits and every running sequence has at least ``decode_steps`` tokens left, one
+compiled call runs that many steps (a scan that feeds each sampled token back): at one token per
+call, the dispatch and the call's fixed cost are a large part of a small model's step. Tokens
+sampled after a sequence's stop are dropped, as an empty slot's are; a client's cancel waits for
+the call to end.
 
 Sampling is reproducible per request: token i of a request uses fold_in(key(seed), i), whatever
 else shares the batch.
@@ -102,20 +108,24 @@ class Engine:
         context: int = 0,
         max_queue: int = 64,
         prefills_per_step: int = 1,
+        decode_steps: int = 8,
         metrics: EngineMetrics | None = None,
     ):
         from open_r1_jax.model import build_model, merge_model
 
-        if min(slots, max_queue, prefills_per_step) < 1:
-            raise ValueError(f"slots ({slots}), max_queue ({max_queue}) and prefills_per_step must be >= 1")
+        if min(slots, max_queue, prefills_per_step, decode_steps) < 1:
+            raise ValueError(
+                f"slots ({slots}), max_queue ({max_queue}), prefills_per_step ({prefills_per_step}) and "
+                f"decode_steps ({decode_steps}) must be >= 1"
+            )
         self.config, self.params, self.model_state = config, params, model_state
         self.n_slots, self.context = slots, context or config.max_seq_len
-        self.max_queue, self.prefills_per_step = max_queue, prefills_per_step
+        self.max_queue, self.prefills_per_step, self.decode_steps = max_queue, prefills_per_step, decode_steps
         self.metrics = metrics or EngineMetrics()
         graphdef = nnx.split(nnx.eval_shape(lambda: build_model(config, 0)), nnx.Param, ...)[0]
         self._model = lambda p, s: merge_model(graphdef, p, s)
         self.cache = self._new_cache()
-        self._decode = jax.jit(self._decode_fn, donate_argnums=(2,))
+        self._decode = jax.jit(self._decode_fn, donate_argnums=(2,), static_argnames="steps")
         self._prefill = jax.jit(self._prefill_fn, donate_argnums=(2,))
         self.slots: list[Request | None] = [None] * slots
         zeros = lambda dtype=np.int32: np.zeros(slots, dtype)
@@ -152,12 +162,20 @@ class Engine:
             cache = jax.tree.map(put, cache, rows)
         return first, cache
 
-    def _decode_fn(self, params, model_state, cache, tokens, positions, key_data, counts, temperature, top_p):
-        """One token per slot: tokens/positions [B] (a slot's position is also its cache slot)."""
+    def _decode_fn(self, params, model_state, cache, tokens, positions, key_data, counts, temperature, top_p, steps):
+        """``steps`` tokens per slot: tokens/positions/counts [B] (a slot's position is also its cache
+        slot) -> (tokens [steps,B], cache). Step t feeds step t-1's sample at position + t."""
         model = self._model(params, model_state)
         ones = jnp.ones((tokens.shape[0], 1), bool)
-        logits, cache = model.decode(tokens[:, None], positions[:, None], ones, cache, positions)
-        return sample_rows(logits[:, 0], key_data, counts, temperature, top_p), cache
+
+        def one(carry, _):
+            cache, tokens, positions, counts = carry
+            logits, cache = model.decode(tokens[:, None], positions[:, None], ones, cache, positions)
+            tokens = sample_rows(logits[:, 0], key_data, counts, temperature, top_p)
+            return (cache, tokens, positions + 1, counts + 1), tokens
+
+        (cache, *_), sampled = jax.lax.scan(one, (cache, tokens, positions, counts), length=steps)
+        return sampled, cache
 
     # ------------------------------------------------------------------ requests
 
@@ -257,8 +275,15 @@ class Engine:
             self.position[i], self.count[i] = len(r.prompt), 0
             self._accept(i, int(first[j]))
 
+    def _steps(self) -> int:
+        """Decode steps for the next call: ``decode_steps`` when nobody waits for a slot and no
+        running sequence can reach max_tokens (so no write passes its context), else 1."""
+        left = min(r.max_tokens - len(r.tokens) for r in self.slots if r is not None)
+        return self.decode_steps if not self.queue and left >= self.decode_steps else 1
+
     def _decode_step(self) -> None:
         t0 = time.perf_counter()
+        steps = self._steps()
         tokens, self.cache = self._decode(
             self.params,
             self.model_state,
@@ -269,14 +294,19 @@ class Engine:
             self.count,
             self.temperature,
             self.top_p,
+            steps=steps,
         )
         tokens = np.asarray(tokens)
-        self.metrics.decode_step.observe(time.perf_counter() - t0)
-        running = [i for i, r in enumerate(self.slots) if r is not None]
-        self.metrics.sampled(len(running))
-        for i in running:
-            self.position[i] += 1
-            self._accept(i, int(tokens[i]))
+        for _ in range(steps):
+            self.metrics.decode_step.observe((time.perf_counter() - t0) / steps)
+        running, kept = [(i, r) for i, r in enumerate(self.slots) if r is not None], 0
+        for t in range(steps):
+            for i, r in running:
+                if self.slots[i] is r:  # not finished at an earlier step of this call
+                    self.position[i] += 1
+                    self._accept(i, int(tokens[t, i]))
+                    kept += 1
+        self.metrics.sampled(kept)
 
     def _accept(self, i: int, token: int) -> None:
         """Slot i sampled ``token``: record it, stream it, and end the sequence if it is done."""
@@ -321,9 +351,9 @@ class Engine:
         return jax.jit(lambda: model.init_cache(self.n_slots, self.context))()
 
     def warmup(self, prompt_lengths: tuple[int, ...] = (1,)) -> None:
-        """Compile the decode step and the prefill buckets of these prompt lengths, for every
-        power-of-two number of prompts that can arrive together (the first requests would otherwise
-        pay for them)."""
+        """Compile the decode step (one step and ``decode_steps``) and the prefill buckets of these
+        prompt lengths, for every power-of-two number of prompts that can arrive together (the first
+        requests would otherwise pay for them)."""
         for n in prompt_lengths:
             rows = 1
             while rows <= min(self.n_slots, self.max_queue):  # each power-of-two group of prompts
@@ -332,6 +362,11 @@ class Engine:
                 while not all(r.done.is_set() for r in batch):
                     self.step()
                 rows *= 2
+        if self.decode_steps > 1 and prompt_lengths[0] + self.decode_steps + 1 <= self.context:
+            r = Request([0] * prompt_lengths[0], max_tokens=self.decode_steps + 1)  # the multi-step call
+            self.submit(r)
+            while not r.done.is_set():
+                self.step()
 
     def start(self) -> None:
         """Run ``step`` in a background thread until ``stop``."""
