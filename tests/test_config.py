@@ -103,7 +103,7 @@ def test_parse_overrides_nests():
 
 
 def test_removed_and_ignored_keys_are_named():
-    from open_r1_jax.config_checks import ignored_keys
+    from open_r1_jax.config.checks import ignored_keys
 
     with pytest.raises(ConfigError, match="unknown key 'data.shuffle'"):
         load_config(None, ["data.shuffle=false"])

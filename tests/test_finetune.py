@@ -109,7 +109,7 @@ def test_lora_and_sft_config_errors():
         load_config(None, ["lora.rank=4", "lora.dropout=0.1"])
     with pytest.raises(ConfigError, match="lora.targets"):
         load_config(None, ["lora.rank=4", "lora.targets=[q_proj,nope]"])
-    from open_r1_jax.config_checks import ignored_keys
+    from open_r1_jax.config.checks import ignored_keys
 
     assert ("lora.alpha", "lora.rank is 0 (LoRA off)") in ignored_keys(load_config(None, ["lora.alpha=8"]))
 

@@ -177,7 +177,7 @@ def test_config_errors_name_the_key(override, match):
 
 def test_disabled_adapter_keys_are_flagged_and_export_refuses_adapters():
     from open_r1_jax.config import to_dict
-    from open_r1_jax.config_checks import ignored_keys
+    from open_r1_jax.config.checks import ignored_keys
     from open_r1_jax.hf.files import check_exportable
 
     cfg = load_config(None, MICRO + ["model.vision.patch_size=4", "model.audio.n_mels=40"])

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 def check(masked: bool) -> None:
-    """What the disk tier cannot do at run time (its settings are checked in config_checks.py)."""
+    """What the disk tier cannot do at run time (its settings are checked in config/checks.py)."""
     if masked:
         raise ConfigError(
             "train.offload_dir: not with frozen parameters (LoRA or a stage that freezes weights); their "

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from open_r1_jax import config as config_lib
 from open_r1_jax.checkpoint import Checkpointer
 from open_r1_jax.config import Config
-from open_r1_jax.config_checks import ignored_keys
+from open_r1_jax.config.checks import ignored_keys
 from open_r1_jax.data.pipeline import pad_rows
 from open_r1_jax.model import lora
 from open_r1_jax.model.layers import DTYPES

@@ -6,7 +6,7 @@ scaling, donation), the log / eval / checkpoint cadence, resume, the progress ba
 TensorBoard and ``summary.json``.
 
 To add a stage, write one small file in ``training/stages/`` with a subclass of ``Stage`` and add it
-to ``STAGES`` in ``training/stages/__init__.py`` (and the name to ``train.stage`` in ``config.py``).
+to ``STAGES`` in ``training/stages/__init__.py`` (and the name to ``train.stage`` in ``config/run.py``).
 The Trainer calls, in this order:
 
 1. ``initial_weights()``: weights to start from, or None for a fresh seeded model. The default reads

@@ -9,25 +9,27 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from open_r1_jax.config import (
+from open_r1_jax.config.loader import ConfigError
+from open_r1_jax.config.model import (
     MODEL_RUNTIME_KEYS,
     AttentionConfig,
     AudioConfig,
+    DRNConfig,
+    ModelConfig,
+    MoEConfig,
+    VisionConfig,
+)
+from open_r1_jax.config.run import (
     CleanConfig,
     Config,
-    ConfigError,
     DataConfig,
     DistillConfig,
     DPOConfig,
-    DRNConfig,
     GRPOConfig,
     LoRAConfig,
     MeshConfig,
-    ModelConfig,
-    MoEConfig,
     SFTConfig,
     TrainConfig,
-    VisionConfig,
 )
 
 
