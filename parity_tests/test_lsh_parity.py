@@ -24,8 +24,8 @@ from open_r1_jax.model.lsh_attention import lsh_attention, lsh_rotations
 from open_r1_jax.name_map import to_torch_state
 from open_r1_jax.training import losses as jax_losses
 from torch_ref import losses as torch_losses
+from torch_ref.layers import rotary as torch_rotary
 from torch_ref.lsh_attention import lsh_attention as torch_lsh_attention
-from torch_ref.model import rotary as torch_rotary
 
 TOL = 1e-5
 B, T, H, G, K = 2, 12, 4, 2, 8

@@ -1,6 +1,6 @@
 """Reformer LSH attention in plain PyTorch: the reference of ``open_r1_jax/model/lsh_attention.py``
 (see its docstring for the algorithm), step for step. The module around it (projections, rotary) is
-``torch_ref.model.LSHAttention``.
+``torch_ref.layers.LSHAttention``.
 
 Shape letters: B batch, T time, Tp time padded to whole chunks, H query heads, K head width,
 N hash rounds, U buckets, M chunks, C chunk length, W = 2C keys a chunk sees.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-MASK_VALUE = -1e30  # also full attention's (torch_ref.model); open_r1_jax.model.attention.MASK_VALUE
+MASK_VALUE = -1e30  # also full attention's (torch_ref.layers); open_r1_jax.model.attention.MASK_VALUE
 LSH_SELF_VALUE = -1e5  # score of a query's fallback slot on itself (JAX: SELF_VALUE)
 LSH_NORM_EPS = 1e-6
 LSH_BIG_TIME = 2**30

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch_ref.model import Attention, AttentionConfig, AudioConfig, RMSNorm, SwiGLU, VisionConfig
+from torch_ref.config import AttentionConfig, AudioConfig, VisionConfig
+from torch_ref.layers import Attention, RMSNorm, SwiGLU
 
 
 class EncoderBlock(nn.Module):

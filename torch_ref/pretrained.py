@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from torch_ref.model import TorchModelConfig, Transformer
+from torch_ref.config import TorchModelConfig
+from torch_ref.model import Transformer
 
 
 def _read_safetensors(directory: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:
