@@ -12,6 +12,7 @@ from open_r1_jax import rewards as R
 from open_r1_jax.config import ConfigError
 from open_r1_jax.data import arith
 from open_r1_jax.data.chat import ChatTemplate
+from open_r1_jax.data.instruct import InstructDataError
 from open_r1_jax.data.prompts import PromptReport, read_prompts
 from open_r1_jax.training.stages.grpo import group_advantages, keep_groups
 from open_r1_jax.training.trainer import train
@@ -89,11 +90,16 @@ def test_prompt_files_report_bad_lines(tmp_path):
         {"prompt": "x"},
         {"prompt": 3, "answer": "1"},
     ]
-    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    path.write_bytes(("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n").encode() + b"\xff\n")
     report = PromptReport()
-    found = read_prompts(path, ChatTemplate(), report)
+    found = read_prompts(path, ChatTemplate(), report)  # the line of bytes that are not UTF-8 is counted too
     assert found[0] == ("1+1=", "2") and found[1][0].endswith("<|im_start|>assistant\n")
-    assert [b.split(": ")[0] for b in report.bad] == [f"{path}:3", f"{path}:4", f"{path}:5"]
+    assert [b.split(": ")[0] for b in report.bad] == [f"{path}:3", f"{path}:4", f"{path}:5", f"{path}:6"]
+    path.write_text('{"prompt": "x"}\n')
+    with pytest.raises(InstructDataError, match=r"no usable line \(1 of 1 lines are malformed; first: .*:1: needs"):
+        read_prompts(path, ChatTemplate(), PromptReport())
+    with pytest.raises(FileNotFoundError, match="grpo: prompt file .* does not exist"):
+        read_prompts(tmp_path / "missing.jsonl", ChatTemplate(), PromptReport())
 
 
 @pytest.fixture(scope="module")

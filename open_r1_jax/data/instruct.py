@@ -24,7 +24,6 @@ source. Held-out examples come from the held-out files only.
 from __future__ import annotations
 
 import ast
-import json
 import random
 import textwrap
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import numpy as np
 
 from open_r1_jax.config import DataConfig
 from open_r1_jax.data.chat import ROLES, ChatTemplate
+from open_r1_jax.data.jsonl import read_jsonl
 
 DEMO_PROMPT = "### Instruction:\nWrite the Python function `{name}{args}`: {summary}\n### Response:\n"
 
@@ -111,35 +111,17 @@ def parse_example(rec, template: ChatTemplate, where: str) -> Example | str:
 
 
 def read_examples(path: str | Path, template: ChatTemplate, max_bad_fraction: float, report: InstructReport):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sft: data file {path} does not exist")
-    examples, lines, before = [], 0, len(report.bad)
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            lines += 1
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                report.bad.append(f"{where}: not valid JSON ({type(e).__name__})")
-                continue
-            got = parse_example(rec, template, where)
-            if isinstance(got, str):
-                report.bad.append(f"{where}: {got}")
-            else:
-                examples.append(got)
-    bad = report.bad[before:]  # this file's
-    if lines and len(bad) > max_bad_fraction * lines:
-        raise InstructDataError(
-            f"{path}: {len(bad)} of {lines} lines are malformed (more than sft.max_bad_fraction = "
-            f"{max_bad_fraction}); first: {bad[0]}"
-        )
-    if not examples:
-        raise InstructDataError(f"{path}: no usable example")
-    return examples
+    """Examples of a JSONL file; malformed lines are counted in ``report.bad`` (``data/jsonl.py``)."""
+    parse = lambda rec, where: parse_example(rec, template, where)
+    return read_jsonl(
+        path,
+        parse,
+        report.bad,
+        what="sft: data file",
+        error=InstructDataError,
+        max_bad_fraction=max_bad_fraction,
+        setting="sft.max_bad_fraction",
+    )
 
 
 def _functions(text: str, max_chars: int):

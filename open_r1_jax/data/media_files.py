@@ -26,7 +26,6 @@ JSONL layouts (media paths relative to the JSONL file's folder, or absolute), on
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
@@ -39,6 +38,7 @@ from scipy.signal import resample_poly
 
 from open_r1_jax.config import AudioConfig, ModelConfig, VisionConfig
 from open_r1_jax.data.instruct import InstructDataError, InstructReport, parse_example
+from open_r1_jax.data.jsonl import read_jsonl
 from open_r1_jax.data.multimodal import MediaExample, qa_example
 
 CAPTION_QUESTION = "Describe the image."
@@ -132,38 +132,25 @@ def _media_example(rec: dict, base: Path, cfg: ModelConfig, events: Counter, whe
 def read_examples(path, template, max_bad_fraction: float, report: InstructReport, cfg: ModelConfig) -> list:
     """Examples of a JSONL file (see the module docstring); malformed lines and bad media files are
     counted in ``report.bad`` as ``file:line: why`` and the run fails only above ``max_bad_fraction``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sft: data file {path} does not exist")
-    examples, lines, before, events = [], 0, len(report.bad), Counter()
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            lines += 1
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                report.bad.append(f"{where}: not valid JSON ({type(e).__name__})")
-                continue
-            if isinstance(rec, dict) and ("image" in rec or "audio" in rec):
-                got = _media_example(rec, path.parent, cfg, events, where)
-            else:
-                got = parse_example(rec, template, where)
-                got = MediaExample(got.segments, got.eos, got.where) if not isinstance(got, str) else got
-            if isinstance(got, str):
-                report.bad.append(f"{where}: {got}")
-            else:
-                examples.append(got)
-    for event, n in events.items():
-        report.media[event] = report.media.get(event, 0) + n
-    bad = report.bad[before:]
-    if lines and len(bad) > max_bad_fraction * lines:
-        raise InstructDataError(
-            f"{path}: {len(bad)} of {lines} lines are malformed or name bad media files (more than "
-            f"sft.max_bad_fraction = {max_bad_fraction}); first: {bad[0]}"
+    path, events = Path(path), Counter()
+
+    def parse(rec, where: str) -> MediaExample | str:
+        if isinstance(rec, dict) and ("image" in rec or "audio" in rec):
+            return _media_example(rec, path.parent, cfg, events, where)
+        got = parse_example(rec, template, where)
+        return got if isinstance(got, str) else MediaExample(got.segments, got.eos, got.where)
+
+    try:
+        return read_jsonl(
+            path,
+            parse,
+            report.bad,
+            what="sft: data file",
+            error=InstructDataError,
+            max_bad_fraction=max_bad_fraction,
+            setting="sft.max_bad_fraction",
+            bad_means="malformed or name bad media files",
         )
-    if not examples:
-        raise InstructDataError(f"{path}: no usable example")
-    return examples
+    finally:  # the media events of the lines read, also when the file is refused
+        for event, n in events.items():
+            report.media[event] = report.media.get(event, 0) + n

@@ -12,7 +12,6 @@ both are counted.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from open_r1_jax.config import DataConfig, DPOConfig
 from open_r1_jax.data.instruct import skipped_lines
+from open_r1_jax.data.jsonl import read_jsonl
 from open_r1_jax.data.sources import load_documents
 
 
@@ -48,36 +48,25 @@ class PairReport:
         return f"{self.pairs} pairs" + skipped_lines(self.bad) + truncated
 
 
+def _pair(rec, where: str) -> Pair | str:
+    prompt = rec.get("prompt", rec.get("query")) if isinstance(rec, dict) else None
+    fields = (prompt, rec.get("chosen"), rec.get("rejected")) if isinstance(rec, dict) else (None,) * 3
+    if not all(isinstance(x, str) for x in fields):
+        return "needs string fields 'prompt' (or 'query'), 'chosen', 'rejected'"
+    return Pair(*fields, where=where)
+
+
 def read_pairs(path: str | Path, max_bad_fraction: float, report: PairReport) -> list[Pair]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"dpo: preference file {path} does not exist")
-    pairs, lines = [], 0
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            lines += 1
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                report.bad.append(f"{where}: not valid JSON ({type(e).__name__})")
-                continue
-            prompt = rec.get("prompt", rec.get("query")) if isinstance(rec, dict) else None
-            fields = (prompt, rec.get("chosen"), rec.get("rejected")) if isinstance(rec, dict) else (None,) * 3
-            if not all(isinstance(x, str) for x in fields):
-                report.bad.append(f"{where}: needs string fields 'prompt' (or 'query'), 'chosen', 'rejected'")
-                continue
-            pairs.append(Pair(*fields, where=where))
-    if lines and len(report.bad) > max_bad_fraction * lines:
-        raise PreferenceDataError(
-            f"{path}: {len(report.bad)} of {lines} lines are malformed (more than dpo.max_bad_fraction = "
-            f"{max_bad_fraction}); first: {report.bad[0]}"
-        )
-    if not pairs:
-        raise PreferenceDataError(f"{path}: no usable preference pair")
-    return pairs
+    """Pairs of a JSONL file; malformed lines are counted in ``report.bad`` (``data/jsonl.py``)."""
+    return read_jsonl(
+        path,
+        _pair,
+        report.bad,
+        what="dpo: preference file",
+        error=PreferenceDataError,
+        max_bad_fraction=max_bad_fraction,
+        setting="dpo.max_bad_fraction",
+    )
 
 
 def corrupt(text: str, rng: random.Random, rate: float = 0.2) -> str:

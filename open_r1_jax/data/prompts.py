@@ -8,7 +8,6 @@ a prompt too long for ``train.seq_len - grpo.max_new_tokens`` tokens is dropped 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from open_r1_jax.data import arith
 from open_r1_jax.data.chat import ChatTemplate
 from open_r1_jax.data.instruct import InstructDataError, messages_ok, skipped_lines
+from open_r1_jax.data.jsonl import read_jsonl
 
 
 @dataclass
@@ -38,31 +38,19 @@ class PromptReport:
 
 
 def read_prompts(path: str | Path, template: ChatTemplate, report: PromptReport) -> list[tuple[str, str]]:
-    path = Path(path)
-    if not path.is_file():
-        raise InstructDataError(f"grpo prompts: {path} not found")
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            report.bad.append(f"{where}: not JSON ({e.msg})")
-            continue
+    """(prompt, answer) of each usable line; malformed lines are counted in ``report.bad``."""
+
+    def parse(rec, where: str) -> tuple[str, str] | str:
         answer = rec.get("answer") if isinstance(rec, dict) else None
         if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
-            report.bad.append(f"{where}: needs an 'answer' (string or number)")
-        elif isinstance(rec.get("prompt"), str):
-            out.append((rec["prompt"], str(answer)))
-        elif messages_ok(rec.get("messages")):
-            out.append((template.render(rec["messages"], add_generation_prompt=True), str(answer)))
-        else:
-            report.bad.append(f"{where}: needs 'prompt' (a string) or 'messages' (a list of {{role, content}})")
-    if not out:
-        raise InstructDataError(f"grpo prompts: no usable line in {path} ({len(report.bad)} malformed)")
-    return out
+            return "needs an 'answer' (string or number)"
+        if isinstance(rec.get("prompt"), str):
+            return rec["prompt"], str(answer)
+        if messages_ok(rec.get("messages")):
+            return template.render(rec["messages"], add_generation_prompt=True), str(answer)
+        return "needs 'prompt' (a string) or 'messages' (a list of {role, content})"
+
+    return read_jsonl(path, parse, report.bad, what="grpo: prompt file", error=InstructDataError)
 
 
 def load_prompts(path: str, heldout: bool, n_demo: int, seed: int, template, tokenizer, budget: int, report):
