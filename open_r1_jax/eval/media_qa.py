@@ -99,3 +99,18 @@ def file_examples(path: str, kind: str, model, max_bad_fraction: float, n: int):
     found = media_files.read_examples(path, ChatTemplate(), max_bad_fraction, report, model.config)
     found = [ex for ex in found if getattr(ex, kind) is not None]
     return (found[:n] if n else found), report.bad
+
+
+def run(model, cfg, kind: str, demo, source: str, target: dict, progress: bool = True) -> dict:
+    """A task's result: ``cfg.file``'s questions, else ``demo()`` (held-out demo examples, described by
+    ``source``), answered with and without their ``kind`` media; ``target`` is the demo's."""
+    task, section = ("vqa", "vision") if kind == "image" else ("aqa", "audio")
+    if not getattr(model.config, section).enabled:
+        raise ValueError(f"{task}: the model has no {kind} adapter (model.{section}.enabled is false)")
+    if cfg.file:
+        (found, bad), source = file_examples(cfg.file, kind, model, cfg.max_bad_fraction, cfg.n), cfg.file
+    else:
+        found, bad = demo(), []
+    res = score(model, found, kind, cfg, progress)
+    config = {"data": source, "n": len(found), "blind": f"has_{kind} false"}
+    return {**res, "target": target, "bad_lines": bad, "config": config}
