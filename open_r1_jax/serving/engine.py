@@ -297,8 +297,9 @@ class Engine:
             steps=steps,
         )
         tokens = np.asarray(tokens)
+        per_step = (time.perf_counter() - t0) / steps  # one observation per decode step of the call
         for _ in range(steps):
-            self.metrics.decode_step.observe((time.perf_counter() - t0) / steps)
+            self.metrics.decode_step.observe(per_step)
         running, kept = [(i, r) for i, r in enumerate(self.slots) if r is not None], 0
         for t in range(steps):
             for i, r in running:
