@@ -28,7 +28,22 @@ def one_batch(cfg) -> dict[str, np.ndarray]:
     tok = ByteTokenizer()
     src = ChunkSource([tok.encode(d.text) for d in docs], cfg.train.seq_len, tok.eos_id)
     spec = PipelineSpec(cfg.train.seq_len, cfg.train.global_batch, 0, 8, train=True)
-    return next(iter(make_dataset(src, spec)))
+    return {**next(iter(make_dataset(src, spec))), **random_media(cfg.model, cfg.train.global_batch)}
+
+
+def random_media(cfg, batch: int) -> dict[str, np.ndarray]:
+    """Noise images / clips for the enabled adapters, on alternate rows (image rows first), as the
+    multimodal demo's batches hold them: the step then runs every adapter, as in training."""
+    rng, rows = np.random.default_rng(0), np.arange(batch)
+    out = {}
+    if cfg.vision.enabled:
+        r, c = cfg.vision.image_size, cfg.vision.channels
+        out["image"] = rng.integers(0, 256, (batch, r, r, c), dtype=np.uint8)
+        out["has_image"] = rows % 2 == 0 if cfg.audio.enabled else np.ones(batch, bool)
+    if cfg.audio.enabled:
+        out["audio"] = rng.standard_normal((batch, cfg.audio.max_samples)).astype(np.float32) * 0.1
+        out["has_audio"] = rows % 2 == 1 if cfg.vision.enabled else np.ones(batch, bool)
+    return out
 
 
 def jax_step(cfg, batch):
