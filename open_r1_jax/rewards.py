@@ -9,6 +9,10 @@ completion. Built in (``REWARDS``):
   compared as numbers (``"12.0"`` == ``"12"``), other text after stripping spaces; else 0.
 - ``format``: 1 when the whole completion is ``<think>...</think><answer>...</answer>`` (spaces
   around allowed), else 0.
+- ``digits``: partial credit, the share of characters of the answer that match the reference when
+  both are aligned on the right (units under units; ``"0432"`` against ``"0482"`` scores 0.75), over
+  the longer of the two; 0 without an answer. A denser signal than ``accuracy`` for fixed-width
+  numeric answers, where a group whose samples are all wrong still ranks its near misses.
 - ``length``: DAPO's soft overlong penalty: 0 up to ``max_new_tokens - buffer`` tokens (``buffer`` =
   a quarter of ``max_new_tokens``), then falling linearly to -1 at ``max_new_tokens``.
 
@@ -56,12 +60,24 @@ def format_reward(prompts, completions, **kwargs) -> list[float]:
     return [float(FORMAT.fullmatch(c) is not None) for c in completions]
 
 
+def digits(prompts, completions, answer, **kwargs) -> list[float]:
+    out = []
+    for c, ref in zip(completions, answer, strict=True):
+        got, ref = extract_answer(c), str(ref).strip()
+        if not got or not ref:
+            out.append(0.0)
+            continue
+        width = max(len(got), len(ref))
+        out.append(sum(a == b for a, b in zip(got.rjust(width), ref.rjust(width))) / width)
+    return out
+
+
 def length(prompts, completions, completion_lengths, max_new_tokens, **kwargs) -> list[float]:
     buffer = max(max_new_tokens // 4, 1)
     return [min(0.0, (max_new_tokens - buffer - n) / buffer) for n in completion_lengths]
 
 
-REWARDS: dict[str, Callable] = {"accuracy": accuracy, "format": format_reward, "length": length}
+REWARDS: dict[str, Callable] = {"accuracy": accuracy, "format": format_reward, "digits": digits, "length": length}
 
 
 def load_rewards(names: tuple[str, ...], weights: tuple[float, ...], reward_file: str) -> list[tuple]:

@@ -45,6 +45,8 @@ def test_rewards_score_and_isolate_failures(tmp_path):
         0.0,
         0.0,
     ]
+    got = ["<answer>0482</answer>", "<answer>432</answer>", "<answer>0432</answer>", "0432", "<answer></answer>"]
+    assert R.digits(None, got, ["0432"] * 5) == [0.75, 0.75, 1.0, 0.0, 0.0]  # right-aligned, over the longer
     assert R.length(None, ["a"] * 3, completion_lengths=[10, 52, 64], max_new_tokens=64) == [0.0, -0.25, -1.0]
     user = tmp_path / "mine.py"
     user.write_text(
