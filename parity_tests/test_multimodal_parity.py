@@ -44,7 +44,9 @@ B, T = 3, 10
 CASES = {
     # name: (overrides, image rows, audio rows, packed)
     "image_only": (VISION, [True, False, True], None, False),
+    "image_chroma_blocks": (VISION + ["model.vision.chroma_blocks=2"], [True, True, False], None, False),
     "audio_only": (AUDIO, None, [False, True, True], False),
+    "audio_frame_energy": (AUDIO + ["model.audio.frame_energy=true"], None, [True, False, True], False),
     "mixed": (VISION + AUDIO + MOE, [True, False, True], [True, True, False], False),
     "mixed_packed": (VISION + AUDIO + MOE, [True, True, False], [False, True, True], True),
 }

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from micro import MICRO
 
-from open_r1_jax.config import ConfigError, load_config
+from open_r1_jax.config import ConfigError, VisionConfig, load_config
 from open_r1_jax.model import build_model
 from open_r1_jax.model import multimodal as mm
 from open_r1_jax.model.audio_features import log_mel, mel_filters
@@ -66,6 +66,37 @@ def test_adapter_shapes_and_any_image_size():
         assert out.shape == (B, N_IMAGE, cfg.model.d_model) and bool(jnp.all(jnp.isfinite(out)))
     # uint8 0..255 and float 0..1 are the same picture
     np.testing.assert_allclose(vision(images), vision(images.astype(np.float32) / 255), atol=1e-5)
+
+
+def test_chroma_blocks_patches_hold_brightness_and_block_chroma():
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
+    out = np.asarray(mm.patch_features(jnp.asarray(x), 4, 2))  # 4 patches of 16 brightness + 2x2x3 colour values
+    assert out.shape == (2, 4, 16 + 12)
+    for i, (r, c) in enumerate([(0, 0), (0, 4), (4, 0), (4, 4)]):  # row-major patches
+        patch = x[:, r : r + 4, c : c + 4]
+        np.testing.assert_allclose(out[:, i, :16], patch.max(-1).reshape(2, 16), rtol=1e-6)
+        chroma = patch - patch.max(-1, keepdims=True)  # zero for grey pixels
+        blocks = chroma.reshape(2, 2, 2, 2, 2, 3).mean(axis=(2, 4))  # [B,2,2,C]: 2x2-pixel blocks
+        np.testing.assert_allclose(out[:, i, 16:], blocks.reshape(2, 12), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(mm.patch_features(jnp.asarray(x), 4, 0), mm.patchify(jnp.asarray(x), 4))
+    grey = np.repeat(x[..., :1], 3, axis=-1)  # a grey image has no chroma: only its brightness shows
+    np.testing.assert_array_equal(np.asarray(mm.patch_features(jnp.asarray(grey), 4, 2))[..., 16:], 0.0)
+    vcfg = VisionConfig(enabled=True, image_size=8, patch_size=4, chroma_blocks=2)
+    assert mm.patch_dim(vcfg) == 28 and mm.patch_dim(VisionConfig()) == 8 * 8 * 3
+
+
+def test_frame_energy_splits_log_mel_into_shape_and_energy():
+    from open_r1_jax.model import audio_features
+
+    lm = np.random.default_rng(0).normal(-5, 3, (2, 7, 12)).astype(np.float32)
+    out = np.asarray(audio_features.with_frame_energy(jnp.asarray(lm)))
+    energy = np.log(np.exp(lm.astype(np.float64)).sum(-1))  # [B,F]: log of the frame's total mel power
+    np.testing.assert_allclose(out[..., -1], energy, rtol=1e-5)
+    np.testing.assert_allclose(out[..., :-1], lm - energy[..., None], rtol=1e-5, atol=1e-5)
+    # a louder copy of a sound changes only the energy track
+    louder = np.asarray(audio_features.with_frame_energy(jnp.asarray(lm + 2.0)))
+    np.testing.assert_allclose(louder[..., :-1], out[..., :-1], atol=1e-5)
+    np.testing.assert_allclose(louder[..., -1], out[..., -1] + 2.0, atol=1e-5)
 
 
 def test_stack_images_and_audio_build_batch_arrays():
@@ -163,6 +194,7 @@ def test_media_without_adapter_raises(micro):
         ("model.vision.image_size=10", "model.vision.image_size .10. must be divisible by model.vision.patch_size"),
         ("model.vision.width=18", "model.vision.width .18. must be divisible by model.vision.n_heads"),
         ("model.vision.channels=0", "model.vision.channels"),
+        ("model.vision.chroma_blocks=3", "model.vision.chroma_blocks .3. must be 0 .plain RGB patches. or divide"),
         ("model.audio.f_max=3000", "model.audio.f_min / f_max"),
         ("model.audio.n_mels=64", "model.audio.n_mels .64.: mel bands"),
         ("model.audio.hop_length=0", "model.audio.hop_length"),

@@ -48,6 +48,7 @@ class VisionConfig:  # the image adapter (torch_ref/multimodal.py)
     image_size: int = 32
     patch_size: int = 8
     channels: int = 3
+    chroma_blocks: int = 0  # > 0: brightness patches + colour block means (see torch_ref/multimodal.py)
     resize_method: str = "linear"  # "linear" (bilinear, antialiased) or "nearest"
     width: int = 64
     depth: int = 2
@@ -67,6 +68,7 @@ class AudioConfig:  # the audio adapter (torch_ref/multimodal.py)
     f_min: float = 0.0
     f_max: float = 0.0
     log_floor: float = 1e-10
+    frame_energy: bool = False  # log-mel minus each frame's log energy, then that energy (M+1 features)
     width: int = 64
     depth: int = 2
     n_heads: int = 4

@@ -5,8 +5,11 @@ M mel bands, Q = n_fft/2 + 1 bins, A audio tokens, W encoder width, D model widt
 
     images [B,H,W,C] uint8 or float 0..1 -> F.interpolate to R x R (bilinear, antialias) -> [-1,1]
         -> patches [B,N,p*p*C] -> patch_embed -> Encoder -> [B,N,D]
+        (chroma_blocks k > 0: per patch the max v over channels of each pixel, then the means of
+        pixel - v over its k x k blocks, [B,N,p*p + k*k*C])
     audio [B,S] -> pad/cut to max_samples -> torch.stft (periodic Hann, centred, zero padding) |X|^2
-        -> Slaney mel filters -> log(max(., floor)) [B,F,M] -> 2 x (Conv1d k3 s2 p1, GELU) -> Encoder
+        -> Slaney mel filters -> log(max(., floor)) [B,F,M] (frame_energy: [x - e, e], e = logsumexp
+        over the bands) -> 2 x (Conv1d k3 s2 p1, GELU) -> Encoder
     Encoder: + pos_embed -> blocks (RMSNorm, bidirectional Attention at position 0, SwiGLU) -> RMSNorm
         -> proj_out(gelu(proj_in(x)))
 
@@ -66,7 +69,9 @@ class VisionAdapter(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.n_tokens = (cfg.image_size // cfg.patch_size) ** 2
-        self.patch_embed = nn.Linear(cfg.patch_size**2 * cfg.channels, cfg.width, bias=False)
+        k = cfg.chroma_blocks
+        dim = cfg.patch_size**2 + k * k * cfg.channels if k else cfg.patch_size**2 * cfg.channels
+        self.patch_embed = nn.Linear(dim, cfg.width, bias=False)
         self.encoder = Encoder(cfg, self.n_tokens, d_model, eps)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -79,9 +84,20 @@ class VisionAdapter(nn.Module):
             x = F.interpolate(x.permute(0, 3, 1, 2), size=(r, r), mode=mode, antialias=mode == "bilinear")
             x = x.permute(0, 2, 3, 1)  # [B,R,R,C]
         x = x * 2.0 - 1.0
-        n = r // p
-        patches = x.reshape(b, n, p, n, p, c).permute(0, 1, 3, 2, 4, 5).reshape(b, n * n, p * p * c)
-        return self.encoder(self.patch_embed(patches))
+        n, k = r // p, cfg.chroma_blocks
+
+        def patches(y, side):  # [B,n*side,n*side,C'] -> [B,N,side*side*C'], row-major patches
+            ch = y.shape[-1]
+            return y.reshape(b, n, side, n, side, ch).permute(0, 1, 3, 2, 4, 5).reshape(b, n * n, side * side * ch)
+
+        if k:
+            value = x.amax(dim=-1, keepdim=True)  # [B,R,R,1]
+            s = p // k
+            chroma = (x - value).reshape(b, r // s, s, r // s, s, c).mean(dim=(2, 4))  # [B,R/s,R/s,C]
+            feats = torch.cat([patches(value, p), patches(chroma, k)], dim=-1)
+        else:
+            feats = patches(x, p)
+        return self.encoder(self.patch_embed(feats))
 
 
 def slaney_mel_filters(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> torch.Tensor:
@@ -118,7 +134,7 @@ class AudioAdapter(nn.Module):
         super().__init__()
         self.cfg = cfg
         conv = lambda cin: nn.Conv1d(cin, cfg.width, kernel_size=3, stride=2, padding=1, bias=False)
-        self.conv1, self.conv2 = conv(cfg.n_mels), conv(cfg.width)
+        self.conv1, self.conv2 = conv(cfg.n_mels + int(cfg.frame_energy)), conv(cfg.width)
         frames = 1 + (cfg.max_samples + 2 * (cfg.n_fft // 2) - cfg.n_fft) // cfg.hop_length
         self.n_tokens = math.ceil(math.ceil(frames / 2) / 2)
         self.encoder = Encoder(cfg, self.n_tokens, d_model, eps)
@@ -127,7 +143,11 @@ class AudioAdapter(nn.Module):
         """[B,S] -> [B,A,D]."""
         s, n = audio.shape[1], self.cfg.max_samples
         wav = audio[:, :n] if s >= n else F.pad(audio, (0, n - s))
-        x = log_mel(wav.float(), self.cfg).transpose(1, 2)  # [B,M,F]
+        x = log_mel(wav.float(), self.cfg)  # [B,F,M]
+        if self.cfg.frame_energy:  # the spectrum's shape per frame, then the frame's log energy
+            energy = torch.logsumexp(x, dim=-1, keepdim=True)
+            x = torch.cat([x - energy, energy], dim=-1)  # [B,F,M+1]
+        x = x.transpose(1, 2)  # [B,M(+1),F]
         x = F.gelu(self.conv2(F.gelu(self.conv1(x))))  # [B,W,A]
         return self.encoder(x.transpose(1, 2))
 

@@ -59,6 +59,11 @@ class VisionConfig:
     image_size: int = 32  # images of any size are resized to image_size x image_size pixels (R)
     patch_size: int = 8  # square patches of this many pixels (ViT); image_size must be a multiple of it
     channels: int = 3  # colour channels of the input images (C)
+    # 0: a patch is its p*p*C pixel values (ViT). k > 0: a patch is its brightness v (the max over the
+    # channels) at full resolution plus its chroma (pixel - v) averaged over a k x k grid of blocks,
+    # p*p + k*k*C values (chroma subsampling, as JPEG's 4:2:0): the shape filters are then the same
+    # for every colour (model/multimodal.py, patch_features)
+    chroma_blocks: int = 0
     resize_method: Literal["linear", "nearest"] = "linear"  # jax.image.resize method (antialiased when shrinking)
     width: int = 64  # encoder residual width (W)
     depth: int = 2  # encoder blocks (bidirectional attention + SwiGLU, pre-norm)
@@ -78,6 +83,10 @@ class AudioConfig:
     f_min: float = 0.0  # lowest filter edge in Hz
     f_max: float = 0.0  # highest filter edge in Hz; 0 = sample_rate / 2
     log_floor: float = 1e-10  # mel power is clipped below at this before the natural log
+    # true: each frame's log-mel minus its log energy (logsumexp over the bands: the spectrum's shape),
+    # then that log energy as one more feature (M+1; HTK's "_E" energy term). Loudness over time, what
+    # counting and timing read, is then the same feature at every pitch (model/audio_features.py)
+    frame_energy: bool = False
     width: int = 64  # encoder residual width (W), also the channels of the convolutional subsampler
     depth: int = 2  # encoder blocks (bidirectional attention + SwiGLU, pre-norm)
     n_heads: int = 4  # encoder attention heads; width / n_heads must be even

@@ -5,6 +5,7 @@ Legend: B batch, S samples, N = n_fft, F frames, Q = N/2 + 1 frequency bins, M m
     waveform [B,S] -> zero-pad N/2 on both sides (centred frames, librosa's ``center=True`` with its
     default ``pad_mode="constant"``) -> frames of N samples every hop -> periodic Hann window
     -> |rfft|^2 (power 2) [B,F,Q] -> mel filters [Q,M] -> log(max(mel, floor)) [B,F,M]
+    (``model.audio.frame_energy``: -> [log-mel - e, e] [B,F,M+1], e = logsumexp over the bands)
 
 Frames: F = 1 + (S + 2*(N//2) - N) // hop (= 1 + S // hop for even N).
 
@@ -88,3 +89,16 @@ def log_mel(wav: jax.Array, filters: jax.Array, n_fft: int, hop: int, floor: flo
     power = jnp.square(spec.real) + jnp.square(spec.imag)  # |X|^2 without a sqrt and a square
     mel = jnp.einsum("bfq,mq->bfm", power, filters, precision=jax.lax.Precision.HIGHEST)
     return jnp.log(jnp.maximum(mel, floor))
+
+
+def with_frame_energy(logmel: jax.Array) -> jax.Array:
+    """log-mel [B,F,M] -> [B,F,M+1]: each frame's log-mel minus its log energy e (logsumexp over the
+    bands, the log of the frame's total mel power), then e.
+
+    Why: in raw log-mel a beep at 300 Hz and one at 1200 Hz light up different bands, so what the
+    subsampler learns about when a sound starts and stops is learned once per pitch and does not
+    carry to a pitch it was never trained with. Split into shape and energy, the energy track is the
+    same at every pitch. An audio probe (adapter + linear heads on the demo's clips, 800 steps) went
+    from held-out count accuracy 0.26 with raw log-mel to 1.00 (docs/multimodal.md)."""
+    energy = jax.nn.logsumexp(logmel, axis=-1, keepdims=True)  # [B,F,1]
+    return jnp.concatenate([logmel - energy, energy], axis=-1)

@@ -7,9 +7,11 @@ P prefix slots (N image slots, then A audio slots).
     images [B,H,W,C] uint8 (0..255) or float (0..1)
       -> resize to R x R (jax.image.resize, ``model.vision.resize_method``; antialiased when shrinking)
       -> scale to [-1, 1] -> patches [B,N,p*p*C] -> linear patch embedding [B,N,W]
+         (with ``chroma_blocks`` k: brightness patches [B,N,p*p] beside chroma block means [B,N,k*k*C])
       -> Encoder -> [B,N,D]                                                     (ViT, Dosovitskiy et al.)
     audio [B,S] float32 mono at ``model.audio.sample_rate``
-      -> zero-pad / cut to max_samples -> log-mel [B,F,M] (``model/audio_features.py``)
+      -> zero-pad / cut to max_samples -> log-mel [B,F,M] (``model/audio_features.py``; with
+         ``frame_energy`` [B,F,M+1]: the spectrum's shape per frame, then the frame's log energy)
       -> 2 x (conv1d k=3 stride 2, GELU) [B,A,W] -> Encoder -> [B,A,D]           (Whisper's encoder)
     Encoder: + learned position embedding -> depth x pre-norm block (bidirectional attention, SwiGLU;
       the decoder's Attention / SwiGLU / RMSNorm) -> RMSNorm -> projector MLP (W -> hidden -> D, GELU)
@@ -119,18 +121,43 @@ def patchify(x: jax.Array, p: int) -> jax.Array:
     return x.reshape(b, n * n, p * p * c)
 
 
+def patch_features(x: jax.Array, p: int, chroma_blocks: int) -> jax.Array:
+    """[B,R,R,C] -> [B,N,p*p*C] pixels, or with ``chroma_blocks`` k > 0 -> [B,N,p*p + k*k*C]: the
+    brightness v (max over channels) of each pixel, then the chroma (pixel - v, zero for any grey)
+    averaged over each of the patch's k x k blocks (row-major).
+
+    Why: with raw RGB patches the embedding learns a triangle in red and a triangle in blue as
+    different filters over different inputs, so a colour never seen with a shape shows no learned
+    shape at all. Chroma rather than colour: a grey background (or a white shape) adds nothing to it,
+    so a block's chroma is the hue and saturation of what covers it, whatever the light.
+    ``benchmarks/adapter_probe.py`` measures both front ends (docs/multimodal.md)."""
+    if not chroma_blocks:
+        return patchify(x, p)
+    b, r, _, c = x.shape
+    s = p // chroma_blocks  # block side in pixels
+    value = jnp.max(x, axis=-1, keepdims=True)  # [B,R,R,1]
+    chroma = (x - value).reshape(b, r // s, s, r // s, s, c).mean(axis=(2, 4))  # [B,R/s,R/s,C] block means
+    return jnp.concatenate([patchify(value, p), patchify(chroma, chroma_blocks)], axis=-1)
+
+
+def patch_dim(cfg: VisionConfig) -> int:
+    """Values per patch that the patch embedding reads (``patch_features``)."""
+    p, k = cfg.patch_size, cfg.chroma_blocks
+    return p * p + k * k * cfg.channels if k else p * p * cfg.channels
+
+
 class VisionAdapter(nnx.Module):
     def __init__(self, cfg: VisionConfig, d_model: int, eps: float, std: float, dtype, rngs: nnx.Rngs):
         self.cfg, self.dtype = cfg, dtype
         self.n_tokens = (cfg.image_size // cfg.patch_size) ** 2  # N
-        self.patch_embed = param(rngs, (cfg.patch_size**2 * cfg.channels, cfg.width), (None, "embed"), std)
+        self.patch_embed = param(rngs, (patch_dim(cfg), cfg.width), (None, "embed"), std)
         self.encoder = Encoder(cfg, self.n_tokens, d_model, eps, std, dtype, rngs)
 
     def __call__(self, images: jax.Array) -> jax.Array:
         """images [B,H,W,C] uint8 or float (any H, W) -> [B,N,D]."""
         cfg = self.cfg
         x = resize(to_unit_range(images), cfg.image_size, cfg.resize_method)  # [B,R,R,C]
-        x = patchify(x * 2.0 - 1.0, cfg.patch_size).astype(self.dtype)  # [B,N,p*p*C] in [-1,1]
+        x = patch_features(x * 2.0 - 1.0, cfg.patch_size, cfg.chroma_blocks).astype(self.dtype)  # in [-1,1]
         return self.encoder(x @ self.patch_embed[...].astype(self.dtype))
 
 
@@ -156,7 +183,7 @@ class AudioAdapter(nnx.Module):
     def __init__(self, cfg: AudioConfig, d_model: int, eps: float, std: float, dtype, rngs: nnx.Rngs):
         self.cfg, self.dtype = cfg, dtype
         self.n_tokens = audio_tokens(cfg)
-        self.conv1 = param(rngs, (3, cfg.n_mels, cfg.width), (None, None, "embed"), std)
+        self.conv1 = param(rngs, (3, cfg.n_mels + int(cfg.frame_energy), cfg.width), (None, None, "embed"), std)
         self.conv2 = param(rngs, (3, cfg.width, cfg.width), (None, None, "embed"), std)
         self.encoder = Encoder(cfg, self.n_tokens, d_model, eps, std, dtype, rngs)
 
@@ -167,6 +194,8 @@ class AudioAdapter(nnx.Module):
         # the filters are a constant of the config (not a weight: nothing to checkpoint or export)
         filters = audio_features.mel_filters(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max)  # [M,Q]
         feats = audio_features.log_mel(wav, jnp.asarray(filters, jnp.float32), cfg.n_fft, cfg.hop_length, cfg.log_floor)
+        if cfg.frame_energy:
+            feats = audio_features.with_frame_energy(feats)  # [B,F,M+1]
         c = lambda p: p[...].astype(self.dtype)
         x = gelu(conv1d(feats.astype(self.dtype), c(self.conv1)))  # [B,F/2,W]
         x = gelu(conv1d(x, c(self.conv2)))  # [B,A,W]
