@@ -89,7 +89,8 @@ def probe(kind: str, cfg, steps: int, batch: int, evals: int) -> list[dict]:
         adapter = AudioAdapter(m.audio, m.d_model, m.norm_eps, 0.02, jnp.float32, nnx.Rngs(0))
         heads, draw = AUDIO_HEADS, lambda s, n, h: audio_batch(s, n, h, m.audio.sample_rate)
     model = Probe(adapter, m.d_model, [len(c) for c, _ in heads.values()], nnx.Rngs(1))
-    opt = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
+    lr = optax.warmup_cosine_decay_schedule(0.0, 1e-3, max(steps // 20, 1), steps, 1e-5)  # as the Trainer
+    opt = nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr)), wrt=nnx.Param)
 
     def loss_fn(model, x, y):
         return sum(optax.softmax_cross_entropy_with_integer_labels(lg, y[:, i]).mean() for i, lg in enumerate(model(x)))
