@@ -277,6 +277,17 @@ def test_demo_rows_with_several_questions_train_every_answer_of_one_scene():
     assert multimodal.longest_demo_row(tok, 4) > multimodal.longest_demo_row(tok, 1)
 
 
+def test_demo_image_rows_per_audio_row():
+    cfg = micro_config(*MEDIA).model
+    two = multimodal.DemoExamples(cfg, 12, 0, False, image_rows=2)
+    kinds = ["image" if two[i].image is not None else "audio" for i in range(12)]
+    assert kinds == ["image", "image", "audio"] * 4
+    assert [two[i].where for i in (0, 1, 3, 2, 5)] == ["shapes:train:0", "shapes:train:1", "shapes:train:2",
+                                                       "tones:train:0", "tones:train:1"]  # fmt: skip
+    one = multimodal.DemoExamples(cfg, 4, 0, False)
+    assert [one[i].where for i in range(4)] == ["shapes:train:0", "tones:train:0", "shapes:train:1", "tones:train:1"]
+
+
 def test_demo_blind_share_leaves_the_media_out_of_some_rows_only():
     cfg = micro_config(*MEDIA).model
     blind = multimodal.DemoExamples(cfg, 400, 0, False, blind=0.25)

@@ -396,7 +396,7 @@ def _validate_sft(cfg: Config) -> None:
         raise ConfigError(f"sft.max_bad_fraction: got {s.max_bad_fraction}; accepted: 0 <= x <= 1")
     if not 0 <= s.demo_blind < 1:
         raise ConfigError(f"sft.demo_blind: got {s.demo_blind}; accepted: 0 <= x < 1")
-    for key in ("demo_examples", "demo_eval_examples", "demo_questions"):
+    for key in ("demo_examples", "demo_eval_examples", "demo_questions", "demo_image_rows"):
         _positive(f"sft.{key}", getattr(s, key))
     m = cfg.model
     if cfg.train.stage == "sft" and s.demo == "multimodal" and not s.train_path:

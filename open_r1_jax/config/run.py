@@ -127,6 +127,7 @@ class SFTConfig:
     demo_eval_examples: int = 128  # embedded demo: held-out examples
     demo_questions: int = 1  # multimodal demo: questions about one image / clip per training row (held-out: 1)
     demo_blind: float = 0.0  # multimodal demo: share of training rows with the media left out (the question's prior)
+    demo_image_rows: int = 1  # multimodal demo with both adapters: training image rows per audio row (held-out: 1)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ A row without an image (or clip) holds zeros there and ``has_image`` False: the 
 masked, so text-only, image and audio rows share one shape and one compilation.
 
 The embedded demo (``sft.demo: multimodal``) draws examples on the fly from ``synthetic/shapes.py``
-(when vision is on) and ``synthetic/tones.py`` (when audio is on), alternating rows when both are,
-in the prompt format ``PROMPT``; held-out rows come from the held-out combinations. With
+(when vision is on) and ``synthetic/tones.py`` (when audio is on), alternating rows when both are
+(``sft.demo_image_rows`` image rows per audio row), in the prompt format ``PROMPT``; held-out rows
+come from the held-out combinations. With
 ``sft.demo_questions`` > 1 a training row asks up to that many questions about its media, one after
 the other (LLaVA's multi-turn rows): the drawn question first, as evaluation asks it, then other
 question types of the same scene in random order, every answer trained. One forward pass of the
@@ -69,7 +70,15 @@ class DemoExamples:
     """Random access over ``n`` synthetic examples of one split (see the module docstring)."""
 
     def __init__(
-        self, cfg: ModelConfig, n: int, seed: int, heldout: bool, qtype=None, questions: int = 1, blind: float = 0.0
+        self,
+        cfg: ModelConfig,
+        n: int,
+        seed: int,
+        heldout: bool,
+        qtype=None,
+        questions: int = 1,
+        blind: float = 0.0,
+        image_rows: int = 1,
     ):
         self.kinds = [k for k, on in (("image", cfg.vision.enabled), ("audio", cfg.audio.enabled)) if on]
         if not self.kinds:
@@ -78,12 +87,16 @@ class DemoExamples:
         self.questions = questions  # per row: the drawn question first, then others about the same media
         self.blind = blind  # share of rows whose media is left out (has_* False)
         self.seconds = demo_seconds(cfg)
+        # the kinds of one cycle of rows: image_rows image rows, then an audio row (when both are on)
+        self.cycle = ["image"] * image_rows + ["audio"] if len(self.kinds) == 2 else self.kinds
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> MediaExample:
-        kind, index = self.kinds[i % len(self.kinds)], i // len(self.kinds)
+        cycle, at = divmod(i, len(self.cycle))
+        kind = self.cycle[at]
+        index = cycle * self.cycle.count(kind) + self.cycle[:at].count(kind)  # the kind's own running index
         split = "heldout" if self.heldout else "train"
         if kind == "image":
             ex = shapes.example(self.seed, index, self.heldout, self.cfg.vision.image_size, self.qtype)

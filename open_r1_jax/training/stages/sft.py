@@ -85,8 +85,10 @@ class SFT(Stage):
                 read = lambda path, r: instruct.read_examples(path, template, s.max_bad_fraction, r)
             return read(s.train_path, report), (read(s.eval_path, held_report) if s.eval_path else [])
         if s.demo == "multimodal":  # drawn on access: a list of media would not fit in memory
-            demo = lambda heldout, n, q, b: multimodal.DemoExamples(self.cfg.model, n, t.seed, heldout, None, q, b)
-            return demo(False, s.demo_examples, s.demo_questions, s.demo_blind), demo(True, s.demo_eval_examples, 1, 0)
+            train = multimodal.DemoExamples(
+                self.cfg.model, s.demo_examples, t.seed, False, None, s.demo_questions, s.demo_blind, s.demo_image_rows
+            )
+            return train, multimodal.DemoExamples(self.cfg.model, s.demo_eval_examples, t.seed, True)
         demo = arith.sft_examples if s.demo == "arith" else instruct.demo_examples
         train = demo(False, s.demo_examples, t.seed, t.seq_len)
         if not train:
