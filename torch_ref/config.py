@@ -48,7 +48,7 @@ class VisionConfig:  # the image adapter (torch_ref/multimodal.py)
     image_size: int = 32
     patch_size: int = 8
     channels: int = 3
-    chroma_blocks: int = 0  # > 0: brightness patches + colour block means (see torch_ref/multimodal.py)
+    chroma_blocks: int = 0  # > 0: brightness patches + chroma block means (see torch_ref/multimodal.py)
     resize_method: str = "linear"  # "linear" (bilinear, antialiased) or "nearest"
     width: int = 64
     depth: int = 2
