@@ -8,7 +8,7 @@ the held-out split, whose attribute combinations are never trained (``data/synth
     audio  AudioAdapter  -> heads for pitch (2), count (4), contour (3), length (2)
 
 once per front end, side by side in one run: RGB patches against ``model.vision.chroma_blocks``
-(brightness at full resolution + colour block means), raw log-mel against
+(brightness at full resolution + block means of chroma), raw log-mel against
 ``model.audio.frame_energy`` (the spectrum's shape + the frame's log energy). The language model is
 left out, so this measures only whether the front end lets a shape or a count learned with some
 colours (pitches) carry to the others. Accuracy near 0 on a held-out attribute, below chance, is

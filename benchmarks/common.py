@@ -32,8 +32,8 @@ def one_batch(cfg) -> dict[str, np.ndarray]:
 
 
 def random_media(cfg, batch: int) -> dict[str, np.ndarray]:
-    """Noise images / clips for the enabled adapters, on alternate rows (image rows first), as the
-    multimodal demo's batches hold them: the step then runs every adapter, as in training."""
+    """Noise images / clips for the enabled adapters, on alternate rows (image rows first). Both
+    encoders run on every row whatever its media, so the step costs what a demo step costs."""
     rng, rows = np.random.default_rng(0), np.arange(batch)
     out = {}
     if cfg.vision.enabled:

@@ -119,7 +119,7 @@ def _validate_vision(v: VisionConfig) -> None:
     if v.chroma_blocks < 0 or (v.chroma_blocks and v.patch_size % v.chroma_blocks):
         raise ConfigError(
             f"model.vision.chroma_blocks ({v.chroma_blocks}) must be 0 (plain RGB patches) or divide "
-            f"model.vision.patch_size ({v.patch_size}): each patch's colour is averaged over whole blocks"
+            f"model.vision.patch_size ({v.patch_size}): each patch's chroma is averaged over whole blocks"
         )
     _validate_encoder("model.vision", v)
 
