@@ -10,6 +10,12 @@ split into the fewest windows that each fit in [min, max] (near-equal sizes); wh
 (e.g. 600 tokens for [448, 576]) it is cut into ``n // max`` windows of ``max`` tokens and the rest is
 dropped, counted in ``tokens.dropped.split_tail``. ``long_docs: truncate`` keeps the first ``max``
 tokens; ``drop`` drops the document.
+
+A media document (``RawDoc.media``: an image or a clip with its caption or question and answer) is
+judged by what it is: its text is a few words that describe the media, so the length window, the
+near-duplicate search and the language ID, which judge prose, do not apply. It is kept whole (cut at
+``max_tokens``, counted in ``tokens.dropped.truncated``; dropped as ``too_short`` only when empty), and it
+is an exact duplicate only when both its text and its arrays repeat an earlier document's.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class Unit:
     text: str
     lang: str = "und"
     lang_score: float = 0.0
+    media: dict | None = None  # "image" / "audio" arrays of a media document
 
 
 def length_windows(n: int, lo: int, hi: int, mode: str) -> list[tuple[int, int]]:
@@ -112,6 +119,15 @@ class Cleaner:
             t = self.tally.source(doc.source)
             t.tokens_in += n
             self.tally.length_in(n)
+            if doc.media is not None:  # kept whole: see the module docstring
+                if n == 0:
+                    self.tally.drop(doc.source, "too_short", doc.where, "media document without text", 0, doc.text)
+                    continue
+                if n > c.max_tokens:
+                    t.dropped_tokens["truncated"] += n - c.max_tokens
+                text = doc.text if n <= c.max_tokens else _text_of(self.tok, tokens[: c.max_tokens])
+                units.append(Unit(doc.source, doc.where, doc.where, tokens[: c.max_tokens], text, media=doc.media))
+                continue
             spans = length_windows(n, c.min_tokens, c.max_tokens, c.long_docs)
             if not spans:
                 reason = "too_short" if n < c.min_tokens else "too_long"
@@ -133,13 +149,16 @@ class Cleaner:
     def _exact(self, units: list[Unit]) -> list[Unit]:
         kept = []
         for u in units:
-            key = hashlib.blake2b(normalized_text(u.text).encode("utf-8"), digest_size=16).digest()
+            h = hashlib.blake2b(normalized_text(u.text).encode("utf-8"), digest_size=16)
+            for name, arr in sorted((u.media or {}).items()):
+                h.update(name.encode() + np.ascontiguousarray(arr).tobytes())
+            key = h.digest()
             if key in self.seen:
                 self.tally.drop(
                     u.source,
                     "exact_duplicate",
                     u.where,
-                    f"same normalised text as {self.seen[key]}",
+                    f"same normalised text{' and media' if u.media else ''} as {self.seen[key]}",
                     len(u.tokens),
                     u.text,
                 )
@@ -151,6 +170,10 @@ class Cleaner:
     def _near(self, units: list[Unit]) -> list[Unit]:
         if not units:
             return units
+        media = [u for u in units if u.media is not None]
+        units = [u for u in units if u.media is None]
+        if not units:
+            return media
         kept = []
         for u, sig in zip(units, self.hasher.signatures([u.text for u in units])):
             dup = self.index.check_and_add(u.where, sig)
@@ -165,11 +188,14 @@ class Cleaner:
                 )
             else:
                 kept.append(u)
-        return kept
+        return kept + media
 
     def _language(self, units: list[Unit]) -> list[Unit]:
         c, kept = self.cfg, []
         for u in units:
+            if u.media is not None:
+                kept.append(u)
+                continue
             u.lang, u.lang_score = self.langid.identify(u.text)
             detail = f"{u.lang} {u.lang_score:.2f}"
             if c.languages and u.lang not in c.languages:

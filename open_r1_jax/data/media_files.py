@@ -22,13 +22,23 @@ JSONL layouts (media paths relative to the JSONL file's folder, or absolute), on
     {"audio": path, "transcript": str}               trained as  Q: Transcribe the audio.  A: transcript
     {"audio": path, "question": str, "answer": str}
     any text-only layout of ``data/instruct.py``     (a row with no media)
+
+``prepare`` (``MediaRecords``) reads the same media records of a mixture source's JSONL files into
+documents that keep their arrays: the text is the example's segments joined ("Q: Describe the
+image.\nA: a red circle"), stored with ``image`` / ``audio`` beside its tokens (``data/shards.py``),
+loaded as above with the config's ``model.vision`` / ``model.audio`` settings (which the model that
+trains on the shards must share; the manifest records them). ``synthetic:shapes[:N]`` and
+``synthetic:tones[:N]`` draw N (default 2000) training examples of the demo's generators (seed 0, the
+training combinations only), each a caption followed by every question of its scene or clip.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +49,8 @@ from scipy.signal import resample_poly
 from open_r1_jax.config import AudioConfig, ModelConfig, VisionConfig
 from open_r1_jax.data.instruct import InstructDataError, InstructReport, parse_example
 from open_r1_jax.data.jsonl import read_jsonl
-from open_r1_jax.data.multimodal import MediaExample, qa_example
+from open_r1_jax.data.multimodal import MediaExample, demo_seconds, qa_example
+from open_r1_jax.data.synthetic import DOMAINS, PREFIX, shapes, tones
 
 CAPTION_QUESTION = "Describe the image."
 TRANSCRIPT_QUESTION = "Transcribe the audio."
@@ -154,3 +165,80 @@ def read_examples(path, template, max_bad_fraction: float, report: InstructRepor
     finally:  # the media events of the lines read, also when the file is refused
         for event, n in events.items():
             report.media[event] = report.media.get(event, 0) + n
+
+
+# ----------------------------------------------------------------------------- prepare's media documents
+
+SYNTHETIC_MEDIA = ("shapes", "tones")
+SYNTHETIC_MEDIA_EXAMPLES = 2000  # synthetic:shapes / synthetic:tones without a count
+
+
+def media_settings(cfg: ModelConfig) -> dict:
+    """The settings prepared media arrays depend on (the manifest's ``media``; the model must match)."""
+    v, a = cfg.vision, cfg.audio
+    return {
+        "image_size": v.image_size,
+        "channels": v.channels,
+        "sample_rate": a.sample_rate,
+        "max_samples": a.max_samples,
+    }
+
+
+class MediaRecords:
+    """``(record, folder, where) -> (text, arrays)`` or why not, for ``readers.read_source``: loads the
+    file a JSONL media record names with ``cfg``'s settings (enabled or not: these are the shards'
+    format); ``events`` counts conversions, resizes, resamples and bad files."""
+
+    def __init__(self, cfg: ModelConfig):
+        on = lambda c: dataclasses.replace(c, enabled=True)  # noqa: E731
+        self.cfg = dataclasses.replace(cfg, vision=on(cfg.vision), audio=on(cfg.audio))
+        self.events: Counter = Counter()
+
+    def __call__(self, rec: dict, base: Path, where: str) -> tuple[str, dict] | str:
+        got = _media_example(rec, base, self.cfg, self.events, where)
+        return got if isinstance(got, str) else document(got)
+
+
+def no_media(rec: dict, base: Path, where: str) -> str:
+    return "a media record, but this reader loads no media"
+
+
+def document(ex: MediaExample) -> tuple[str, dict]:
+    """An example -> (its text, its arrays): what ``prepare`` stores."""
+    arrays = {k: v for k, v in (("image", ex.image), ("audio", ex.audio)) if v is not None}
+    return "".join(text for text, _ in ex.segments), arrays
+
+
+def check_synthetic(spec: str, key: str) -> str:
+    """``synthetic:NAME[:N]`` -> itself, or a ``FileNotFoundError`` naming ``key`` and the known names."""
+    name, _, n = spec[len(PREFIX) :].partition(":")
+    known = [*DOMAINS, *SYNTHETIC_MEDIA]
+    if name not in known or (n and (name not in SYNTHETIC_MEDIA or not n.isdigit() or int(n) < 1)):
+        raise FileNotFoundError(
+            f"{key}: {spec!r} is not a synthetic source; known: {[PREFIX + d for d in known]} "
+            f"(media ones take a count, e.g. {PREFIX}shapes:500)"
+        )
+    return spec
+
+
+def synthetic_documents(spec: str, media: MediaRecords | None) -> Iterator[tuple[str, str, dict | None]]:
+    """``synthetic:NAME[:N]`` -> (where, text, arrays or None) of each document."""
+    name, _, n = spec[len(PREFIX) :].partition(":")
+    if name in DOMAINS:
+        for d in DOMAINS[name]():
+            yield d.name, d.text, None
+        return
+    if media is None:
+        raise ValueError(f"{spec}: synthetic media need a media reader (model settings)")
+    cfg = media.cfg
+    for i in range(int(n or SYNTHETIC_MEDIA_EXAMPLES)):
+        if name == "shapes":
+            ex = shapes.example(0, i, False, cfg.vision.image_size)
+            image = ex["image"] if cfg.vision.channels == 3 else ex["image"].mean(-1, keepdims=True).astype(np.uint8)
+            arrays = {"image": image}
+        else:
+            ex = tones.example(0, i, False, cfg.audio.sample_rate, seconds=demo_seconds(cfg))
+            arrays = {"audio": ex["audio"]}
+        caption_q = CAPTION_QUESTION if name == "shapes" else "Describe the sound."
+        example = qa_example(caption_q, ex["caption"], more=list(ex["qa"].values()))
+        yield f"{PREFIX}{name}:{i}", document(example)[0], arrays

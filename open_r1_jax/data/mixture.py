@@ -4,7 +4,8 @@
 shards. Weights come from the manifest (those of the prepare config), or from ``data.mixture_names``
 + ``data.mixture_weights`` of the training config when given (a source left out gets weight 0).
 Training chunks of the weighted sources are mixed by ``pipeline.make_mixture_dataset``; evaluation
-reads the held-out records of every source.
+reads the held-out records of every source. Shards with images or clips need the model's adapter for
+them, at the settings they were prepared with (``Prepared.media``: what the rows carry).
 
 ``MixtureStats`` wraps the training iterator: it removes ``source_ids`` from each batch, counts the
 chunks and tokens that each source contributed (the realised proportions), reports them every
@@ -20,7 +21,7 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from open_r1_jax.config import ConfigError, DataConfig
+from open_r1_jax.config import ConfigError, DataConfig, ModelConfig
 from open_r1_jax.data.shards import RecordChunkSource
 from open_r1_jax.data.tokenizer import BPETokenizer, ByteTokenizer
 
@@ -32,6 +33,7 @@ class Prepared:
     weights: list[float]  # normalised
     train_sources: list[RecordChunkSource]
     eval_source: RecordChunkSource
+    media: tuple = ()  # (name, shape, dtype) of the media arrays of the rows (pipeline.PipelineSpec.media)
 
 
 def read_manifest(directory: str | Path) -> dict:
@@ -60,15 +62,69 @@ def _load_tokenizer(info: dict, directory: Path):
     return BPETokenizer.load(directory / info["file"])
 
 
-def _source(directory: Path, split: dict, seq_len: int, eos_id: int) -> RecordChunkSource:
+def _flags(directory: Path, split: dict) -> np.ndarray:
+    """Per record media flags (manifests written before media: none)."""
+    if "media" in split:
+        return np.load(directory / split["media"])
+    return np.zeros(split["records"], np.uint8)
+
+
+def _source(directory: Path, split: dict, seq_len: int, eos_id: int, keys: tuple) -> RecordChunkSource:
     return RecordChunkSource(
-        [directory / p for p in split["shards"]], np.load(directory / split["lengths"]), seq_len, eos_id
+        [directory / p for p in split["shards"]],
+        np.load(directory / split["lengths"]),
+        seq_len,
+        eos_id,
+        _flags(directory, split),
+        keys,
     )
 
 
-def open_prepared(d: DataConfig, seq_len: int) -> Prepared:
+def media_spec(manifest: dict, model: ModelConfig, directory: Path) -> tuple:
+    """The media arrays rows of these shards carry -> (name, shape, dtype) each; refuses shards whose
+    media the model has no adapter for, or was prepared at other settings."""
+    held = {"image": 0, "audio": 0}
+    for src in manifest["sources"].values():
+        for split in ("train", "heldout"):
+            held["image"] += src[split].get("images", 0)
+            held["audio"] += src[split].get("clips", 0)
+    prepared, spec = manifest.get("media", {}), []
+    if held["image"]:
+        v = model.vision
+        if not v.enabled:
+            raise ConfigError(
+                f"model.vision.enabled is false, but {directory} holds {held['image']} images; enable the "
+                "image adapter to train on them, or prepare the text sources alone"
+            )
+        if (prepared["image_size"], prepared["channels"]) != (v.image_size, v.channels):
+            raise ConfigError(
+                f"model.vision.image_size / channels: {v.image_size} / {v.channels}, but the images of "
+                f"{directory} were prepared at {prepared['image_size']} / {prepared['channels']}; set them so, "
+                "or prepare again with this model section"
+            )
+        spec.append(("image", (v.image_size, v.image_size, v.channels), "uint8"))
+    if held["audio"]:
+        a = model.audio
+        if not a.enabled:
+            raise ConfigError(
+                f"model.audio.enabled is false, but {directory} holds {held['audio']} audio clips; enable the "
+                "audio adapter to train on them, or prepare the text sources alone"
+            )
+        if prepared["sample_rate"] != a.sample_rate or prepared["max_samples"] > a.max_samples:
+            raise ConfigError(
+                f"model.audio.sample_rate / max_samples: {a.sample_rate} / {a.max_samples}, but the clips of "
+                f"{directory} were prepared at {prepared['sample_rate']} Hz, up to {prepared['max_samples']} "
+                "samples; set the same rate and at least as many samples, or prepare again with this model section"
+            )
+        spec.append(("audio", (a.max_samples,), "float32"))
+    return tuple(spec)
+
+
+def open_prepared(d: DataConfig, seq_len: int, model: ModelConfig | None = None) -> Prepared:
     directory = Path(d.prepared_dir)
     manifest = read_manifest(directory)
+    media = media_spec(manifest, model or ModelConfig(), directory)
+    keys = tuple(name for name, _, _ in media)
     tok = _load_tokenizer(manifest["tokenizer"], directory)
     weights = _weights(d, manifest)
     names = [n for n, w in weights.items() if w > 0]
@@ -76,7 +132,7 @@ def open_prepared(d: DataConfig, seq_len: int) -> Prepared:
         raise ConfigError(f"data.mixture_weights: every source of {directory} has weight 0")
     train = []
     for n in names:
-        src = _source(directory, manifest["sources"][n]["train"], seq_len, tok.eos_id)
+        src = _source(directory, manifest["sources"][n]["train"], seq_len, tok.eos_id, keys)
         if len(src) == 0:
             raise ConfigError(
                 f"source '{n}' of {directory} has no training records but weight {weights[n]}; "
@@ -86,11 +142,12 @@ def open_prepared(d: DataConfig, seq_len: int) -> Prepared:
     held = [manifest["sources"][n]["heldout"] for n in manifest["sources"]]
     paths = [directory / p for h in held for p in h["shards"]]
     lengths = np.concatenate([np.load(directory / h["lengths"]) for h in held])
-    eval_source = RecordChunkSource(paths, lengths, seq_len, tok.eos_id)
+    flags = np.concatenate([_flags(directory, h) for h in held])
+    eval_source = RecordChunkSource(paths, lengths, seq_len, tok.eos_id, flags, keys)
     if len(eval_source) == 0:
         raise ConfigError(f"{directory} has no held-out records; prepare it with data.heldout_percent > 0")
     total = sum(weights[n] for n in names)
-    return Prepared(tok, names, [weights[n] / total for n in names], train, eval_source)
+    return Prepared(tok, names, [weights[n] / total for n in names], train, eval_source, media)
 
 
 class MixtureStats(grain.IterDataset):

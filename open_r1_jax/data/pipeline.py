@@ -8,6 +8,12 @@ packed first-fit into rows of ``seq_len`` (grain ``FirstFitPackIterDataset``), w
 ``inputs``, ``targets``, ``positions``, ``segment_ids`` (loss mask = segment_ids > 0).
 The iterator's state (``get_state()``) is a small dict that checkpoints save for exact resume.
 ``make_mixture_dataset`` mixes several sources (grain ``MapDataset.mix``) before the same packing.
+
+Media (``PipelineSpec.media``, prepared shards with images or clips): items also carry ``real`` and,
+for a media record, its arrays, which the packer keeps per row (grain's non-sequence meta features). A
+media item fills its row (``shards.RecordChunkSource``), so its arrays belong to the row's only
+document; after packing its padding becomes segment 0, and every row gets ``image`` / ``has_image``
+(``audio`` / ``has_audio``): zeros and False in a text row. Text and media rows share one shape.
 """
 
 from __future__ import annotations
@@ -71,7 +77,39 @@ def _to_batch(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for key in ("source_ids", "loss_mask"):  # mixtures: the source of each token; SFT: trained targets
         if key in packed:
             batch[key] = packed[key].astype(np.int32)
+    for key in ("image", "has_image", "audio", "has_audio"):  # prepared media (MediaRow)
+        if key in packed:
+            batch[key] = packed[key]
     return batch
+
+
+class MediaRow:
+    """A packed row with media items -> fixed media arrays and its padding as segment 0 (see the module
+    docstring). ``media``: (name, shape, dtype) of each array the model reads. Picklable for grain."""
+
+    def __init__(self, media: tuple):
+        self.media = media
+
+    def __call__(self, row: dict) -> dict:
+        row = dict(row)
+        real = row.pop("real") > 0
+        for k in ("real_segment_ids", "real_positions"):
+            row.pop(k)
+        for k in ("inputs", "targets"):
+            for key in (k, f"{k}_segment_ids", f"{k}_positions"):
+                row[key] = np.where(real, row[key], 0)
+        for name, shape, dtype in self.media:
+            found = [x for x in row.pop(name) if x is not None]
+            if len(found) > 1:
+                raise ValueError(f"{len(found)} {name} arrays packed into one row (a media item must fill its row)")
+            out = np.zeros(shape, dtype)
+            if found:
+                got = np.asarray(found[0])
+                if got.shape[1:] != tuple(shape[1:]) or len(got) > shape[0]:
+                    raise ValueError(f"a prepared {name} of shape {got.shape}; the model reads {tuple(shape)}")
+                out[: len(got)] = got
+            row[name], row[f"has_{name}"] = out, np.asarray(bool(found))
+        return row
 
 
 @dataclass(frozen=True)
@@ -82,6 +120,7 @@ class PipelineSpec:
     packing_bins: int
     train: bool  # shuffle + repeat forever; else one ordered pass
     num_shards: int = 0  # data streams; 0 = one per process (see data.shards)
+    media: tuple = ()  # (name, shape, dtype) of the media arrays rows carry (prepared shards with media)
 
 
 def local_shards(spec: PipelineSpec) -> tuple[int, range]:
@@ -121,13 +160,17 @@ def _shard_and_shuffle(source, spec: PipelineSpec, seed: int, shard: int = 0, n_
 
 
 def _pack_and_batch(ds: grain.MapDataset, spec: PipelineSpec, keys: tuple[str, ...]) -> grain.IterDataset:
+    names = tuple(name for name, _, _ in spec.media)
     packed = gexp.FirstFitPackIterDataset(
         ds.to_iter_dataset(),
-        length_struct={k: spec.seq_len for k in keys},
+        length_struct={k: spec.seq_len for k in keys + (("real",) if names else ())},
         num_packing_bins=spec.packing_bins,
         shuffle_bins=spec.train,
         seed=spec.seed,
+        meta_features=names,
     )
+    if names:
+        packed = packed.map(MediaRow(spec.media))
     return packed.batch(spec.batch, drop_remainder=spec.train).map(_to_batch)
 
 
@@ -184,6 +227,15 @@ def shuffled_batches(arrays: dict[str, np.ndarray], rows: int, seed: int, shard:
     ds = grain.MapDataset.source(ArrayRows(arrays))[shard::n_shards]
     ds = ds.seed(seed).shuffle().repeat().batch(rows)
     return iter(ds.to_iter_dataset())
+
+
+def empty_batch(spec: PipelineSpec, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """An all-padding batch of ``spec``'s shape (``keys`` [B,T] int32, and its media arrays)."""
+    batch = {k: np.zeros((spec.batch, spec.seq_len), np.int32) for k in keys}
+    for name, shape, dtype in spec.media:
+        batch[name] = np.zeros((spec.batch, *shape), dtype)
+        batch[f"has_{name}"] = np.zeros(spec.batch, bool)
+    return batch
 
 
 def pad_rows(batch: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:

@@ -6,12 +6,18 @@ one source "default" from ``data.sources``; empty = the embedded stdlib corpus),
 tokenises them and writes, into DIR:
 
     manifest.json                 sources, weights, shards, tokenizer (written last: marks a complete run)
-    <name>/train-NNNNN.array_record, <name>/heldout-NNNNN.array_record, <name>/<split>.lengths.npy
+    <name>/train-NNNNN.array_record, <name>/heldout-NNNNN.array_record, <name>/<split>.lengths.npy,
+    <name>/<split>.media.npy      per record: 1 = has an image, 2 = has an audio clip
     tokenizer.json                (bpe only)
     report.json                   counts by stage and reason, languages, tokens, length histogram
     dropped_samples.jsonl         samples of dropped documents per reason, with file:line
 
 The trainer reads DIR with ``data.kind=arrayrecord data.prepared_dir=DIR``.
+
+Media: a JSONL record naming an ``image`` or ``audio`` file, and ``synthetic:shapes`` /
+``synthetic:tones``, become documents whose record stores the arrays beside the tokens
+(``data/media_files.py``), at the config's ``model.vision`` / ``model.audio`` settings (in the manifest:
+the training model must share them). Bad media files are counted as ``bad_media`` with ``file:line``.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ from tqdm import tqdm
 
 from open_r1_jax.config import Config, ConfigError, to_dict
 from open_r1_jax.data.clean import Cleaner
+from open_r1_jax.data.media_files import MediaRecords, media_settings
 from open_r1_jax.data.minhash import DatasketchDuplicateCounter
 from open_r1_jax.data.readers import expand, iter_texts, named_sources, read_source
 from open_r1_jax.data.report import Tally, build_report, format_table, histogram_edges
-from open_r1_jax.data.shards import ShardWriter, encode_record
+from open_r1_jax.data.shards import MEDIA_FLAGS, ShardWriter, encode_record
 from open_r1_jax.data.sources import is_heldout
 from open_r1_jax.data.tokenizer import BPETokenizer, ByteTokenizer
 
@@ -56,7 +63,7 @@ def claim_output(out: Path, overwrite: bool) -> None:
     (out / MARKER).write_text("written by python -m open_r1_jax.data.prepare\n")
 
 
-def _tokenizer(d, out: Path):
+def _tokenizer(d, out: Path, media: MediaRecords):
     if d.tokenizer == "byte":
         tok = ByteTokenizer()
         return tok, {"kind": "byte", "vocab_size": tok.vocab_size, "eos_id": tok.eos_id}
@@ -66,7 +73,7 @@ def _tokenizer(d, out: Path):
         tok = BPETokenizer.load(d.tokenizer_path)
     else:
         log.info("training a %d-token BPE tokenizer on the sources", d.bpe_vocab_size)
-        tok = BPETokenizer.train(iter_texts(d), d.bpe_vocab_size)
+        tok = BPETokenizer.train(iter_texts(d, MediaRecords(media.cfg)), d.bpe_vocab_size)
     tok.save(out / "tokenizer.json")
     return tok, {"kind": "bpe", "file": "tokenizer.json", "vocab_size": tok.vocab_size, "eos_id": tok.eos_id}
 
@@ -93,10 +100,13 @@ class _SourceWriter:
 
     def _write(self, u, held: bool) -> None:
         meta = {"source": self.name, "doc": u.where, "lang": u.lang, "lang_score": round(u.lang_score, 4)}
+        media = u.media or {}
         self.writers["heldout" if held else "train"].write(
-            encode_record(u.tokens, meta, vocab_size=self.vocab_size), len(u.tokens)
+            encode_record(u.tokens, meta, arrays=media, vocab_size=self.vocab_size),
+            len(u.tokens),
+            sum(MEDIA_FLAGS[k] for k in media),
         )
-        self.tally.keep(self.name, len(u.tokens), u.lang, held)
+        self.tally.keep(self.name, len(u.tokens), u.lang, held, media)
 
     def add(self, u) -> None:
         if self.last is not None:
@@ -118,7 +128,8 @@ def prepare(cfg: Config, out: str | Path, overwrite: bool = False) -> dict:
     files = {s.name: expand(s.spec, s.key) for s in sources}  # missing paths fail before any work
     claim_output(out, overwrite)
     t_start = time.perf_counter()
-    tok, tok_info = _tokenizer(d, out)
+    media = MediaRecords(cfg.model)
+    tok, tok_info = _tokenizer(d, out, media)
     t_tok = time.perf_counter() - t_start
     tally = Tally(histogram_edges(c.min_tokens, c.max_tokens), c.samples_per_reason)
     cleaner = Cleaner(c, tok, tally)
@@ -130,13 +141,14 @@ def prepare(cfg: Config, out: str | Path, overwrite: bool = False) -> dict:
         writer = _SourceWriter(out, s.name, d.heldout_percent, d.records_per_shard, tok.vocab_size, tally)
         pbar = tqdm(desc=f"prepare {s.name}", unit="doc", disable=not cfg.run.progress, leave=False)
         n_read = 0
-        for batch in _batches(read_source(s.name, files[s.name], d.text_key, d.max_corpus_mb * 1e6), BATCH):
+        docs = read_source(s.name, files[s.name], d.text_key, d.max_corpus_mb * 1e6, media)
+        for batch in _batches(docs, BATCH):
             n_read += len(batch)
             kept = cleaner.process(batch)
             for u in kept:
                 writer.add(u)
             t0 = time.perf_counter()
-            checker.add([u.text for u in kept])
+            checker.add([u.text for u in kept if u.media is None])  # captions: see clean.py
             t_check += time.perf_counter() - t0
             pbar.update(len(batch))
         pbar.close()
@@ -151,12 +163,14 @@ def prepare(cfg: Config, out: str | Path, overwrite: bool = False) -> dict:
         "duplicate_check": t_check,
         "total": time.perf_counter() - t_start,
     }
+    tally.media_events.update(media.events)
     report = build_report(
         tally,
         weights={s.name: s.weight for s in sources},
         duplicate_check={
             "rate": checker.rate,
             "duplicates": checker.duplicates,
+            "documents": checker.docs,  # text documents (media documents are not checked: clean.py)
             "rate_at": checker.rates_at(),
             "bands": c.check_bands,
             "rows": c.check_rows,
@@ -171,7 +185,14 @@ def prepare(cfg: Config, out: str | Path, overwrite: bool = False) -> dict:
     _check(report, c.max_bad_fraction, empty, out)
     (out / "manifest.json").write_text(
         json.dumps(
-            {"format": "open_r1_jax.prepared", "version": 1, "tokenizer": tok_info, "sources": manifest}, indent=2
+            {
+                "format": "open_r1_jax.prepared",
+                "version": 1,
+                "tokenizer": tok_info,
+                "media": media_settings(cfg.model),
+                "sources": manifest,
+            },
+            indent=2,
         )
     )
     return report

@@ -1,8 +1,12 @@
 """Streaming readers of the named sources of ``prepare``: raw documents and bad records, one at a time.
 
 A source spec is a comma-separated list of files, folders (every file ending in one of
-``sources.TEXT_SUFFIXES``, recursively) and JSONL files, or ``stdlib`` (the embedded corpus). Each text
-file is one document named by its path; each non-blank JSONL line is one record named ``file:line``.
+``sources.TEXT_SUFFIXES``, recursively) and JSONL files, ``stdlib`` (the embedded corpus), or
+``synthetic:NAME`` (a generated domain: ``finance`` text; ``shapes`` images and ``tones`` clips,
+``synthetic:shapes:N`` for N of them). Each text file is one document named by its path; each non-blank
+JSONL line is one record named ``file:line``. A JSONL record naming an ``image`` or ``audio`` file
+(``data/media_files.py``) is a media document: its text (caption, or question and answer) with the
+loaded arrays in ``RawDoc.media``.
 
 Nothing is dropped here: undecodable bytes are flagged (``RawDoc.bad_utf8``, the text carries U+FFFD
 where they were) for the decoding stage to repair or drop, and malformed JSONL lines and unreadable
@@ -29,6 +33,7 @@ class RawDoc:
     text: str
     bad_utf8: bool = False  # bytes were not valid UTF-8 (replaced by U+FFFD in text)
     bad_at: int = -1  # offset of the first invalid byte (in the file, or in the JSONL line)
+    media: dict | None = None  # "image" uint8 [R,R,C] / "audio" float32 [S] of a media document
 
 
 @dataclass
@@ -39,14 +44,20 @@ class BadRecord:
     detail: str
 
 
-def expand(spec: str, key: str) -> list[Path]:
-    """``spec`` (comma-separated paths or ``stdlib``) -> files. ``key`` names the config entry in errors."""
-    files: list[Path] = []
+def expand(spec: str, key: str) -> list[Path | str]:
+    """``spec`` (comma-separated paths, ``stdlib`` or ``synthetic:NAME``) -> files, and the synthetic
+    names as they are. ``key`` names the config entry in errors."""
+    from open_r1_jax.data.media_files import check_synthetic
+
+    files: list[Path | str] = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
             continue
         if part == "stdlib":
             files.extend(stdlib_files())
+            continue
+        if part.startswith("synthetic:"):
+            files.append(check_synthetic(part, key))
             continue
         path = Path(part).expanduser()
         if path.is_file():
@@ -80,7 +91,7 @@ def _clean_surrogates(text: str) -> tuple[str, bool]:
         return _SURROGATE.sub("\ufffd", text), True
 
 
-def _jsonl(source: str, path: Path, raw: bytes, key: str) -> Iterator[RawDoc | BadRecord]:
+def _jsonl(source: str, path: Path, raw: bytes, key: str, media) -> Iterator[RawDoc | BadRecord]:
     for lineno, line in enumerate(raw.split(b"\n"), 1):
         if not line.strip():
             continue
@@ -91,6 +102,13 @@ def _jsonl(source: str, path: Path, raw: bytes, key: str) -> Iterator[RawDoc | B
         except json.JSONDecodeError as e:
             yield BadRecord(source, where, "malformed_record", f"not valid JSON ({e.msg})")
             continue
+        if isinstance(record, dict) and ("image" in record or "audio" in record):
+            got = media(record, path.parent, where)
+            if isinstance(got, str):
+                yield BadRecord(source, where, "bad_media", got)
+            else:
+                yield RawDoc(source, where, got[0], bad_at >= 0, bad_at, media=got[1])
+            continue
         if not isinstance(record, dict) or not isinstance(record.get(key), str):
             yield BadRecord(source, where, "malformed_record", f"no string field '{key}'")
             continue
@@ -98,13 +116,24 @@ def _jsonl(source: str, path: Path, raw: bytes, key: str) -> Iterator[RawDoc | B
         yield RawDoc(source, where, doc, bad_at >= 0 or surrogates, bad_at)
 
 
-def read_source(name: str, files: list[Path], text_key: str, max_bytes: float = 0.0) -> Iterator[RawDoc | BadRecord]:
-    """Documents and bad records of one named source, in file order; stops after ``max_bytes`` (0 = all)."""
+def read_source(
+    name: str, files: list[Path | str], text_key: str, max_bytes: float = 0.0, media=None
+) -> Iterator[RawDoc | BadRecord]:
+    """Documents and bad records of one named source, in file order; stops after ``max_bytes`` (0 = all).
+    ``media``: a ``media_files.MediaRecords`` that loads the files media records name (and draws the
+    synthetic media); without one, a media record is a bad record."""
+    from open_r1_jax.data.media_files import no_media, synthetic_documents
+
     budget = max_bytes or float("inf")
     read = 0
     for path in files:
         if read >= budget:
             return
+        if isinstance(path, str):  # synthetic:NAME
+            for where, text, arrays in synthetic_documents(path, media):
+                read += len(text.encode("utf-8"))
+                yield RawDoc(name, where, text, media=arrays)
+            continue
         try:
             raw = path.read_bytes()
         except OSError as e:
@@ -112,7 +141,7 @@ def read_source(name: str, files: list[Path], text_key: str, max_bytes: float = 
             continue
         read += len(raw)
         if path.suffix == ".jsonl":
-            yield from _jsonl(name, path, raw, text_key)
+            yield from _jsonl(name, path, raw, text_key, media or no_media)
         else:
             text, bad_at = _decode(raw)
             yield RawDoc(name, str(path), text, bad_at >= 0, bad_at)
@@ -143,9 +172,9 @@ def named_sources(d) -> list[NamedSource]:
     ]
 
 
-def iter_texts(d) -> Iterator[str]:
+def iter_texts(d, media=None) -> Iterator[str]:
     """Every readable document text of the configured sources (for training a tokenizer)."""
     for s in named_sources(d):
-        for item in read_source(s.name, expand(s.spec, s.key), d.text_key, d.max_corpus_mb * 1e6):
+        for item in read_source(s.name, expand(s.spec, s.key), d.text_key, d.max_corpus_mb * 1e6, media):
             if isinstance(item, RawDoc):
                 yield item.text

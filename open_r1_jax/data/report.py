@@ -19,6 +19,7 @@ import numpy as np
 REASONS = (
     "unreadable_file",
     "malformed_record",
+    "bad_media",
     "bad_utf8",
     "too_short",
     "too_long",
@@ -27,7 +28,8 @@ REASONS = (
     "language",
     "low_lang_score",
 )
-ERROR_REASONS = ("unreadable_file", "malformed_record")  # count against data.clean.max_bad_fraction
+# count against data.clean.max_bad_fraction (bad_media: a media file missing, unreadable or corrupt)
+ERROR_REASONS = ("unreadable_file", "malformed_record", "bad_media")
 
 
 def histogram_edges(min_tokens: int, max_tokens: int) -> list[int]:
@@ -44,6 +46,8 @@ class SourceTally:
     heldout_docs: int = 0
     repaired_utf8: int = 0  # documents kept with invalid bytes replaced by U+FFFD
     dropped: Counter = field(default_factory=Counter)  # reason -> documents
+    images: int = 0  # output documents with an image
+    clips: int = 0  # output documents with an audio clip
     tokens_in: int = 0  # tokens of the documents that reached the length stage
     tokens_out: int = 0
     dropped_tokens: Counter = field(default_factory=Counter)  # reason -> tokens (incl. cut tails)
@@ -56,6 +60,8 @@ class SourceTally:
             "train_docs": self.train_docs,
             "heldout_docs": self.heldout_docs,
             "repaired_utf8": self.repaired_utf8,
+            "images": self.images,
+            "clips": self.clips,
             "dropped": dict(self.dropped),
             "tokens": {"input": self.tokens_in, "output": self.tokens_out, "dropped": dict(self.dropped_tokens)},
             "balance_ok": self.input_docs + self.split_added == self.output_docs + sum(self.dropped.values()),
@@ -75,6 +81,7 @@ class Tally:
         self.n_errors = 0
         self.max_errors, self.samples_per_reason = max_errors, samples_per_reason
         self.samples: dict[str, list[dict]] = {}
+        self.media_events: Counter = Counter()  # media_files' conversions (image_resized, audio_resampled, ...)
 
     def source(self, name: str) -> SourceTally:
         return self.sources.setdefault(name, SourceTally())
@@ -82,8 +89,10 @@ class Tally:
     def length_in(self, n: int) -> None:
         self.hist_in[np.searchsorted(self.edges, n, side="right") - 1] += 1
 
-    def keep(self, source: str, n_tokens: int, lang: str, heldout: bool) -> None:
+    def keep(self, source: str, n_tokens: int, lang: str, heldout: bool, media=()) -> None:
         t = self.source(source)
+        t.images += "image" in media
+        t.clips += "audio" in media
         t.output_docs += 1
         t.tokens_out += n_tokens
         t.heldout_docs += heldout
@@ -132,6 +141,8 @@ def build_report(
             "train_docs",
             "heldout_docs",
             "repaired_utf8",
+            "images",
+            "clips",
             "tokens_in",
             "tokens_out",
         ):
@@ -148,6 +159,7 @@ def build_report(
         "duplicate_check": duplicate_check,
         "languages": dict(tally.languages.most_common()),
         "token_length_histogram": {"edges": edges, "input": tally.hist_in.tolist(), "output": tally.hist_out.tolist()},
+        "media_events": dict(tally.media_events),
         "bad_records": tally.n_errors,
         "errors": tally.errors,
         "sources": {n: {"weight": weights.get(n, 0.0), **t.as_dict()} for n, t in tally.sources.items()},
@@ -179,6 +191,9 @@ def format_table(r: dict) -> str:
     for reason, n in r["tokens"]["dropped"].items():
         if reason not in r["dropped"]:
             rows.append(f"{reason:<20} {'-':>8} {n:>11,}")
+    if r["images"] or r["clips"]:
+        events = ", ".join(f"{k} {v}" for k, v in r["media_events"].items())
+        rows.append(f"media documents: {r['images']} with an image, {r['clips']} with a clip ({events or 'as given'})")
     if r["repaired_utf8"]:
         rows.append(f"{'(repaired_utf8, kept)':<20} {r['repaired_utf8']:>8}")
     rows.append("")
@@ -189,7 +204,7 @@ def format_table(r: dict) -> str:
     rows.append(
         f"duplicate rate after (independent MinHash pass, {dc['bands']}x{dc['rows']}, est. Jaccard >= "
         f"{dc['threshold']}): {100 * r['duplicate_rate_after']:.3f}% ({r['duplicates_after']} of "
-        f"{r['output_docs']}); {stricter}"
+        f"{dc.get('documents', r['output_docs'])} text documents); {stricter}"
     )
     rows.append(f"tokens: input {r['tokens']['input']:,}, output {r['tokens']['output']:,}")
     h = r["token_length_histogram"]

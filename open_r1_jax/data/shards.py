@@ -8,8 +8,13 @@ array names for multimodal sources. Readers ignore arrays and meta keys they do 
 fields do not break old readers.
 
 Shards are written with ``group_size:1`` (one record per chunk) for fast random access; a
-``<split>.lengths.npy`` file beside them holds every record's token count, so a reader can index
-training chunks without reading the records.
+``<split>.lengths.npy`` file beside them holds every record's token count and ``<split>.media.npy``
+its media flags (``MEDIA_FLAGS``), so a reader can index training chunks without reading the records.
+
+A record with media is one chunk, not several: its arrays belong to its first tokens (the adapters'
+prefix, ``model/multimodal.py``), so its text is cut at ``seq_len`` (counted: ``RecordChunkSource.cut``)
+and its chunk is padded to ``seq_len``; the padding is marked in ``real``, and ``pipeline`` makes it
+padding (segment 0) after packing, so that no other document shares the row.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 
 SCHEMA_VERSION = 1
 _HEAD = struct.Struct("<I")
+MEDIA_FLAGS = {"image": 1, "audio": 2}  # bits of <split>.media.npy
 
 
 def encode_record(
@@ -84,10 +90,11 @@ class ShardWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.paths: list[Path] = []
         self.lengths: list[int] = []
+        self.media: list[int] = []  # MEDIA_FLAGS bits per record
         self._writer = None
         self._in_shard = 0
 
-    def write(self, record: bytes, n_tokens: int) -> None:
+    def write(self, record: bytes, n_tokens: int, media: int = 0) -> None:
         from array_record.python.array_record_module import ArrayRecordWriter
 
         if self._writer is None or self._in_shard == self.per_shard:
@@ -98,6 +105,7 @@ class ShardWriter:
         self._writer.write(record)
         self._in_shard += 1
         self.lengths.append(n_tokens)
+        self.media.append(media)
 
     def _close_shard(self) -> None:
         if self._writer is not None:
@@ -109,12 +117,17 @@ class ShardWriter:
         self._close_shard()
         lengths = np.asarray(self.lengths, np.int32)
         np.save(self.directory / f"{self.split}.lengths.npy", lengths)
+        media = np.asarray(self.media, np.uint8)
+        np.save(self.directory / f"{self.split}.media.npy", media)
         root = self.directory.parent
         return {
             "shards": [str(p.relative_to(root)) for p in self.paths],
             "lengths": str((self.directory / f"{self.split}.lengths.npy").relative_to(root)),
+            "media": str((self.directory / f"{self.split}.media.npy").relative_to(root)),
             "records": int(len(lengths)),
             "tokens": int(lengths.sum()),
+            "images": int(np.count_nonzero(media & MEDIA_FLAGS["image"])),
+            "clips": int(np.count_nonzero(media & MEDIA_FLAGS["audio"])),
         }
 
 
@@ -122,33 +135,58 @@ class RecordChunkSource:
     """Random access over (input, target) chunks of prepared records; the items of ``ChunkSource``.
 
     Each record gets an end-of-document token and is cut into chunks of at most ``seq_len + 1`` tokens
-    overlapping by one, exactly as ``pipeline.ChunkSource`` cuts documents. Picklable for grain.
+    overlapping by one, exactly as ``pipeline.ChunkSource`` cuts documents. With ``media_keys`` (the
+    arrays the model reads: ``image``, ``audio``) every item also holds ``real`` (1 per token), and a
+    record with media (``media`` flags) is one chunk padded to ``seq_len`` with its arrays (see the
+    module docstring). Picklable for grain.
     """
 
-    def __init__(self, paths: list[str], lengths: np.ndarray, seq_len: int, eos_id: int):
+    def __init__(
+        self,
+        paths: list[str],
+        lengths: np.ndarray,
+        seq_len: int,
+        eos_id: int,
+        media: np.ndarray | None = None,
+        media_keys: tuple[str, ...] = (),
+    ):
         import grain
 
         self.source = grain.sources.ArrayRecordDataSource([str(p) for p in paths]) if paths else []
         lengths = np.asarray(lengths, np.int64)
         if len(self.source) != len(lengths):
             raise ValueError(f"{len(self.source)} records in {paths} but {len(lengths)} lengths")
-        per_record = -(-lengths // seq_len)  # chunks of each record (its n tokens + eos give n pairs)
+        self.media = np.zeros(len(lengths), np.uint8) if media is None or not media_keys else np.asarray(media)
+        whole = self.media > 0  # media records: one chunk
+        per_record = np.where(whole, 1, -(-lengths // seq_len))  # chunks of each record (n tokens + eos: n pairs)
         self.record = np.repeat(np.arange(len(lengths)), per_record)
         first = np.cumsum(per_record) - per_record  # first chunk of each record
         self.start = (np.arange(int(per_record.sum())) - np.repeat(first, per_record)) * seq_len
         self.end = np.minimum(self.start + seq_len + 1, np.repeat(lengths + 1, per_record))
-        self.seq_len, self.eos_id = seq_len, eos_id
+        self.cut = int(np.count_nonzero(whole & (lengths > seq_len)))  # media records cut at seq_len
+        self.seq_len, self.eos_id, self.media_keys = seq_len, eos_id, tuple(media_keys)
 
     def __len__(self) -> int:
         return len(self.record)
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        tokens = decode_tokens(self.source[int(self.record[i])])
+        r = int(self.record[i])
+        rec = decode_record(self.source[r]) if self.media[r] else {"tokens": decode_tokens(self.source[r])}
+        tokens = rec["tokens"]
         seq = np.empty(len(tokens) + 1, np.int32)
         seq[:-1] = tokens
         seq[-1] = self.eos_id
         seg = seq[self.start[i] : self.end[i]]
-        return {"inputs": seg[:-1], "targets": seg[1:]}
+        item = {"inputs": seg[:-1], "targets": seg[1:]}
+        if not self.media_keys:
+            return item
+        n = len(seg) - 1
+        media = {k: rec.get(k) for k in self.media_keys}  # None: absent (every item has every key, for grain)
+        if not self.media[r]:
+            return {**item, "real": np.ones(n, np.int32), **media}
+        pad = lambda x: np.pad(x, (0, self.seq_len - n))  # noqa: E731
+        real = pad(np.ones(n, np.int32))
+        return {"inputs": pad(item["inputs"]), "targets": pad(item["targets"]), "real": real, **media}
 
     @property
     def n_target_tokens(self) -> int:

@@ -9,6 +9,7 @@ endless packed training iterator, and the held-out chunks.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +51,16 @@ def build_text_data(cfg: Config, run_dir: Path) -> TextData:
         num_shards=cfg.data.shards,
     )
     if cfg.data.kind == "arrayrecord":
-        prep = open_prepared(cfg.data, cfg.train.seq_len)
+        prep = open_prepared(cfg.data, cfg.train.seq_len, cfg.model)
         _check_vocab(cfg, prep.tokenizer, f"the tokenizer in {cfg.data.prepared_dir}")
+        spec = dataclasses.replace(spec, media=prep.media)
+        cut = sum(s.cut for s in prep.train_sources)
+        if prep.media:
+            log.info(
+                "data: rows carry %s; a media record fills its row (not packed)%s",
+                " and ".join(name for name, _, _ in prep.media),
+                f"; {cut} training media records are longer than train.seq_len and cut" if cut else "",
+            )
         log.info(
             "data: prepared shards in %s: %s; %d held-out tokens",
             cfg.data.prepared_dir,

@@ -1,6 +1,8 @@
 """Pretraining: next-token prediction on packed text (the seed's first stage).
 
-Batch: ``inputs``, ``targets``, ``positions``, ``segment_ids`` [B,T] int32 (segment 0 = padding).
+Batch: ``inputs``, ``targets``, ``positions``, ``segment_ids`` [B,T] int32 (segment 0 = padding); with
+prepared media (``data/pipeline.py``) also ``image`` / ``has_image``, ``audio`` / ``has_audio``, which
+the model reads as each row's prefix.
 The loss is the mean NLL over the global batch's real tokens (+ MoE aux losses); evaluation reports
 held-out loss, perplexity and bits per byte (tokenizer-independent).
 """
@@ -16,7 +18,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from open_r1_jax.config import ConfigError
-from open_r1_jax.data.pipeline import make_dataset
+from open_r1_jax.data.pipeline import empty_batch, make_dataset
 from open_r1_jax.data.text import build_text_data
 from open_r1_jax.data.tokenizer import BPETokenizer, tokenizer_file
 from open_r1_jax.model import merge_model
@@ -95,7 +97,7 @@ class Pretrain(Stage):
         spec = dataclasses.replace(self.data.spec, train=False)
         it = iter(make_dataset(self.data.eval_source, spec))
         for _ in range(self.cfg.train.eval_batches):
-            yield next(it, None) or {k: np.zeros((spec.batch, spec.seq_len), np.int32) for k in KEYS}
+            yield next(it, None) or empty_batch(spec, KEYS)
 
     def eval_fn(self, params, model_state, batch):
         logits, _ = self._forward(params, model_state, batch)
