@@ -124,6 +124,11 @@ def test_mixture_rows_carry_their_media_in_one_shape(media_prep):
                 assert any(np.array_equal(b["audio"][i], np.pad(r["audio"], (0, 4000 - len(r["audio"]))))
                            for r in same_text if "audio" in r)  # fmt: skip
     assert seen == {(False, False), (True, False), (False, True)}
+    state = it.get_state()  # exact resume: the same next batch, media included
+    again = iter(make_mixture_dataset(prep.train_sources, prep.weights, spec))
+    again.set_state(state)
+    want, got = next(it), next(again)
+    assert all(np.array_equal(want[k], got[k]) for k in want)
     eval_batch = next(iter(make_dataset(prep.eval_source, PipelineSpec(64, 8, 0, 8, train=False, media=prep.media))))
     assert eval_batch["image"].shape[1:] == (16, 16, 3)
 

@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from open_r1_jax.config import ConfigError, load_config
+    from open_r1_jax.data.media_files import MediaRecords
     from open_r1_jax.data.readers import iter_texts
 
     try:
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def texts():
             nonlocal n_docs, n_bytes
-            for t in iter_texts(cfg.data):
+            for t in iter_texts(cfg.data, MediaRecords(cfg.model)):  # media records: their text
                 n_docs, n_bytes = n_docs + 1, n_bytes + len(t)
                 yield t
 
