@@ -17,8 +17,10 @@ from open_r1_jax.data.pipeline import ChunkSource, PipelineSpec, make_dataset
 from open_r1_jax.data.sources import load_documents
 from open_r1_jax.data.tokenizer import ByteTokenizer
 from open_r1_jax.model import build_model, split_model
+from open_r1_jax.parallel.mesh import batch_sharding, replicated
 from open_r1_jax.training.optim import make_optimizer
 from open_r1_jax.training.stages import Pretrain
+from open_r1_jax.training.state import create_train_state
 from open_r1_jax.training.step import init_state, make_train_step
 
 
@@ -46,23 +48,29 @@ def random_media(cfg, batch: int) -> dict[str, np.ndarray]:
     return out
 
 
-def jax_step(cfg, batch):
-    """-> (the compiled pretraining train step of ``cfg``, its initial state, the batch on device)."""
-    graphdef, params, model_state = split_model(build_model(cfg.model, 0))
+def jax_step(cfg, batch, mesh=None):
+    """-> (the compiled pretraining train step of ``cfg``, its initial state, the batch on device).
+    With ``mesh``, the state is placed as the Trainer places it and the batch split over the mesh."""
     tx = make_optimizer(cfg.train)
-    state = init_state(params, model_state, tx, cfg)
-    jb = {k: jnp.asarray(v) for k, v in batch.items()}
-    compiled = (
-        jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), donate_argnums=0).lower(state, jb).compile()
-    )
-    return compiled, state, jb
+    if mesh is None:
+        graphdef, params, model_state = split_model(build_model(cfg.model, 0))
+        state = init_state(params, model_state, tx, cfg)
+        jb = {k: jnp.asarray(v) for k, v in batch.items()}
+        fn = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), donate_argnums=0)
+        return fn.lower(state, jb).compile(), state, jb
+    with jax.set_mesh(mesh):
+        graphdef, state, sh = create_train_state(cfg, tx, mesh)
+        jb = {k: jax.device_put(jnp.asarray(v), batch_sharding(mesh)) for k, v in batch.items()}
+        step = make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg)
+        fn = jax.jit(step, donate_argnums=0, out_shardings=(sh, replicated(mesh)))
+        return fn.lower(state, jb).compile(), state, jb
 
 
 class JaxStep:
     """The compiled JAX train step of ``cfg`` on ``batch``, fed the same batch again and again."""
 
-    def __init__(self, cfg, batch, warmup: int = 2):
-        self.step, self.state, self.batch = jax_step(cfg, batch)
+    def __init__(self, cfg, batch, warmup: int = 2, mesh=None):
+        self.step, self.state, self.batch = jax_step(cfg, batch, mesh)
         cost = self.step.cost_analysis()
         self.flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))  # XLA's count
         self.run(warmup)

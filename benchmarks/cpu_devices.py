@@ -18,42 +18,20 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 
 def worker(n: int, path: str, repeats: int, steps: int) -> dict:
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"  # before JAX starts
     sys.path.insert(0, str(Path(__file__).parent))
-    import jax
-    import jax.numpy as jnp
-    from common import one_batch
+    from common import JaxStep, one_batch
 
     from open_r1_jax.config import load_config
-    from open_r1_jax.parallel.mesh import batch_sharding, make_mesh, replicated
-    from open_r1_jax.training.optim import make_optimizer
-    from open_r1_jax.training.stages import Pretrain
-    from open_r1_jax.training.state import create_train_state
-    from open_r1_jax.training.step import make_train_step
+    from open_r1_jax.parallel.mesh import make_mesh
 
     cfg = load_config(path, [f"mesh.data={n}"])
-    batch, mesh, tx = one_batch(cfg), make_mesh(cfg.mesh), make_optimizer(cfg.train)
-    with jax.set_mesh(mesh):
-        graphdef, state, sh = create_train_state(cfg, tx, mesh)
-        jb = {k: jax.device_put(jnp.asarray(v), batch_sharding(mesh)) for k, v in batch.items()}
-        fn = make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg)
-        step = jax.jit(fn, donate_argnums=0, out_shardings=(sh, replicated(mesh))).lower(state, jb).compile()
-    for _ in range(2):
-        state, m = step(state, jb)
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            state, m = step(state, jb)
-        jax.block_until_ready(m)
-        times.append((time.perf_counter() - t0) / steps)
-    return {"times": times, "loss": float(m["loss"])}
+    r = JaxStep(cfg, one_batch(cfg), mesh=make_mesh(cfg.mesh))
+    return {"times": [r.run(steps) for _ in range(repeats)]}
 
 
 def main() -> None:
