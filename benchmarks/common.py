@@ -49,7 +49,7 @@ def random_media(cfg, batch: int) -> dict[str, np.ndarray]:
 
 
 def jax_step(cfg, batch, mesh=None):
-    """-> (the compiled pretraining train step of ``cfg``, its initial state, the batch on device).
+    """-> (the lowered pretraining train step of ``cfg``, its initial state, the batch on device).
     With ``mesh``, the state is placed as the Trainer places it and the batch split over the mesh."""
     tx = make_optimizer(cfg.train)
     if mesh is None:
@@ -57,22 +57,25 @@ def jax_step(cfg, batch, mesh=None):
         state = init_state(params, model_state, tx, cfg)
         jb = {k: jnp.asarray(v) for k, v in batch.items()}
         fn = jax.jit(make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg), donate_argnums=0)
-        return fn.lower(state, jb).compile(), state, jb
+        return fn.lower(state, jb), state, jb
     with jax.set_mesh(mesh):
         graphdef, state, sh = create_train_state(cfg, tx, mesh)
         jb = {k: jax.device_put(jnp.asarray(v), batch_sharding(mesh)) for k, v in batch.items()}
         step = make_train_step(Pretrain(cfg).bind(graphdef), tx, cfg)
         fn = jax.jit(step, donate_argnums=0, out_shardings=(sh, replicated(mesh)))
-        return fn.lower(state, jb).compile(), state, jb
+        return fn.lower(state, jb), state, jb
 
 
 class JaxStep:
     """The compiled JAX train step of ``cfg`` on ``batch``, fed the same batch again and again."""
 
     def __init__(self, cfg, batch, warmup: int = 2, mesh=None):
-        self.step, self.state, self.batch = jax_step(cfg, batch, mesh)
-        cost = self.step.cost_analysis()
-        self.flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))  # XLA's count
+        lowered, self.state, self.batch = jax_step(cfg, batch, mesh)
+        self.step = lowered.compile()
+        # XLA's count of the whole step's arithmetic, read before partitioning (a compiled program on
+        # a mesh counts one device's share)
+        cost = lowered.cost_analysis()
+        self.flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
         self.run(warmup)
 
     def run(self, n: int) -> float:

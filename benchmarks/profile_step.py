@@ -31,14 +31,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import JaxStep, emit, one_batch  # noqa: E402
 
 from open_r1_jax.config import load_config  # noqa: E402
+from open_r1_jax.parallel.mesh import make_mesh, split_cpu_host  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S+\s+([\w\-]+)\(")
 OP_NAME = re.compile(r'op_name="([^"]*)"')
 # the model's and the step's named scopes (model/transformer.py, training/step.py, the stages' losses)
 PARTS = re.compile(r"\b(attn|drn|moe|embed|lm_head|loss|optimizer)\b")
-# events that are not one operation: the executor around them, thread-pool bookkeeping
-SKIP = ("ThunkExecutor::", "ThreadpoolListener", "SlinkyThreadPool", "end: ")
+# events that are not one operation: the executor around them, thread-pool bookkeeping, a device
+# waiting for the others in a collective (on a split CPU host)
+SKIP = ("ThunkExecutor::", "ThreadpoolListener", "SlinkyThreadPool", "end: ", "Rendezvous", "Wait: ")
 
 
 def hlo_index(hlo_text: str) -> dict[str, dict]:
@@ -89,8 +91,11 @@ def trace_events(trace_dir: Path) -> list[tuple[str, float]]:
 
 
 def profile(cfg, steps: int, trace_dir: Path) -> dict:
+    # the CPU host split as the train CLI splits it where the config asks (mesh.cpu_devices); each
+    # device runs its own copy of every operation, and an operation's time sums its copies
+    devices = split_cpu_host(cfg.mesh, cfg.train.micro_batch or cfg.train.global_batch)
     batch = one_batch(cfg)
-    step = JaxStep(cfg, batch, warmup=3)  # warm-up: allocations, thread pool
+    step = JaxStep(cfg, batch, warmup=3, mesh=make_mesh(cfg.mesh) if devices > 1 else None)  # warm-up: allocations
     wall = step.run(steps)
     jax.profiler.start_trace(str(trace_dir))
     for _ in range(steps):
@@ -105,6 +110,7 @@ def profile(cfg, steps: int, trace_dir: Path) -> dict:
         "index": hlo_index(step.step.as_text()),
         "flops": step.flops,
         "tokens": int(np.count_nonzero(batch["segment_ids"])),
+        "devices": devices,
     }
 
 
@@ -117,6 +123,7 @@ def report(res: dict, top: int, only: str | None = None) -> dict:
         f"step {res['wall'] * 1e3:.1f} ms wall ({res['tokens'] / res['wall']:,.0f} tokens/s, "
         f"{res['flops'] / res['wall'] / 1e9:.0f} GFLOP/s of {res['flops'] / 1e9:.2f} GFLOP); "
         f"{total * 1e3:.1f} ms of operations per step in {len(ops)} distinct operations"
+        + (f" (summed over {res['devices']} CPU devices)" if res["devices"] > 1 else "")
     )
     info = lambda n: index.get(n, {"opcode": "?", "op_name": ""})
     print(f"\ntop {top} operations (ms/step, share of operation time, kind, JAX op)")
@@ -136,6 +143,7 @@ def report(res: dict, top: int, only: str | None = None) -> dict:
     for kind, sec in sorted(by_kind.items(), key=lambda kv: -kv[1])[:top]:
         print(f"  {sec * 1e3:7.2f} {sec / total:6.1%}  {kind}")
     return {
+        "cpu_devices": res["devices"],
         "step_ms": res["wall"] * 1e3,
         "op_ms": total * 1e3,
         "gflops_per_step": res["flops"] / 1e9,

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import JaxStep, TorchRefStep, emit, one_batch  # noqa: E402
 
 from open_r1_jax.config import load_config, replace  # noqa: E402
+from open_r1_jax.parallel.mesh import make_mesh, split_cpu_host  # noqa: E402
 from open_r1_jax.training.metrics import measure_peak_flops  # noqa: E402
 
 
@@ -69,15 +70,20 @@ ROWS = ("jax", "torch_ref eager", "torch_ref compile")
 
 def worker(row: str, path: str, overrides: list[str], rounds: int, steps: int) -> dict:
     """One row in this process: its step times (``rounds`` timings of ``steps`` steps each); for
-    ``loop``, the Trainer's end-to-end tokens/s."""
+    ``loop``, the Trainer's end-to-end tokens/s. The JAX rows split the CPU host as the train CLI
+    does where the config asks for it (``mesh.cpu_devices``)."""
     cfg = load_config(path, overrides)
+    split = split_cpu_host(cfg.mesh, cfg.train.micro_batch or cfg.train.global_batch) if row in ("jax", "loop") else 1
     if row == "loop":
         return {"loop_tokens_per_sec": loop_tokens_per_sec(cfg, steps)}
     batch = one_batch(cfg)
-    r = JaxStep(cfg, batch) if row == "jax" else TorchRefStep(cfg, batch, row == "torch_ref compile")
+    if row == "jax":
+        r = JaxStep(cfg, batch, mesh=make_mesh(cfg.mesh) if split > 1 else None)
+    else:
+        r = TorchRefStep(cfg, batch, row == "torch_ref compile")
     out = {"times": [r.run(steps) for _ in range(rounds)], "tokens": int(np.count_nonzero(batch["segment_ids"]))}
     if row == "jax":
-        out["flops"] = r.flops
+        out["flops"], out["devices"] = r.flops, split
     return out
 
 
@@ -99,6 +105,7 @@ def bench(path: str, args, peak: float) -> dict:
     rows = [r for r in args.rows if not (args.no_torch_compile and r == "torch_ref compile")]
     times: dict[str, list[float]] = {r: [] for r in rows}
     tokens = flops = 0
+    devices = 1
     for _ in range(args.rounds):
         for row in rows:
             res = in_subprocess(row, path, args)
@@ -106,8 +113,10 @@ def bench(path: str, args, peak: float) -> dict:
                 continue
             times[row] += res["times"]
             tokens, flops = res["tokens"], res.get("flops", flops)
+            devices = res.get("devices", devices)
     sec = {name: statistics.median(t) for name, t in times.items() if t}
     print(f"\n{path}: {tokens} tokens per step, {flops / 1e9:.2f} GFLOP per step (XLA cost analysis)")
+    print(f"  JAX on {devices} CPU device(s) (mesh.cpu_devices: {load_config(path, args.overrides).mesh.cpu_devices})")
     print(f"  {'step':<20} {'ms/step':>8} {'tokens/s':>10} {'GFLOP/s':>8} {'MFU':>6} {'JAX speedup':>12}")
     table = {}
     for name, s in sec.items():
@@ -121,6 +130,7 @@ def bench(path: str, args, peak: float) -> dict:
     print(f"  loop end to end: {loop:,.0f} tokens/s = {loop / step_only:.0%} of the step-only {step_only:,.0f}")
     return {
         "tokens_per_step": tokens,
+        "jax_cpu_devices": devices,
         "gflop_per_step": flops / 1e9,
         "rows": table,
         "jax_vs_torch_eager": sec["torch_ref eager"] / sec["jax"] if "torch_ref eager" in sec else None,

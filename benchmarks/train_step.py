@@ -38,8 +38,8 @@ def time_torch(cfg, batch, steps: int, compile_model: bool) -> float:
 
 
 def temp_memory(cfg, batch) -> int:
-    compiled, _, _ = jax_step(cfg, batch)
-    return int(compiled.memory_analysis().temp_size_in_bytes)
+    lowered, _, _ = jax_step(cfg, batch)
+    return int(lowered.compile().memory_analysis().temp_size_in_bytes)
 
 
 def main() -> None:

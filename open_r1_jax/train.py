@@ -19,10 +19,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from open_r1_jax.config import ConfigError, load_config
     from open_r1_jax.parallel.distributed import DistributedInitError, initialize_from_env
+    from open_r1_jax.parallel.mesh import split_cpu_host
     from open_r1_jax.training.trainer import TrainingDiverged, train
 
     try:
         cfg = load_config(args.config, args.overrides)
+        split_cpu_host(cfg.mesh, cfg.train.micro_batch or cfg.train.global_batch)
         initialize_from_env()
         summary = train(cfg)
     except ConfigError as e:

@@ -183,6 +183,11 @@ def validate_train(t: TrainConfig) -> None:
 def validate_mesh(mesh: MeshConfig) -> None:
     for key in ("data", "fsdp", "expert"):
         _positive(f"mesh.{key}", getattr(mesh, key))
+    if mesh.cpu_devices < 0:
+        raise ConfigError(
+            f"mesh.cpu_devices: got {mesh.cpu_devices}; accepted: 0 (one device per CPU core), 1 (no split) "
+            "or a device count"
+        )
     for rule in mesh.rules:
         name, _, axes = rule.partition("=")
         bad = [a for a in axes.split("+") if a and a not in ("data", "fsdp", "expert")]

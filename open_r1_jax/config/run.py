@@ -190,6 +190,7 @@ class MeshConfig:
     data: int = 1  # data-parallel axis size
     fsdp: int = 1  # fully-sharded (ZeRO-3) axis size
     expert: int = 1  # expert-parallel axis size
+    cpu_devices: int = 1  # CPU, no mesh set: split the host into N devices on data (0 = one per core, 1 = off)
     rules: tuple[str, ...] = ("embed=fsdp", "experts=expert")  # logical axis -> mesh axes ("a=x+y"; others replicated)
 
 
@@ -197,8 +198,8 @@ class MeshConfig:
 class RunConfig:
     dir: str = "runs/default"  # run directory: config, metrics, checkpoints, tensorboard
     tensorboard: bool = True  # write TensorBoard event files
-    peak_tflops: float = 0.0  # per-device peak for MFU (0 = measure a matmul on this device)
-    device_watts: float = 0.0  # per-device power for the energy estimate (0 = 15 W per CPU core / 400 W GPU)
+    peak_tflops: float = 0.0  # peak per GPU / per CPU host for MFU (0 = measure a matmul on device 0)
+    device_watts: float = 0.0  # power per GPU / per CPU host for the energy (0 = 15 W per CPU core / 400 W GPU)
     pue: float = 1.2  # data-centre power usage effectiveness
     grid_kg_per_kwh: float = 0.4  # grid carbon intensity (kg CO2e per kWh)
     progress: bool = True  # show a progress bar

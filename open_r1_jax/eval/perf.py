@@ -76,7 +76,7 @@ def run_summary(path: Path) -> dict:
 def resources(model, cfg, eval_seconds: float) -> dict:
     import jax
 
-    from open_r1_jax.training.metrics import default_device_watts, peak_memory_bytes
+    from open_r1_jax.training.metrics import default_device_watts, hardware_units, peak_memory_bytes
 
     gen = _generator(model)
     base = held_out_tokens(model, cfg.prompt_tokens * max(cfg.batches))
@@ -98,7 +98,7 @@ def resources(model, cfg, eval_seconds: float) -> dict:
     if "tokens_seen" in run and run.get("train_seconds"):
         metrics["train_tokens_per_s"] = {"value": run["tokens_seen"] / run["train_seconds"]}
     watts = cfg.device_watts or default_device_watts()
-    kwh = watts * jax.device_count() * eval_seconds / 3.6e6
+    kwh = watts * hardware_units(jax.devices()) * eval_seconds / 3.6e6
     metrics["eval_energy_kwh"] = {"value": kwh}
     metrics["eval_co2_kg"] = {"value": kwh * cfg.grid_kg_per_kwh}
     return {

@@ -50,6 +50,16 @@ def measure_peak_flops(dtype=jnp.float32, n: int = 2048, repeats: int = 5) -> fl
     return 2.0 * n**3 / best
 
 
+def hardware_units(devices) -> int:
+    """What ``run.peak_tflops`` and ``run.device_watts`` count among ``devices``: each accelerator,
+    but each CPU host once however many XLA devices it is split into (one device's matmul already
+    uses every core)."""
+    devices = list(devices)
+    if devices[0].platform == "cpu":
+        return len({d.process_index for d in devices})
+    return len(devices)
+
+
 def default_device_watts() -> float:
     dev = jax.local_devices()[0]
     return 400.0 if dev.platform == "gpu" else 15.0 * (os.cpu_count() or 1)

@@ -75,6 +75,8 @@ class Trainer:
             jax.process_count(),
             stage.name,
         )
+        if self.mesh.shape["data"] != cfg.mesh.data:
+            log.info("the CPU host is split into one device per core (mesh.cpu_devices=1 keeps one device)")
         with jax.set_mesh(self.mesh):  # shard_map (expert parallelism) traces under this mesh
             return self._run(pretrained)
 
@@ -278,12 +280,12 @@ class Trainer:
         return self._summary(counters, eval_record, self.peak, state)
 
     def _peak_flops(self) -> float:
-        """Peak FLOP/s of the mesh for MFU: run.peak_tflops per device, else a matmul measured here."""
-        cfg = self.cfg
+        """Peak FLOP/s of the mesh for MFU: run.peak_tflops per GPU / CPU host, else a matmul measured here."""
+        cfg, units = self.cfg, M.hardware_units(self.mesh.devices.flat)
         if cfg.run.peak_tflops:
-            return cfg.run.peak_tflops * 1e12 * self.mesh.size
+            return cfg.run.peak_tflops * 1e12 * units
         dtype = DTYPES[cfg.model.dtype]
-        return M.measure_peak_flops(dtype if dtype != jnp.float16 else jnp.float32) * self.mesh.size
+        return M.measure_peak_flops(dtype if dtype != jnp.float16 else jnp.float32) * units
 
     def _record(self, done: int, state, metrics, counters: dict, tps: float, last_saved) -> dict:
         """The metrics line of a log point (one host transfer); stops the run on a non-finite step."""
@@ -318,7 +320,7 @@ class Trainer:
     def _summary(self, counters: dict, eval_record: dict, peak: float, state) -> dict:
         cfg = self.cfg
         watts = cfg.run.device_watts or M.default_device_watts()
-        kwh = watts * self.mesh.size * counters["wall_seconds"] / 3.6e6 * cfg.run.pue
+        kwh = watts * M.hardware_units(self.mesh.devices.flat) * counters["wall_seconds"] / 3.6e6 * cfg.run.pue
         summary = {
             "stage": self.stage.name,
             "steps": cfg.train.steps,
