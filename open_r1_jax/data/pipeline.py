@@ -148,6 +148,16 @@ def _sharded(build_one, spec: PipelineSpec) -> grain.IterDataset:
     return gexp.ZipIterDataset([build_one(i, n, sub) for i in local]).map(_concat_rows)
 
 
+def read_options(*sources) -> grain.ReadOptions:
+    """How grain reads ``source``: in memory (every source but prepared shards), no reader threads, as
+    grain advises (they only contend for the GIL); files, a few threads and a small buffer. grain's
+    default buffer of 500 is polled element by element on every read: 214 -> 44 us per element in
+    memory, about 1.5 ms of host time per baby-GPT batch (the order and the iterator state are the same)."""
+    if any(getattr(source, "reads_files", False) for source in sources):
+        return grain.ReadOptions(num_threads=4, prefetch_buffer_size=64)
+    return grain.ReadOptions(num_threads=0)
+
+
 def _shard_and_shuffle(source, spec: PipelineSpec, seed: int, shard: int = 0, n_shards: int = 1) -> grain.MapDataset:
     if len(source) == 0:
         raise ValueError("the data source has no chunk with at least one (input, target) pair")
@@ -159,10 +169,12 @@ def _shard_and_shuffle(source, spec: PipelineSpec, seed: int, shard: int = 0, n_
     return ds
 
 
-def _pack_and_batch(ds: grain.MapDataset, spec: PipelineSpec, keys: tuple[str, ...]) -> grain.IterDataset:
+def _pack_and_batch(
+    ds: grain.MapDataset, spec: PipelineSpec, keys: tuple[str, ...], options: grain.ReadOptions
+) -> grain.IterDataset:
     names = tuple(name for name, _, _ in spec.media)
     packed = gexp.FirstFitPackIterDataset(
-        ds.to_iter_dataset(),
+        ds.to_iter_dataset(options),
         length_struct={k: spec.seq_len for k in keys + (("real",) if names else ())},
         num_packing_bins=spec.packing_bins,
         shuffle_bins=spec.train,
@@ -177,7 +189,9 @@ def _pack_and_batch(ds: grain.MapDataset, spec: PipelineSpec, keys: tuple[str, .
 def make_dataset(source, spec: PipelineSpec, keys: tuple[str, ...] = ("inputs", "targets")) -> grain.IterDataset:
     """Items with ``keys`` (``inputs``, ``targets``; SFT adds ``loss_mask``) of any random-access
     source (ChunkSource, RecordChunkSource, instruct.ItemSource), packed and batched."""
-    return _sharded(lambda i, n, sp: _pack_and_batch(_shard_and_shuffle(source, sp, sp.seed, i, n), sp, keys), spec)
+    options = read_options(source)
+    one = lambda i, n, sp: _pack_and_batch(_shard_and_shuffle(source, sp, sp.seed, i, n), sp, keys, options)
+    return _sharded(one, spec)
 
 
 class _TagSource:
@@ -203,7 +217,7 @@ def make_mixture_dataset(sources: list, weights: list[float], spec: PipelineSpec
             for i, src in enumerate(sources)
         ]
         mixed = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights=list(weights))
-        return _pack_and_batch(mixed, sp, ("inputs", "targets", "source_ids"))
+        return _pack_and_batch(mixed, sp, ("inputs", "targets", "source_ids"), read_options(*sources))
 
     return _sharded(build_one, spec)
 
@@ -226,7 +240,7 @@ def shuffled_batches(arrays: dict[str, np.ndarray], rows: int, seed: int, shard:
     processes never feed the same rows), reshuffled every epoch; its state is checkpointable."""
     ds = grain.MapDataset.source(ArrayRows(arrays))[shard::n_shards]
     ds = ds.seed(seed).shuffle().repeat().batch(rows)
-    return iter(ds.to_iter_dataset())
+    return iter(ds.to_iter_dataset(read_options(arrays)))
 
 
 def empty_batch(spec: PipelineSpec, keys: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -141,6 +141,8 @@ class RecordChunkSource:
     module docstring). Picklable for grain.
     """
 
+    reads_files = True  # grain reads it with threads (pipeline.read_options)
+
     def __init__(
         self,
         paths: list[str],
