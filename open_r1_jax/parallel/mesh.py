@@ -37,11 +37,12 @@ def split_cpu_host(cfg: MeshConfig, batch: int) -> int:
     XLA:CPU runs most elementwise fusions on one thread, so a one-device step of a small dense model
     leaves cores idle between matmuls; with one device per core and the batch on ``mesh.data`` the
     devices' programs run side by side (baby-GPT step 1.53x faster on 2 cores). The MoE configs
-    measured lose (tiny.yaml 0.89x, small_cpu.yaml 0.79x), hence opt-in (``benchmarks/cpu_devices.py``). Only where nothing else chose the devices: no mesh set, no
-    fake device count in ``XLA_FLAGS`` or ``jax_num_cpu_devices``, one process, JAX not yet started.
-    The count is the largest that divides ``batch`` (rows per micro-batch) and is at most
-    ``mesh.cpu_devices`` (0 = the cores this process may use). It only sizes the CPU backend: on a
-    GPU machine JAX's devices are the GPUs and ``make_mesh`` ignores it.
+    measured lose (tiny.yaml 0.88x, small_cpu.yaml 0.79x), hence opt-in (``benchmarks/cpu_devices.py``).
+    Only where nothing else chose the devices: no mesh set, no fake device count in ``XLA_FLAGS`` or
+    ``jax_num_cpu_devices``, one process, JAX not yet started. The count is the largest that divides
+    ``batch`` (rows per micro-batch) and is at most ``mesh.cpu_devices`` (0 = the cores this process
+    may use). It only sizes the CPU backend: on a GPU machine JAX's devices are the GPUs and
+    ``make_mesh`` ignores it.
     """
     from jax._src import xla_bridge
 
