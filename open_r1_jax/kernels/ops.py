@@ -94,7 +94,8 @@ def attention(q, k, v, segment_ids, impl: str = "xla"):
 
 
 def attention_reference(q, k, v, segment_ids):
-    """Oracle (the model's XLA attention): fp32 scores, [B,1,1,T,S] mask, softmax, probs @ v."""
+    """Oracle (the model's XLA attention in its textbook form): fp32 scores, [B,1,1,T,S] mask, softmax,
+    probs @ v. The model normalises after the value matmul instead: equal to fp32 rounding."""
     b, t, h, kd = q.shape
     g = k.shape[2]
     keep = jnp.tril(jnp.ones((t, t), bool))[None] & (segment_ids[:, :, None] == segment_ids[:, None, :])

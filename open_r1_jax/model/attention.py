@@ -41,31 +41,41 @@ def segment_ids_from_mask(mask: jax.Array) -> jax.Array:
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """q [B,T,H,K], k/v [B,S,G,K], mask [B,1,1,T,S] -> [B,T,H,K]. Scores and softmax in fp32."""
-    q, k, v = heads_first(q, k, v)
-    return _attend(q, k, v, mask[:, 0, 0]).transpose(0, 2, 1, 3)
+    return heads_last(_attend(*heads_first(q, k, v), mask[:, 0, 0]))
 
 
 def heads_first(q: jax.Array, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """q [B,T,H,K], k/v [B,S,G,K] -> q [B,H,T,K] scaled by K^-1/2, k/v [B,H,S,K] (each key/value head
-    repeated for its H/G query heads): the layout of the batched matmuls, made once per call."""
-    h, kd = q.shape[2], q.shape[3]
-    if k.shape[2] != h:  # grouped-query (the 5-D grouped form costs layout copies on CPU)
-        k, v = (jnp.repeat(x, h // k.shape[2], axis=2) for x in (k, v))
-    q = q * jnp.asarray(kd**-0.5, q.dtype)  # scaled here: [B,T,H,K] multiplies instead of [B,H,T,S]
-    return tuple(x.transpose(0, 2, 1, 3) for x in (q, k, v))
+    """q [B,T,H,K], k/v [B,S,G,K] -> q [B,G,R,T,K] scaled by K^-1/2, k/v [B,G,S,K]: the layout of the
+    batched matmuls, made once per call (q scaled here: [B,T,H,K] multiplies instead of [B,H,T,S])."""
+    b, t, h, kd = q.shape
+    g = k.shape[2]
+    q = (q * jnp.asarray(kd**-0.5, q.dtype)).reshape(b, t, g, h // g, kd).transpose(0, 2, 3, 1, 4)
+    return q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+
+def heads_last(out: jax.Array) -> jax.Array:
+    """[B,G,R,T,K] -> [B,T,H,K] (query head h = g R + r, as ``heads_first`` grouped them)."""
+    b, g, r, t, kd = out.shape
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, g * r, kd)
 
 
 def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """q [B,H,T,K] (scaled), k/v [B,H,S,K], mask [B,T,S] -> [B,H,T,K].
+    """q [B,G,R,T,K] (scaled), k/v [B,G,S,K], mask [B,T,S] -> [B,G,R,T,K].
 
-    Written for XLA:CPU, where the [B,H,T,S] elementwise passes, not the matmuls, bound the step:
-    the softmax is normalised after the value matmul ([B,H,T] divisions instead of [B,H,T,S]); the
+    Written for XLA:CPU, where the [B,H,T,S] elementwise passes, not the matmuls, bound the step. The
+    R query heads of a key/value head are folded into the query axis, so both matmuls are plain
+    batched matmuls over (B, G) with no copy of k or v per query head (the 5-D grouped einsum cost
+    layout copies; repeating k/v cost R times their memory in the backward's residuals). The softmax
+    is normalised after the value matmul ([B,H,T] divisions instead of [B,H,T,S]); the
     exponentials are those of ``jax.nn.softmax`` (max subtracted)."""
-    scores = jnp.einsum("bhtk,bhsk->bhts", q, k, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, None], scores, MASK_VALUE)
+    b, g, r, t, kd = q.shape
+    q = q.reshape(b, g, r * t, kd)  # query index q = r T + t
+    mask = jnp.broadcast_to(mask[:, None], (b, r, t, mask.shape[-1])).reshape(b, 1, r * t, -1)
+    scores = jnp.einsum("bgqk,bgsk->bgqs", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask, scores, MASK_VALUE)
     p = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
-    out = jnp.einsum("bhts,bhsk->bhtk", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return (out / jnp.sum(p, axis=-1, keepdims=True)).astype(v.dtype)
+    out = jnp.einsum("bgqs,bgsk->bgqk", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return (out / jnp.sum(p, axis=-1, keepdims=True)).astype(v.dtype).reshape(b, g, r, t, kd)
 
 
 CAUSAL_BLOCK = 128  # query rows per block of the causal self-attention below
@@ -84,10 +94,10 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
     q, k, v = heads_first(q, k, v)
     m = mask[:, 0, 0]
     outs = [
-        _attend(q[:, :, i : i + c], k[:, :, : i + c], v[:, :, : i + c], m[:, i : i + c, : i + c])
+        _attend(q[..., i : i + c, :], k[:, :, : i + c], v[:, :, : i + c], m[:, i : i + c, : i + c])
         for i in range(0, t, c)
     ]
-    return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
+    return heads_last(jnp.concatenate(outs, axis=3))
 
 
 def online_softmax_init(shape: tuple[int, ...], kd: int) -> tuple[jax.Array, jax.Array, jax.Array]:
