@@ -116,7 +116,7 @@ def bench(path: str, args, peak: float) -> dict:
             devices = res.get("devices", devices)
     sec = {name: statistics.median(t) for name, t in times.items() if t}
     print(f"\n{path}: {tokens} tokens per step, {flops / 1e9:.2f} GFLOP per step (XLA cost analysis)")
-    print(f"  JAX on {devices} CPU device(s) (mesh.cpu_devices: {load_config(path, args.overrides).mesh.cpu_devices})")
+    print(f"  JAX on {devices} CPU device(s) (mesh.cpu_devices)")
     print(f"  {'step':<20} {'ms/step':>8} {'tokens/s':>10} {'GFLOP/s':>8} {'MFU':>6} {'JAX speedup':>12}")
     table = {}
     for name, s in sec.items():

@@ -149,7 +149,7 @@ def _sharded(build_one, spec: PipelineSpec) -> grain.IterDataset:
 
 
 def read_options(*sources) -> grain.ReadOptions:
-    """How grain reads ``source``: in memory (every source but prepared shards), no reader threads, as
+    """How grain reads ``sources``: in memory (every source but prepared shards), no reader threads, as
     grain advises (they only contend for the GIL); files, a few threads and a small buffer. grain's
     default buffer of 500 is polled element by element on every read: 214 -> 44 us per element in
     memory, about 1.5 ms of host time per baby-GPT batch (the order and the iterator state are the same)."""

@@ -54,12 +54,22 @@ def wait_for_coordinator(address: str, timeout: float) -> None:
             time.sleep(0.5)
 
 
+def _slurm_tasks() -> int:
+    return int(os.environ.get("SLURM_NTASKS", "1") or 1) if os.environ.get("SLURM_JOB_ID") else 1
+
+
+def multi_process_env() -> bool:
+    """Whether the environment asks for several processes (a coordinator address, or a SLURM step of
+    several tasks): what ``initialize_from_env`` starts ``jax.distributed`` for."""
+    return bool(os.environ.get("OPEN_R1_COORDINATOR")) or _slurm_tasks() > 1
+
+
 def initialize_from_env() -> bool:
     """Start ``jax.distributed`` from the environment; returns True when running multi-process."""
     timeout = _int("OPEN_R1_INIT_TIMEOUT") if os.environ.get("OPEN_R1_INIT_TIMEOUT") else 300
     coordinator = os.environ.get("OPEN_R1_COORDINATOR")
-    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1) if os.environ.get("SLURM_JOB_ID") else 1
-    if not coordinator and slurm_tasks <= 1:
+    slurm_tasks = _slurm_tasks()
+    if not multi_process_env():
         return False
     if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or os.environ.get("OPEN_R1_CPU_COLLECTIVES"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")

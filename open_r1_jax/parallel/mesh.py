@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from open_r1_jax.config import ConfigError, MeshConfig
+from open_r1_jax.parallel.distributed import multi_process_env
 
 AXES = ("data", "fsdp", "expert")
 BATCH_AXES = AXES
@@ -52,8 +53,7 @@ def split_cpu_host(cfg: MeshConfig, batch: int) -> int:
         cfg.data * cfg.fsdp * cfg.expert != 1
         or DEVICE_COUNT_FLAG in os.environ.get("XLA_FLAGS", "")
         or jax.config.jax_num_cpu_devices != -1
-        or os.environ.get("OPEN_R1_COORDINATOR")
-        or (os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1)
+        or multi_process_env()
         or xla_bridge.backends_are_initialized()
     )
     if most <= 1 or chosen_elsewhere:
