@@ -68,7 +68,6 @@ def initialize_from_env() -> bool:
     """Start ``jax.distributed`` from the environment; returns True when running multi-process."""
     timeout = _int("OPEN_R1_INIT_TIMEOUT") if os.environ.get("OPEN_R1_INIT_TIMEOUT") else 300
     coordinator = os.environ.get("OPEN_R1_COORDINATOR")
-    slurm_tasks = _slurm_tasks()
     if not multi_process_env():
         return False
     if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or os.environ.get("OPEN_R1_CPU_COLLECTIVES"):
@@ -88,7 +87,7 @@ def initialize_from_env() -> bool:
             except DistributedInitError as e:
                 raise DistributedInitError(str(e).replace(f"coordinator {coordinator}", where, 1)) from None
     else:
-        where = f"the SLURM step's coordinator ({slurm_tasks} tasks)"
+        where = f"the SLURM step's coordinator ({_slurm_tasks()} tasks)"
     try:
         jax.distributed.initialize(**kwargs)
     except Exception as e:  # noqa: BLE001 - re-raised with what a user can act on
