@@ -29,6 +29,7 @@ from common import emit  # noqa: E402
 
 
 def gradient_noise(cfg, cold_start: str, batches: int) -> dict:
+    """-> the pairwise cosines' mean and sd, the noise / signal energy of one step, and more (see main)."""
     import jax
     import numpy as np
 
@@ -58,7 +59,7 @@ def gradient_noise(cfg, cold_start: str, batches: int) -> dict:
         "rows": int(host["advantages"].shape[0]),
         "pairwise_cos": c,
         "pairwise_cos_sd": statistics.stdev(cos),
-        "noise_over_signal": 1 / c - 1 if c > 0 else float("inf"),
+        "noise_over_signal": 1 / c - 1 if c > 0 else None,  # None: no signal resolved
         "half_means_cos": float(m1 @ m2 / np.linalg.norm(m1) / np.linalg.norm(m2)),
         "grad_norm": float(statistics.mean(np.linalg.norm(f) for f in flat)),
         "accuracy_reward": statistics.mean(rewards),
@@ -104,6 +105,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    if args.batches < 3:
+        ap.error(f"--batches {args.batches}: the cosines and their sd need at least 3 batches")
     if not Path(args.cold_start).exists():
         sys.exit(f"{args.cold_start} not found: python -m open_r1_jax.train --config configs/arith_sft.yaml")
 
@@ -114,12 +117,18 @@ def main() -> None:
         one = ["train.steps=1", "train.warmup_steps=0", "train.eval_every=0", "grpo.demo_eval_examples=1"]
         cfg = load_config(args.config, [*base, *one, f"run.dir={tmp}/noise"])
         noise = gradient_noise(cfg, args.cold_start, args.batches)
+        ratio = noise["noise_over_signal"]
         print(
             f"\n{noise['rows']} rows per step: mean pairwise gradient cosine {noise['pairwise_cos']:.4f} "
             f"(sd {noise['pairwise_cos_sd']:.4f} over {args.batches * (args.batches - 1) // 2} pairs); "
-            f"noise energy / signal energy ~ {noise['noise_over_signal']:.0f} per step, so the summed updates "
-            f"are signal-dominated after ~{noise['noise_over_signal']:.0f} steps; cosine of the means of two "
-            f"halves {noise['half_means_cos']:.3f}; accuracy reward of the samples {noise['accuracy_reward']:.3f}"
+            + (
+                f"noise energy / signal energy ~ {ratio:.0f} per step, so the summed updates are signal-dominated "
+                f"after ~{ratio:.0f} steps; "
+                if ratio is not None
+                else "no signal resolved (cosine <= 0); "
+            )
+            + f"cosine of the means of two halves {noise['half_means_cos']:.3f}; "
+            f"accuracy reward of the samples {noise['accuracy_reward']:.3f}"
         )
         curves = {}
         if args.steps:
