@@ -238,7 +238,10 @@ def _cancelled(url) -> float:
 def test_a_client_that_disconnects_frees_its_slot(server):
     url, engine, _ = server
     before = _cancelled(url)
-    body = {"model": NAME, "prompt": "Hi", "max_tokens": 480, "stream": True}
+    # greedy: these weights continue "Hi" for all 480 tokens. Sampled (a fresh seed each run), the
+    # sequence could draw the end-of-text token before the server sees the client leave, and finish
+    # as "stop" instead of "cancelled" (it did once in CI)
+    body = {"model": NAME, "prompt": "Hi", "max_tokens": 480, "stream": True, "temperature": 0}
     with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {KEY}"}) as http:
         with http.stream("POST", "/v1/completions", json=body) as r:
             next(r.iter_lines())  # the first event: the sequence is running
