@@ -51,16 +51,16 @@ def gradient_noise(cfg, cold_start: str, batches: int) -> dict:
         batch.update(denominator=stage.count(batch), n_micro=1)
         g = grad(weights.params, weights.model_state, batch)
         flat.append(np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(g)]))
-    cos = [float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in combinations(flat, 2)]
+    cosine = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    cos = [cosine(a, b) for a, b in combinations(flat, 2)]
     half = batches // 2
-    m1, m2 = np.mean(flat[:half], 0), np.mean(flat[half:], 0)
     c = statistics.mean(cos)
     return {
         "rows": int(host["advantages"].shape[0]),
         "pairwise_cos": c,
         "pairwise_cos_sd": statistics.stdev(cos),
         "noise_over_signal": 1 / c - 1 if c > 0 else None,  # None: no signal resolved
-        "half_means_cos": float(m1 @ m2 / np.linalg.norm(m1) / np.linalg.norm(m2)),
+        "half_means_cos": cosine(np.mean(flat[:half], 0), np.mean(flat[half:], 0)),
         "grad_norm": float(statistics.mean(np.linalg.norm(f) for f in flat)),
         "accuracy_reward": statistics.mean(rewards),
     }
@@ -118,16 +118,16 @@ def main() -> None:
         cfg = load_config(args.config, [*base, *one, f"run.dir={tmp}/noise"])
         noise = gradient_noise(cfg, args.cold_start, args.batches)
         ratio = noise["noise_over_signal"]
+        verdict = (
+            "no signal resolved (cosine <= 0)"
+            if ratio is None
+            else f"noise energy / signal energy ~ {ratio:.0f} per step, so the summed updates are "
+            f"signal-dominated after ~{ratio:.0f} steps"
+        )
         print(
             f"\n{noise['rows']} rows per step: mean pairwise gradient cosine {noise['pairwise_cos']:.4f} "
-            f"(sd {noise['pairwise_cos_sd']:.4f} over {args.batches * (args.batches - 1) // 2} pairs); "
-            + (
-                f"noise energy / signal energy ~ {ratio:.0f} per step, so the summed updates are signal-dominated "
-                f"after ~{ratio:.0f} steps; "
-                if ratio is not None
-                else "no signal resolved (cosine <= 0); "
-            )
-            + f"cosine of the means of two halves {noise['half_means_cos']:.3f}; "
+            f"(sd {noise['pairwise_cos_sd']:.4f} over {args.batches * (args.batches - 1) // 2} pairs); {verdict}; "
+            f"cosine of the means of two halves {noise['half_means_cos']:.3f}; "
             f"accuracy reward of the samples {noise['accuracy_reward']:.3f}"
         )
         curves = {}
