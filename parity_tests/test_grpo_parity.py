@@ -18,15 +18,16 @@ def rel(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
+@pytest.mark.parametrize("token_adv", [False, True])
 @pytest.mark.parametrize("loss_type", ["bnpo", "grpo", "dr_grpo"])
 @pytest.mark.parametrize("beta, eps_high", [(0.04, 0.2), (0.0, 0.28), (0.5, 0.2)])
-def test_grpo_loss_and_grad_match_torch(loss_type, beta, eps_high):
+def test_grpo_loss_and_grad_match_torch(loss_type, beta, eps_high, token_adv):
     rng = np.random.default_rng(0)
     b, t, eps = 8, 12, 0.2
     logp = rng.normal(-2.0, 0.5, (b, t)).astype(np.float32)
     old = (logp + rng.normal(0, 0.3, (b, t))).astype(np.float32)  # ratios from ~0.4 to ~2.5
     ref = (logp + rng.normal(0, 0.2, (b, t))).astype(np.float32)
-    adv = rng.normal(0, 1, b).astype(np.float32)
+    adv = rng.normal(0, 1, (b, t) if token_adv else b).astype(np.float32)  # per token: process supervision
     mask = (np.arange(t)[None] < rng.integers(3, t + 1, b)[:, None]).astype(np.float32)
 
     def jloss(lp):

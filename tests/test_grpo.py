@@ -14,7 +14,7 @@ from open_r1_jax.data import arith
 from open_r1_jax.data.chat import ChatTemplate
 from open_r1_jax.data.instruct import InstructDataError
 from open_r1_jax.data.prompts import PromptReport, read_prompts
-from open_r1_jax.training.stages.grpo import group_advantages, keep_groups
+from open_r1_jax.training.stages.grpo import group_advantages, keep_groups, process_advantages
 from open_r1_jax.training.trainer import train
 
 
@@ -65,6 +65,42 @@ def test_rewards_score_and_isolate_failures(tmp_path):
         R.load_rewards(("format",), (1.0, 2.0), "")
     with pytest.raises(ConfigError, match="not found"):
         R.load_rewards(("format",), (), str(tmp_path / "missing.py"))
+
+
+def test_arith_steps_scores_each_column_and_the_answer(tmp_path):
+    prompt, ref = "Q: 347+085\nA: ", "432"
+    right = "<think>7+5+0=12;4+8+1=13;3+0+1=04</think><answer>0432</answer>"
+    carry = "<think>7+5+0=12;4+8+0=12;3+0+1=04</think><answer>0422</answer>"  # the middle column drops its carry
+    cut = "<think>7+5+0=12;4+8"  # cut off inside the second column: no answer step of its own
+    steps = R.arith_steps([prompt] * 3, [right, carry, cut], [ref] * 3)
+    assert steps[0] == [(15, 1.0), (24, 1.0), (33, 1.0), (len(right), 1.0)]
+    assert [r for _, r in steps[1]] == [1.0, 0.0, 1.0, 0.0] and right[:24].endswith("4+8+1=13")
+    assert steps[2] == [(15, 1.0), (len(cut), 0.0), (len(cut), 0.0)]
+    user = tmp_path / "steps.py"
+    user.write_text(
+        "def halves(prompts, completions, **kw):\n"
+        "    return [[(len(c) // 2, 0.5), (len(c), 1 / (len(c) - 3))] for c in completions]  # 3 chars: raises\n"
+        "def backwards(prompts, completions, **kw):\n    return [[(5, 1.0), (2, 0.0)] for c in completions]\n"
+    )
+    fn = R.load_process_reward("halves", str(user))
+    steps, failed = R.score_steps(fn, ["p"] * 2, ["abcdef", "abc"])
+    assert steps == [[(3, 0.5), (6, pytest.approx(1 / 3))], []] and failed == 1  # the raising one: no steps, counted
+    assert R.score_steps(R.load_process_reward("backwards", str(user)), ["p"], ["abcdef"]) == ([[]], 1)
+    assert R.load_process_reward("", "") is None
+    with pytest.raises(ConfigError, match="grpo.process_reward: unknown process reward 'nope'; accepted: arith_steps"):
+        R.load_process_reward("nope", "")
+
+
+def test_process_advantages_sum_the_normalised_rewards_of_later_steps():
+    # group of two: row 0 steps end at tokens 2 and 5 (rewards 1, 0), row 1 at 1 and 4 (1, 1); mean 0.75
+    steps = [(np.asarray([2, 5]), np.asarray([1.0, 0.0])), (np.asarray([1, 4]), np.asarray([1.0, 1.0]))]
+    a = process_advantages(steps, [7, 5], 2, scale=False)
+    np.testing.assert_allclose(a[0], [-0.5, -0.5, -0.5, -0.75, -0.75, -0.75, 0.0])  # after the last step: 0
+    np.testing.assert_allclose(a[1], [0.5, 0.5, 0.25, 0.25, 0.25])
+    scaled = process_advantages(steps, [7, 5], 2, scale=True)
+    np.testing.assert_allclose(scaled[1], a[1] / (np.std([1, 0, 1, 1], ddof=1) + 1e-4), rtol=1e-6)
+    solved = [(np.asarray([0]), np.asarray([1.0]))] * 2  # equal steps teach nothing
+    assert all(np.all(x == 0) for x in process_advantages(solved, [3, 3], 2, scale=True))
 
 
 def test_group_advantages_are_relative_to_the_group():
@@ -128,12 +164,13 @@ def test_grpo_trains_with_trl_metrics_and_heldout_accuracy(cold_start, tmp_path)
         "grpo.num_iterations=2", "grpo.beta=0.1", "grpo.oversample=2", "grpo.demo_examples=50",
         "grpo.demo_eval_examples=6",
         "grpo.rewards=[accuracy,format,length,flaky]", f"grpo.reward_file={user}", "grpo.stop=[</answer>]",
-        run_dir=run,
+        "grpo.process_reward=arith_steps", run_dir=run,
     )  # fmt: skip
     summary = train(cfg)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     logged = next(r for r in rows if "reward" in r)
-    for key in ("reward", "reward_std", "rewards/accuracy", "rewards/format", "rewards/flaky", "kl", "clip_ratio",
+    for key in ("reward", "reward_std", "rewards/accuracy", "rewards/format", "rewards/flaky", "rewards/arith_steps",
+                "kl", "clip_ratio",
                 "completion_length", "frac_reward_zero_std", "pool_frac_reward_zero_std"):  # fmt: skip
         assert key in logged and np.isfinite(logged[key]), key
     assert 0 < logged["completion_length"] <= 25 and 0 <= logged["frac_reward_zero_std"] <= 1
@@ -141,6 +178,13 @@ def test_grpo_trains_with_trl_metrics_and_heldout_accuracy(cold_start, tmp_path)
     assert logged["kl"] >= 0 and rows[-1]["kl"] > 0  # the policy moved away from the reference
     with pytest.raises(ConfigError, match="must be >= 2 and divide train.global_batch"):
         micro_config("train.stage=grpo", f"train.init_from={cold_start}", "grpo.num_generations=3")
+    with pytest.raises(ConfigError, match="grpo.process_weight: got 0.0"):
+        micro_config(
+            "train.stage=grpo",
+            f"train.init_from={cold_start}",
+            "grpo.process_reward=x",
+            "grpo.process_weight=0",
+        )
     with pytest.raises(ConfigError, match="grpo.oversample"):
         micro_config("train.stage=grpo", f"train.init_from={cold_start}", "grpo.oversample=0")
     with pytest.raises(ConfigError, match="train.init_from: required"):

@@ -8,11 +8,11 @@ import torch
 
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, eps_low, eps_high, beta, loss_type, max_new_tokens):
-    """Per-token log-probs [B,T], advantages [B], completion mask [B,T] -> (loss, mean token kl,
-    clipped-token fraction)."""
+    """Per-token log-probs [B,T], advantages [B] (or per token [B,T], process supervision), completion
+    mask [B,T] -> (loss, mean token kl, clipped-token fraction)."""
     coef_1 = torch.exp(logp - old_logp)
     coef_2 = torch.clamp(coef_1, 1 - eps_low, 1 + eps_high)
-    adv = advantages.unsqueeze(1)
+    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
     per_token = -torch.min(coef_1 * adv, coef_2 * adv)
     kl = torch.exp(ref_logp - logp) - (ref_logp - logp) - 1
     per_token = per_token + beta * kl

@@ -461,6 +461,8 @@ def _validate_grpo(cfg: Config) -> None:
         "demo_eval_examples",
     ):
         _positive(f"grpo.{key}", getattr(g, key))
+    if g.process_reward and g.process_weight <= 0:
+        raise ConfigError(f"grpo.process_weight: got {g.process_weight}; accepted: > 0 (or grpo.process_reward: '')")
     if t.stage == "grpo" and (g.num_generations < 2 or t.global_batch % g.num_generations):
         raise ConfigError(
             f"grpo.num_generations ({g.num_generations}) must be >= 2 and divide train.global_batch "

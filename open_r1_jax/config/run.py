@@ -144,6 +144,11 @@ class GRPOConfig:
     rewards: tuple[str, ...] = ("accuracy", "format")  # reward functions by name (open_r1_jax/rewards.py)
     reward_weights: tuple[float, ...] = ()  # one per reward; empty = 1 each
     reward_file: str = ""  # a Python file whose functions can be named in rewards
+    # DeepSeekMath's process supervision: a function (rewards.py's PROCESS_REWARDS, or reward_file) that
+    # scores each step of a completion; its rewards are normalised over the group's steps and a token's
+    # advantage gains process_weight x the sum of those of the steps ending at or after it; "" = off
+    process_reward: str = ""
+    process_weight: float = 1.0
     beta: float = 0.04  # KL(policy || reference) coefficient (k3 estimator); 0 = no reference model
     epsilon: float = 0.2  # clip the importance ratio to [1 - epsilon, 1 + epsilon_high]
     epsilon_high: float = 0.0  # 0 = epsilon (DAPO's clip-higher when larger)

@@ -15,17 +15,23 @@ tokens, then the sequences (the DeepSeekMath formula), ``dr_grpo`` a constant ro
 that sampled it (``old_logp``) are kept from the first (with one iteration, logp_old = stop_gradient(logp)).
 The reference (the starting weights, frozen) scores each batch once, at generation.
 
+``grpo.process_reward`` adds DeepSeekMath's process supervision (its section 4.1.3): a function scores
+each step of a completion (``rewards.py``); the step rewards are normalised over all the steps of the
+group (mean, and std when ``scale_rewards``), and a completion token's advantage becomes the outcome's
+plus ``process_weight`` x the sum of the normalised rewards of the steps that end at or after it.
+
 Batch [B = global_batch completions, T = train.seq_len]: ``inputs``, ``targets``, ``positions``,
 ``segment_ids``, ``completion_mask`` (targets that are completion tokens, the end-of-text token
 included), ``token_weight`` (mask / completion tokens of the batch, for token means), ``advantages``
-[B], ``old_logp`` / ``ref_logp`` [B,T] when used, and per-row figures logged under TRL's names
-(``reward``, ``reward_std``, ``rewards/<name>``, ``frac_reward_zero_std``, ``completion_length``;
-``kl`` and ``clip_ratio`` come from the loss). Evaluation: greedy completions of the held-out prompts,
-``eval_accuracy`` (the accuracy reward) and ``eval_format``, also before training.
+[B] ([B,T] with a process reward), ``old_logp`` / ``ref_logp`` [B,T] when used, and per-row figures
+logged under TRL's names (``reward``, ``reward_std``, ``rewards/<name>``, ``frac_reward_zero_std``,
+``completion_length``; ``kl`` and ``clip_ratio`` come from the loss). Evaluation: greedy completions of
+the held-out prompts, ``eval_accuracy`` (the accuracy reward) and ``eval_format``, also before training.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 
@@ -48,9 +54,10 @@ log = logging.getLogger("open_r1_jax")
 
 
 def grpo_token_losses(logp, old_logp, ref_logp, advantages, eps_low: float, eps_high: float, beta: float):
-    """Per-token log-probs [B,T] and advantages [B] -> (loss, kl, low-clipped, high-clipped) [B,T]."""
+    """Per-token log-probs [B,T] and advantages [B] (or per token, [B,T]) -> (loss, kl, low-clipped,
+    high-clipped) [B,T]."""
     ratio = jnp.exp(logp - old_logp)
-    a = advantages[:, None]
+    a = advantages[:, None] if advantages.ndim == 1 else advantages
     surrogate = jnp.minimum(ratio * a, jnp.clip(ratio, 1 - eps_low, 1 + eps_high) * a)
     delta = ref_logp - logp
     kl = jnp.exp(delta) - delta - 1
@@ -81,10 +88,30 @@ def group_advantages(r: np.ndarray, g: int, scale: bool) -> tuple[np.ndarray, np
     return adv.reshape(-1).astype(np.float32), np.broadcast_to(std, groups.shape).reshape(-1).astype(np.float32)
 
 
+def process_advantages(steps: list[tuple[np.ndarray, np.ndarray]], lengths: list[int], g: int, scale: bool):
+    """DeepSeekMath's process supervision. Per row [P*G] (groups contiguous) its steps (the completion
+    token that ends each, their rewards) and its completion length -> per row the advantage of each
+    completion token [length]: every step reward normalised by the mean (and std) of all the steps of
+    its group, a token's advantage the sum of those of the steps that end at or after it."""
+    out = []
+    for first in range(0, len(steps), g):
+        group = steps[first : first + g]
+        r = np.concatenate([rew for _, rew in group]).astype(np.float64)
+        mean = r.mean() if r.size else 0.0
+        std = r.std(ddof=1) if r.size > 1 else 0.0
+        for (ends, rew), n in zip(group, lengths[first : first + g], strict=True):
+            norm = (rew - mean) / (std + 1e-4) if scale else rew - mean
+            at = np.zeros(n, np.float64)
+            np.add.at(at, np.minimum(ends, n - 1), norm)
+            out.append(np.cumsum(at[::-1])[::-1].astype(np.float32))  # the steps ending at or after each token
+    return out
+
+
 def keep_groups(rewards: np.ndarray, n: int) -> np.ndarray:
-    """Group rewards [K,G] (K >= n groups, in random order) -> the rows [n*G] of n groups: first those
-    whose rewards differ (DAPO's dynamic sampling), then, if too few differ, the others in order."""
-    differ = rewards.max(1) > rewards.min(1)
+    """Group rewards [K,G] (or [K,G,C]: a group differs when any of its C figures does; K >= n groups,
+    in random order) -> the rows [n*G] of n groups: first those whose rewards differ (DAPO's dynamic
+    sampling), then, if too few differ, the others in order."""
+    differ = (rewards.max(1) > rewards.min(1)).reshape(len(rewards), -1).any(1)
     groups = np.concatenate([np.flatnonzero(differ), np.flatnonzero(~differ)])[:n]
     g = rewards.shape[1]
     return (np.sort(groups)[:, None] * g + np.arange(g)).reshape(-1)
@@ -109,6 +136,7 @@ class GRPO(Stage):
             log.warning("grpo data: skipped %s", bad)
         log.info("grpo prompts: train %s; held-out %s", reports[0].summary(), reports[1].summary())
         self.rewards = R.load_rewards(g.rewards, g.reward_weights, g.reward_file)
+        self.process = R.load_process_reward(g.process_reward, g.reward_file)
         self.train_iter = shuffled_batches(
             {"index": np.arange(len(self.prompts))}, ctx.rows // g.num_generations, t.seed,
             jax.process_index(), jax.process_count(),
@@ -152,6 +180,23 @@ class GRPO(Stage):
             self.failures[name] = self.failures.get(name, 0) + n
         return per_fn
 
+    def _score_steps(self, prompts, tokens, texts) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The process reward's steps per completion: (the completion token ending each, its reward)."""
+        g, decode = self.cfg.grpo, self.tokenizer.decode
+        kw = {"answer": [p.answer for p in prompts], "completion_lengths": [len(x) for x in tokens]}
+        steps, failed = R.score_steps(self.process, [p.text for p in prompts], texts, **kw)
+        if failed:
+            if g.process_reward not in self.failures:
+                log.warning("grpo: process reward %r raised for %d completions (no steps)", g.process_reward, failed)
+            self.failures[g.process_reward] = self.failures.get(g.process_reward, 0) + failed
+        out = []
+        for toks, rows in zip(tokens, steps, strict=True):
+            # the first token whose prefix decodes to the step's end character (prefix lengths only grow)
+            reach = lambda k, toks=toks: len(decode(toks[: k + 1]))  # noqa: E731
+            ends = [bisect.bisect_left(range(len(toks)), e, key=reach) for e, _ in rows]
+            out.append((np.asarray(ends, np.int64), np.asarray([r for _, r in rows], np.float64)))
+        return out
+
     def _generation_batch(self, state) -> dict:
         g, t = self.cfg.grpo, self.cfg.train
         t0 = time.perf_counter()
@@ -166,12 +211,24 @@ class GRPO(Stage):
         per_fn = self._score(prompts, lengths, texts)
         weights = np.asarray([w for _, _, w in self.rewards], np.float32)
         pool = (per_fn @ weights).reshape(-1, g.num_generations)  # [oversample * P, G]
-        rows = keep_groups(pool, len(index) // g.oversample)  # [P*G] rows of the kept groups
+        key = pool
+        if self.process is not None:
+            steps = self._score_steps(prompts, tokens, texts)
+            step_mean = np.asarray([r.mean() if r.size else 0.0 for _, r in steps], np.float32)
+            key = np.stack([pool, step_mean.reshape(pool.shape)], -1)  # a group teaches when either differs
+        rows = keep_groups(key, len(index) // g.oversample)  # [P*G] rows of the kept groups
         prompts, tokens, texts = [prompts[r] for r in rows], [tokens[r] for r in rows], [texts[r] for r in rows]
         lengths, per_fn = [lengths[r] for r in rows], per_fn[rows]
         reward = per_fn @ weights
         adv, std = group_advantages(reward, g.num_generations, g.scale_rewards)
         b = self._rows(prompts, tokens)
+        if self.process is not None:  # per-token advantages [B,T]: the outcome's plus the steps'
+            steps = [steps[r] for r in rows]
+            per_token = process_advantages(steps, lengths, g.num_generations, g.scale_rewards)
+            adv = (adv[:, None] * b["completion_mask"]).astype(np.float32)
+            for i, (p, a) in enumerate(zip(prompts, per_token, strict=True)):
+                adv[i, len(p.ids) - 1 : len(p.ids) - 1 + len(a)] += g.process_weight * a
+            b[f"rewards/{g.process_reward}"] = step_mean[rows]
         b.update(advantages=adv, reward=reward, reward_std=std, frac_reward_zero_std=(std == 0).astype(np.float32))
         b["completion_length"] = np.asarray(lengths, np.float32)
         if g.oversample > 1:  # the share of sampled groups that had nothing to teach, before the selection
