@@ -92,6 +92,7 @@ ARITH_PROBLEM = re.compile(r"Q: (\d+)([+-])(\d+)")
 
 
 def arith_steps(prompts, completions, answer, **kwargs) -> list[list[tuple[int, float]]]:
+    """Per completion: each worked column (1 when it equals the reference's), then the answer (accuracy)."""
     out = []
     for prompt, text, ref in zip(prompts, completions, answer, strict=True):
         m = ARITH_PROBLEM.search(prompt)
