@@ -183,7 +183,8 @@ class GRPO(Stage):
     def _score_steps(self, prompts, tokens, texts) -> list[tuple[np.ndarray, np.ndarray]]:
         """The process reward's steps per completion: (the completion token ending each, its reward)."""
         g, decode = self.cfg.grpo, self.tokenizer.decode
-        kw = {"answer": [p.answer for p in prompts], "completion_lengths": [len(x) for x in tokens]}
+        kw = {"answer": [p.answer for p in prompts], "completion_lengths": [len(x) for x in tokens],
+              "max_new_tokens": g.max_new_tokens}  # fmt: skip
         steps, failed = R.score_steps(self.process, [p.text for p in prompts], texts, **kw)
         if failed:
             if g.process_reward not in self.failures:
