@@ -205,9 +205,9 @@ class Attention(nnx.Module):
         b, t, _ = x.shape
         h, g = self.n_heads, self.n_kv_heads
         w = jnp.concatenate([self.wq[...], self.wk[...], self.wv[...]], axis=1).astype(self.dtype)
-        qkv = (x @ w).reshape(b, t, h + 2 * g, self.head_dim)
-        qk = self._rope(qkv[:, :, : h + g], positions)
-        return qk[:, :, :h], qk[:, :, h:], qkv[:, :, h + g :]
+        qk, v = jnp.split((x @ w).reshape(b, t, h + 2 * g, self.head_dim), [h + g], axis=2)
+        q, k = jnp.split(self._rope(qk, positions), [h], axis=2)  # splits: concatenates in the backward
+        return q, k, v
 
     def _rope(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         return rotary(x, positions, self.theta, self.rope_scaling, self.rope_factor)

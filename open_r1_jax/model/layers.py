@@ -70,7 +70,9 @@ def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) 
     matmul and its backward beat two narrow ones (benchmarks/profile_step.py)."""
     f = w_gate.shape[-1]
     gate_up = x @ jnp.concatenate([w_gate, w_up], axis=-1)  # [..., 2F]
-    return (jax.nn.silu(gate_up[..., :f]) * gate_up[..., f:]) @ w_down
+    # one split, not two slices: its gradient is one concatenate where two slices' is pad + pad + add
+    gate, up = jnp.split(gate_up, [f], axis=-1)
+    return (jax.nn.silu(gate) * up) @ w_down
 
 
 class SwiGLU(nnx.Module):

@@ -126,7 +126,8 @@ def dense_experts(x, combine, w_gate, w_up, w_down):
     (n, d), (e, _, f) = x.shape, w_gate.shape
     side_by_side = lambda w: w.transpose(1, 0, 2).reshape(d, e * f)  # [E,D,F] -> [D,E*F]
     gate_up = x @ jnp.concatenate([side_by_side(w_gate), side_by_side(w_up)], axis=-1)  # [N,2EF]
-    h = jax.nn.silu(gate_up[:, : e * f]) * gate_up[:, e * f :]  # [N,EF]
+    gate, up = jnp.split(gate_up, [e * f], axis=-1)  # a split's gradient is a concatenate, not pads
+    h = jax.nn.silu(gate) * up  # [N,EF]
     h = h.reshape(n, e, f) * combine[:, :, None].astype(x.dtype)
     return h.reshape(n, e * f) @ w_down.reshape(e * f, d)
 
