@@ -45,7 +45,7 @@ def gradient_noise(cfg, cold_start: str, batches: int) -> dict:
     flat, rewards = [], []
     for k in range(batches):  # the sampling seed follows the step: independent batches
         state = {"params": weights.params, "model_state": weights.model_state, "step": np.int32(1000 + k)}
-        host = stage._generation_batch(state)
+        host = stage.generation_batch(state)
         rewards.append(float(np.mean(host["rewards/accuracy"])) if "rewards/accuracy" in host else float("nan"))
         batch = stage.put(host)
         batch.update(denominator=stage.count(batch), n_micro=1)
@@ -80,8 +80,8 @@ def control_runs(cfg, seed: int) -> dict:
 
         rng = np.random.default_rng(seed)
 
-        def _generation_batch(self, state):
-            b = super()._generation_batch(state)
+        def generation_batch(self, state):
+            b = super().generation_batch(state)
             groups = b["advantages"].reshape(-1, self.cfg.grpo.num_generations)
             b["advantages"] = self.rng.permuted(groups, axis=1).reshape(-1)
             return b

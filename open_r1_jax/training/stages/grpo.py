@@ -198,7 +198,12 @@ class GRPO(Stage):
             out.append((np.asarray(ends, np.int64), np.asarray([r for _, r in rows], np.float64)))
         return out
 
-    def _generation_batch(self, state) -> dict:
+    def generation_batch(self, state) -> dict:
+        """One generation batch from the policy in ``state``: the next prompts, G samples each, their
+        rewards, advantages and kept log-probs -> host arrays {inputs, targets, positions, segment_ids,
+        completion_mask, token_weight [B,T]; advantages [B] or [B,T]; reward, reward_std, ... [B];
+        old_logp / ref_logp [B,T] where used}. Public for benchmarks (``grpo_noise.py``) that take
+        gradients of the stage's loss on batches it made."""
         g, t = self.cfg.grpo, self.cfg.train
         t0 = time.perf_counter()
         params = model_params(state["params"], self.cfg)
@@ -259,7 +264,7 @@ class GRPO(Stage):
 
     def next_batch(self, state):
         if self.pending is None or self.uses >= self.cfg.grpo.num_iterations:
-            self.pending, self.uses = self._generation_batch(state), 0
+            self.pending, self.uses = self.generation_batch(state), 0
         self.uses += 1
         return self.pending
 
