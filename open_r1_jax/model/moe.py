@@ -35,7 +35,7 @@ from flax import nnx
 from open_r1_jax.config import DRNConfig, MoEConfig
 from open_r1_jax.kernels import ops
 from open_r1_jax.model import routing
-from open_r1_jax.model.layers import RouterBias, SwiGLU, param, swiglu
+from open_r1_jax.model.layers import RouterBias, SwiGLU, gated_hidden, param, swiglu
 from open_r1_jax.parallel.experts import expert_parallel_ffn
 
 
@@ -125,9 +125,7 @@ def dense_experts(x, combine, w_gate, w_up, w_down):
         return jnp.einsum("enf,efd->nd", h, w_down)
     (n, d), (e, _, f) = x.shape, w_gate.shape
     side_by_side = lambda w: w.transpose(1, 0, 2).reshape(d, e * f)  # [E,D,F] -> [D,E*F]
-    gate_up = x @ jnp.concatenate([side_by_side(w_gate), side_by_side(w_up)], axis=-1)  # [N,2EF]
-    gate, up = jnp.split(gate_up, [e * f], axis=-1)  # a split's gradient is a concatenate, not pads
-    h = jax.nn.silu(gate) * up  # [N,EF]
+    h = gated_hidden(x, side_by_side(w_gate), side_by_side(w_up))  # [N,EF]
     h = h.reshape(n, e, f) * combine[:, :, None].astype(x.dtype)
     return h.reshape(n, e * f) @ w_down.reshape(e * f, d)
 
