@@ -3,7 +3,10 @@
 For each config (default: the baby-GPT shape ``configs/baby_gpt.yaml`` and ``configs/tiny.yaml``):
 
 1. the compiled JAX train step, fed the same batch again (no data loading);
-2. the same architecture and batch in ``torch_ref`` eager, and with ``torch.compile``;
+2. the same architecture and batch in ``torch_ref`` eager, and with ``torch.compile``; for a dense
+   config, also a plain PyTorch GPT of the same arithmetic written as nanoGPT is
+   (``plain_torch.py``: fused q|k|v and gate|up linears, ``scaled_dot_product_attention``), the
+   eager model the issue was filed against;
 3. the Trainer's loop (data pipeline, host transfers, logging cadence) end to end, beside the
    step-only figure.
 
@@ -33,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import JaxStep, TorchRefStep, emit, one_batch  # noqa: E402
+from plain_torch import PlainTorchStep, is_dense  # noqa: E402
 
 from open_r1_jax.config import load_config, replace  # noqa: E402
 from open_r1_jax.parallel.mesh import make_mesh, split_cpu_host  # noqa: E402
@@ -65,7 +69,7 @@ def loop_tokens_per_sec(cfg, steps: int) -> float:
     return statistics.median(windows)
 
 
-ROWS = ("jax", "torch_ref eager", "torch_ref compile")
+ROWS = ("jax", "torch_ref eager", "torch_ref compile", "plain torch eager")
 
 
 def worker(row: str, path: str, overrides: list[str], rounds: int, steps: int) -> dict:
@@ -79,6 +83,8 @@ def worker(row: str, path: str, overrides: list[str], rounds: int, steps: int) -
     batch = one_batch(cfg)
     if row == "jax":
         r = JaxStep(cfg, batch, mesh=make_mesh(cfg.mesh) if split > 1 else None)
+    elif row == "plain torch eager":
+        r = PlainTorchStep(cfg, batch)
     else:
         r = TorchRefStep(cfg, batch, row == "torch_ref compile")
     out = {"times": [r.run(steps) for _ in range(rounds)], "tokens": int(np.count_nonzero(batch["segment_ids"]))}
@@ -103,6 +109,8 @@ def bench(path: str, args, peak: float) -> dict:
     """The rows alternate process by process for ``args.rounds`` rounds; each row's figure is the
     median of all its timings."""
     rows = [r for r in args.rows if not (args.no_torch_compile and r == "torch_ref compile")]
+    if not is_dense(load_config(path, args.overrides).model):  # the plain GPT has no MoE
+        rows = [r for r in rows if r != "plain torch eager"]
     times: dict[str, list[float]] = {r: [] for r in rows}
     loops: list[float] = []
     tokens = flops = 0
@@ -142,6 +150,7 @@ def bench(path: str, args, peak: float) -> dict:
         "rows": table,
         "jax_vs_torch_eager": sec["torch_ref eager"] / sec["jax"] if "torch_ref eager" in sec else None,
         "jax_vs_torch_compile": sec["torch_ref compile"] / sec["jax"] if "torch_ref compile" in sec else None,
+        "jax_vs_plain_torch_eager": sec["plain torch eager"] / sec["jax"] if "plain torch eager" in sec else None,
         "mfu": flops / sec["jax"] / peak,
         "loop_tokens_per_sec": loop,
         "loop_over_step_only": loop / step_only,
