@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from open_r1_jax.config import to_dict
+from torch_ref.train import lr_at, make_optimizer
+
 
 def is_dense(model_cfg) -> bool:
     """Whether ``model_cfg`` is a plain dense GPT: every block a DRN block of one expert, no adapters,
@@ -95,23 +98,16 @@ class PlainGPT(nn.Module):
 
 class PlainTorchStep:
     """The plain model's eager train step on ``batch`` (its tokens, positions and padding), timed as
-    ``common.TorchRefStep``: AdamW (weight decay on matrices), clipping, the schedule's learning rate."""
+    ``common.TorchRefStep``: torch_ref's AdamW and schedule (``make_optimizer``, ``lr_at``), torch's
+    own gradient clipping."""
 
     def __init__(self, cfg, batch: dict[str, np.ndarray], warmup: int = 2):
         if not is_dense(cfg.model):
             raise ValueError("the plain PyTorch GPT covers dense configs only (drn_layers == n_layers, one DRN expert)")
         torch.manual_seed(0)
         torch.set_num_threads(os.cpu_count() or 1)
-        self.model, self.train = PlainGPT(cfg.model), cfg.train
-        decay = [p for p in self.model.parameters() if p.ndim >= 2]
-        rest = [p for p in self.model.parameters() if p.ndim < 2]
-        t = cfg.train
-        self.opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": t.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-            lr=t.lr,
-            betas=(t.beta1, t.beta2),
-            eps=t.eps,
-        )
+        self.model, self.train = PlainGPT(cfg.model), to_dict(cfg.train)
+        self.opt = make_optimizer(self.model, self.train)  # torch_ref's AdamW groups: decay on matrices
         targets = torch.from_numpy(batch["targets"]).long()
         self.targets = targets.masked_fill(torch.from_numpy(batch["segment_ids"] == 0), -100)  # padding
         self.inputs = torch.from_numpy(batch["inputs"]).long()
@@ -119,24 +115,17 @@ class PlainTorchStep:
         self.i = 1
         self.run(warmup)
 
-    def lr(self, step: int) -> float:
-        t = self.train
-        if step <= t.warmup_steps:
-            return t.lr * step / max(t.warmup_steps, 1)
-        frac = min((step - t.warmup_steps) / max(t.steps - t.warmup_steps, 1), 1.0)
-        return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + np.cos(np.pi * frac))
-
     def run(self, n: int) -> float:
-        t0 = time.perf_counter()
+        t, t0 = self.train, time.perf_counter()
         for _ in range(n):
             logits = self.model(self.inputs, self.positions)
             loss = F.cross_entropy(logits.flatten(0, 1), self.targets.flatten(), ignore_index=-100)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            if self.train.clip_norm > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.train.clip_norm)
+            if t["clip_norm"] > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), t["clip_norm"])
             for group in self.opt.param_groups:
-                group["lr"] = self.lr(self.i)
+                group["lr"] = lr_at(self.i, t["lr"], t["min_lr"], t["warmup_steps"], t["steps"])
             self.opt.step()
             self.i += 1
         return (time.perf_counter() - t0) / max(n, 1)
