@@ -44,7 +44,6 @@ from pathlib import Path
 import numpy as np
 import soundfile
 from PIL import Image, UnidentifiedImageError
-from scipy.signal import resample_poly
 
 from open_r1_jax.config import AudioConfig, ModelConfig, VisionConfig
 from open_r1_jax.data.instruct import InstructDataError, InstructReport, parse_example
@@ -106,6 +105,8 @@ def load_audio(path: str | Path, cfg: AudioConfig, events: Counter | None = None
     wav = data.mean(axis=1)
     if rate != cfg.sample_rate:
         events["audio_resampled"] += 1
+        from scipy.signal import resample_poly  # here: importing scipy.signal costs every run ~1.5 s
+
         g = math.gcd(rate, cfg.sample_rate)
         wav = resample_poly(wav, cfg.sample_rate // g, rate // g).astype(np.float32)
     if len(wav) > cfg.max_samples:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +61,15 @@ class SourceReport:
 
 
 def stdlib_files() -> list[Path]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    return sorted(p for p in root.rglob("*.py") if "site-packages" not in p.relative_to(root).parts)
+    """The standard library's ``.py`` files, sorted. ``os.walk`` prunes ``site-packages`` (and bytecode
+    folders) before descending: the installed packages (torch, jax, ...) are tens of thousands of files,
+    and walking them to drop them afterwards took ~4 s of every run on the default corpus."""
+    root = sysconfig.get_paths()["stdlib"]
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d not in ("site-packages", "__pycache__")]
+        files.extend(Path(folder, n) for n in names if n.endswith(".py"))
+    return sorted(files)
 
 
 def is_heldout(name: str, percent: float) -> bool:
