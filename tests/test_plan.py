@@ -71,6 +71,19 @@ def test_offload_plan_says_where_the_state_sits(capsys):
     assert "0.00 GB per device sit in pinned host memory (disk: 26.04 GB" in capsys.readouterr().out
 
 
+def test_long_runs_of_blocks_are_extrapolated_exactly():
+    """The planner traces each run of same-kind blocks cut to one block, and to two, and extrapolates
+    (training/memory.py): the whole model's trace gives the same bytes, with and without checkpointing,
+    with LSH layers splitting a run."""
+    from open_r1_jax.training.memory import block_runs, step_residuals, traced_step_residuals
+
+    for remat in ("false", "true"):
+        extra = ["model.n_layers=8", "model.drn_layers=3", "model.attention.lsh_layers=[5,6]"]
+        cfg = load_config(None, MICRO + extra + [f"model.activation_checkpoint={remat}"])
+        assert [n for _, n in block_runs(cfg.model)] == [3, 2, 2, 1]
+        assert step_residuals(cfg, 2) == traced_step_residuals(cfg, 2), remat
+
+
 # The planner's step temporaries against the compiled step's (XLA:CPU, fp32: on XLA:CPU a bf16 step's
 # temporaries measured the fp32 step's size, 956 vs 950 MB, so bf16 is not checked here). Shapes big
 # enough that activations, not bookkeeping, dominate; compiled only, never run.

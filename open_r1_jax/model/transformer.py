@@ -41,6 +41,13 @@ REMAT_POLICIES = {
 AUX_KEYS = ("balance_loss", "seq_balance_loss", "z_loss")
 
 
+def block_kinds(cfg: ModelConfig) -> list[tuple[str, bool]]:
+    """(FFN kind, LSH attention?) of each block, bottom to top: "drn" for the first ``drn_layers``,
+    "moe" above; LSH where ``attention.kind`` is "lsh" or the layer is in ``attention.lsh_layers``."""
+    lsh = lambda i: cfg.attention.kind == "lsh" or i in cfg.attention.lsh_layers
+    return [("drn" if i < cfg.drn_layers else "moe", lsh(i)) for i in range(cfg.n_layers)]
+
+
 class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, kind: str, rngs: nnx.Rngs, lsh: bool = False, expert_parallel: int = 1):
         dtype = DTYPES[cfg.dtype]
@@ -100,13 +107,7 @@ class Transformer(nnx.Module):
         self.cfg = cfg
         self.dtype = DTYPES[cfg.dtype]
         self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std)
-        lsh = lambda i: cfg.attention.kind == "lsh" or i in cfg.attention.lsh_layers
-        self.blocks = nnx.List(
-            [
-                Block(cfg, "drn" if i < cfg.drn_layers else "moe", rngs, lsh(i), expert_parallel)
-                for i in range(cfg.n_layers)
-            ]
-        )
+        self.blocks = nnx.List([Block(cfg, kind, rngs, lsh, expert_parallel) for kind, lsh in block_kinds(cfg)])
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if not cfg.tie_embeddings:
             self.lm_head = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
