@@ -75,7 +75,8 @@ def test_long_runs_of_blocks_are_extrapolated_exactly():
     """The planner traces each run of same-kind blocks cut to one block, and to two, and extrapolates
     (training/memory.py): the whole model's trace gives the same bytes, with and without checkpointing,
     with LSH layers splitting a run."""
-    from open_r1_jax.training.memory import block_runs, step_residuals, traced_step_residuals
+    from open_r1_jax.model.transformer import block_runs
+    from open_r1_jax.training.memory import step_residuals, traced_step_residuals
 
     for remat in ("false", "true"):
         extra = ["model.n_layers=8", "model.drn_layers=3", "model.attention.lsh_layers=[5,6]"]

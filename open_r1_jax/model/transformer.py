@@ -20,6 +20,8 @@ block is rematerialised in the backward pass under the configured policy (see ``
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -46,6 +48,12 @@ def block_kinds(cfg: ModelConfig) -> list[tuple[str, bool]]:
     "moe" above; LSH where ``attention.kind`` is "lsh" or the layer is in ``attention.lsh_layers``."""
     lsh = lambda i: cfg.attention.kind == "lsh" or i in cfg.attention.lsh_layers
     return [("drn" if i < cfg.drn_layers else "moe", lsh(i)) for i in range(cfg.n_layers)]
+
+
+def block_runs(cfg: ModelConfig) -> list[tuple[tuple[str, bool], int]]:
+    """-> [((FFN kind, LSH?), length)] of the runs of consecutive same-kind blocks: one ``lax.scan``
+    each under activation checkpointing (``Transformer._scan_blocks``; the planner traces them too)."""
+    return [(kind, len(list(run))) for kind, run in itertools.groupby(block_kinds(cfg))]
 
 
 class Block(nnx.Module):
@@ -238,12 +246,9 @@ class Transformer(nnx.Module):
         policy = REMAT_POLICIES[self.cfg.remat_policy]
         layer_aux = []
         blocks = list(self.blocks)
-        group = lambda block: (block.kind, block.lsh)  # blocks of one group share one structure
         start = 0
-        while start < len(blocks):
-            end = start
-            while end < len(blocks) and group(blocks[end]) == group(blocks[start]):
-                end += 1
+        for _, n in block_runs(self.cfg):  # the blocks of one run share one structure
+            end = start + n
             graphdef, first = nnx.split(blocks[start])
             states = [first] + [nnx.split(b)[1] for b in blocks[start + 1 : end]]
             stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from jax.extend.core import Literal
 
 from open_r1_jax.config import Config, ModelConfig
+from open_r1_jax.model.transformer import block_runs
 
 
 def saved_bytes(f, params, *data) -> tuple[int, int]:
@@ -99,20 +100,6 @@ def _memoised(fn):
         return cache[key]
 
     return wrapper
-
-
-def block_runs(m: ModelConfig) -> list[tuple[tuple[str, bool], int]]:
-    """-> [((FFN kind, LSH?), length)] of the model's runs of consecutive same-kind blocks (each run is
-    one ``lax.scan`` under activation checkpointing)."""
-    from open_r1_jax.model.transformer import block_kinds
-
-    runs: list[list] = []
-    for kind in block_kinds(m):
-        if runs and runs[-1][0] == kind:
-            runs[-1][1] += 1
-        else:
-            runs.append([kind, 1])
-    return [(kind, n) for kind, n in runs]
 
 
 def with_run_lengths(cfg: Config, lengths: list[int]) -> Config:
