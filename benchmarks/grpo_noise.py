@@ -12,8 +12,8 @@
    every ``--eval-every`` steps: what an update of this size does without its signal.
 
 Overrides apply to both parts (for example ``train.lr=2e-5``). The figures in docs/grpo.md (cosine 0.023)
-were measured with the 64-row config of the time: ``train.global_batch=64 train.lr=5e-5 train.min_lr=5e-6
-train.warmup_steps=20``.
+were measured with the 64-row config of the time: ``train.global_batch=64 grpo.num_generations=8
+train.lr=5e-5 train.min_lr=5e-6 train.warmup_steps=20``.
 """
 
 from __future__ import annotations
