@@ -1,7 +1,8 @@
 """Time per GRPO step, split into generation, reward scoring, reference / old-policy log-probs and the
 update, for G = 4, 8, 16 completions per prompt (8 prompts per step, the demo's lengths).
 
-    python benchmarks/grpo_step.py [--cold-start runs/arith_sft] [--steps 6] [key=value ...]
+    python benchmarks/grpo_step.py [--cold-start runs/arith_sft] [--steps 6] [--prompts 8] [key=value ...]
+    python benchmarks/grpo_step.py --groups 4 --prompts 64 --steps 4     # the demo config's own step
 
 Each G trains ``--steps`` steps of ``configs/grpo_arith.yaml`` in one process (the first generation,
 with its compilation, is left out); the update is the train time not spent on the host side.
@@ -23,6 +24,7 @@ def main() -> None:
     ap.add_argument("--cold-start", default="runs/arith_sft", help="the policy to start from (train.init_from)")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--groups", default="4,8,16")
+    ap.add_argument("--prompts", type=int, default=8, help="prompts per step (train.global_batch = prompts x G)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     if not Path(args.cold_start).exists():
@@ -35,9 +37,9 @@ def main() -> None:
     rows = {}
     for g in map(int, args.groups.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
-            over = [f"train.init_from={args.cold_start}", f"grpo.num_generations={g}", f"train.global_batch={8 * g}",
-                    f"train.steps={args.steps}", "train.warmup_steps=0", "train.eval_every=0", "train.log_every=1",
-                    "run.progress=false",
+            over = [f"train.init_from={args.cold_start}", f"grpo.num_generations={g}",
+                    f"train.global_batch={args.prompts * g}", f"train.steps={args.steps}", "train.warmup_steps=0",
+                    "train.eval_every=0", "train.log_every=1", "run.progress=false",
                     "grpo.demo_eval_examples=1", f"run.dir={tmp}/run", *args.overrides]  # fmt: skip
             stage = GRPO(load_config("configs/grpo_arith.yaml", over))
             summary = train(stage.cfg, stage)
@@ -49,7 +51,7 @@ def main() -> None:
     print(f"\n{'G':>3} {'completions':>11} {'generate s':>11} {'score s':>8} {'logps s':>8} {'update s':>9} "
           f"{'step s':>7} {'generate %':>10}")  # fmt: skip
     for g, r in rows.items():
-        print(f"{g:>3} {8 * g:>11} {r['generate_s']:>11.3f} {r['score_s']:>8.3f} {r['logps_s']:>8.3f} "
+        print(f"{g:>3} {args.prompts * g:>11} {r['generate_s']:>11.3f} {r['score_s']:>8.3f} {r['logps_s']:>8.3f} "
               f"{r['update_s']:>9.3f} {r['step_s']:>7.3f} {100 * r['generate_s'] / r['step_s']:>9.0f}%")  # fmt: skip
     emit("grpo_step", {f"G{g}_{k}": v for g, r in rows.items() for k, v in r.items()})
 
