@@ -4,7 +4,8 @@
 
 1. ``configs/arith_sft.yaml``: the quickstart's architecture trained from scratch on worked answers
    (``runs/arith_sft``; kept and reused unless ``--overwrite``);
-2. ``python -m open_r1_jax.eval --tasks arith`` on it: held-out greedy exact match, format, pass@k;
+2. ``python -m open_r1_jax.eval --tasks arith`` on it: held-out greedy exact match, format, pass@k
+   (200 problems), and greedy alone on 1000 (``GREEDY_1K``);
 3. ``configs/grpo_arith.yaml``: GRPO from it (``runs/grpo_arith``);
 4. the same evaluation after GRPO, and the curves (reward, accuracy, format, KL, completion length,
    held-out greedy accuracy) in ``runs/grpo_arith/grpo_curves.png``.
@@ -97,8 +98,8 @@ def main() -> None:
           f"{t2 - t1:.0f} s; cold start {'reused' if cold_s is None else f'{cold_s:.0f} s'}; "
           f"all {time.perf_counter() - t0:.0f} s")  # fmt: skip
     print(f"plot: {png}")
-    before["greedy_1k"], after["greedy_1k"] = before_1k, after_1k
-    emit("grpo_demo", {"before": before, "after": after, "final_format_reward": fmt[-1], "grpo_seconds": t2 - t1,
+    emit("grpo_demo", {"before": {**before, "greedy_1k": before_1k}, "after": {**after, "greedy_1k": after_1k},
+                       "final_format_reward": fmt[-1], "grpo_seconds": t2 - t1,
                        "cold_start_seconds": cold_s, "total_seconds": time.perf_counter() - t0})  # fmt: skip
 
 

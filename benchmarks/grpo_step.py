@@ -1,5 +1,5 @@
 """Time per GRPO step, split into generation, reward scoring, reference / old-policy log-probs and the
-update, for G = 4, 8, 16 completions per prompt (8 prompts per step, the demo's lengths).
+update, for G = 4, 8, 16 completions per prompt (``--prompts`` per step, 8 by default; the demo's lengths).
 
     python benchmarks/grpo_step.py [--cold-start runs/arith_sft] [--steps 6] [--prompts 8] [key=value ...]
     python benchmarks/grpo_step.py --groups 4 --prompts 64 --steps 4     # the demo config's own step
