@@ -22,6 +22,9 @@ def test_arith_worked_answers_are_right_and_heldout_is_disjoint():
     train_set = arith.problems(3000, 0, False)
     held = arith.problems(300, 5, True)
     assert not {p["prompt"] for p in train_set} & {p["prompt"] for p in held}
+    # the seed draws the training problems; every seed (and the evaluator) holds out the same ones
+    assert held == arith.problems(300, 0, True) and held[:10] == arith.problems(10, 1, True)
+    assert arith.problems(10, 1, False) != arith.problems(10, 0, False)
     for p in train_set[:500] + held:
         a, op, b = re.fullmatch(r"Q: (\d+)([+-])(\d+)\nA: ", p["prompt"]).groups()
         assert int(p["answer"]) == (int(a) + int(b) if op == "+" else int(a) - int(b)) >= 0
