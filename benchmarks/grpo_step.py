@@ -1,5 +1,7 @@
 """Time per GRPO step, split into generation, reward scoring, reference / old-policy log-probs and the
 update, for G = 4, 8, 16 completions per prompt (``--prompts`` per step, 8 by default; the demo's lengths).
+"trained" counts the completions a step trains on (prompts x G); "sampled" those it generates
+(``grpo.oversample`` times as many: DAPO's dynamic sampling keeps the groups whose rewards differ).
 
     python benchmarks/grpo_step.py [--cold-start runs/arith_sft] [--steps 6] [--prompts 8] [key=value ...]
     python benchmarks/grpo_step.py --groups 4 --prompts 64 --steps 4     # the demo config's own step
@@ -47,12 +49,14 @@ def main() -> None:
         host = {k: sum(t[k] for t in later) / len(later) for k in later[0]}
         update = (summary["train_seconds"] - sum(sum(t.values()) for t in later)) / args.steps
         total = sum(host.values()) + update
-        rows[g] = {**host, "update_s": update, "step_s": total}
-    print(f"\n{'G':>3} {'completions':>11} {'generate s':>11} {'score s':>8} {'logps s':>8} {'update s':>9} "
+        sampled = args.prompts * g * stage.cfg.grpo.oversample  # dynamic sampling draws extra groups
+        rows[g] = {**host, "update_s": update, "step_s": total, "sampled": sampled}
+    print(f"\n{'G':>3} {'trained':>8} {'sampled':>8} {'generate s':>11} {'score s':>8} {'logps s':>8} {'update s':>9} "
           f"{'step s':>7} {'generate %':>10}")  # fmt: skip
     for g, r in rows.items():
-        print(f"{g:>3} {args.prompts * g:>11} {r['generate_s']:>11.3f} {r['score_s']:>8.3f} {r['logps_s']:>8.3f} "
-              f"{r['update_s']:>9.3f} {r['step_s']:>7.3f} {100 * r['generate_s'] / r['step_s']:>9.0f}%")  # fmt: skip
+        share = 100 * r["generate_s"] / r["step_s"]
+        print(f"{g:>3} {args.prompts * g:>8} {r['sampled']:>8} {r['generate_s']:>11.3f} {r['score_s']:>8.3f} "
+              f"{r['logps_s']:>8.3f} {r['update_s']:>9.3f} {r['step_s']:>7.3f} {share:>9.0f}%")  # fmt: skip
     emit("grpo_step", {f"G{g}_{k}": v for g, r in rows.items() for k, v in r.items()})
 
 
