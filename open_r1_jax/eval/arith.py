@@ -1,8 +1,10 @@
 """``arith``: held-out arithmetic (the GRPO demo's task, ``data/arith.py``), exact match of the answer.
 
-Problems are the held-out split (never trained on, for any seed), or ``arith.file``: JSONL of
-``{"prompt", "answer"}`` as GRPO reads it. Per problem: the greedy completion, and ``arith.samples``
-completions sampled at ``arith.temperature``. Figures (each a mean over problems, with its stderr):
+Problems are the first ``arith.n`` of the held-out split (never trained on, and the same for any
+seed: a GRPO run's in-run accuracy scores the first ``grpo.demo_eval_examples`` of them), or
+``arith.file``: JSONL of ``{"prompt", "answer"}`` as GRPO reads it. Per problem: the greedy
+completion, and ``arith.samples`` completions sampled at ``arith.temperature``. Figures (each a mean
+over problems, with its stderr):
 
     greedy      the greedy completion's <answer> equals the reference (the accuracy reward)
     format      the greedy completion is <think>...</think><answer>...</answer> (the format reward)
